@@ -48,10 +48,18 @@ class Backend {
   virtual std::string device() const = 0;
 };
 
+// Settings that apply to whichever backend CreateBackend() picks.
+struct BackendOptions {
+  // Threads of the CPU backend per Forward() (<= 0: all hardware threads).
+  int cpu_threads = 0;
+};
+
 // `device`: "auto" (the first GPU if one is visible, else the CPU), "cpu" or
 // "cuda:N". INVALID_ARGUMENT for anything else; UNAVAILABLE when a GPU was
 // asked for and none is usable (or the build has no CUDA).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device);
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
+    std::string_view device, const BackendOptions& options);
 
 }  // namespace bitnet
 

@@ -1,0 +1,265 @@
+// Dynamic batcher: gathers the rows of many requests for one model into one
+// matrix, runs it through a caller-supplied run callback, and hands every
+// request back its own output rows.
+//
+// Knows nothing of gRPC, protobuf, metrics libraries or CUDA: the service
+// converts its messages to BatchRequest, the registry supplies the run
+// callback (a model version's Forward), and a BatcherObserver reports what a
+// metrics layer needs.
+//
+// Pipeline (two threads per batcher):
+//   Enqueue() -> queue -> [dispatcher thread: drops expired / cancelled
+//   requests, picks whole requests, copies their rows into one contiguous
+//   batch] -> depth-1 hand-off -> [worker thread: run callback, scatters the
+//   output rows, calls each request's on_done].
+// While the worker computes batch i, the dispatcher assembles batch i+1 and
+// parks it in the hand-off; it assembles no further batch until the worker
+// takes that one, so the queue keeps growing into larger batches meanwhile.
+//
+// Dispatch policy. With Q = rows queued for the key of the oldest request
+// (see BatchRequest::model_version), a batch is formed when
+//   Q >= preferred_batch_rows, or
+//   the oldest queued request has waited >= max_queue_delay, or
+//   the batcher is draining (Shutdown/BeginDrain) and anything is queued;
+// it takes whole requests of that key in arrival order while the total stays
+// <= max_batch_rows (a request is never split; the first request that does not
+// fit ends the batch, so nothing is starved by smaller late-comers).
+// Immediately before a request is put into a batch its deadline and its
+// cancellation are checked: expired -> DEADLINE_EXCEEDED, cancelled ->
+// CANCELLED, and it never reaches the run callback. The dispatcher also wakes
+// at the earliest queued deadline so that expired requests are answered
+// promptly.
+//
+// Units: rows are matrix rows (one feature vector each); times are absl::Time
+// from the injected Clock; observer durations are seconds (double).
+#ifndef BITNET_SERVER_BATCHING_DYNAMIC_BATCHER_H_
+#define BITNET_SERVER_BATCHING_DYNAMIC_BATCHER_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/batching/clock.h"
+
+namespace bitnet {
+
+// What a request receives, exactly once, through BatchRequest::on_done.
+struct RequestResult {
+  // OK, or DEADLINE_EXCEEDED / CANCELLED (dropped before dispatch), or the
+  // run callback's error, or INTERNAL if the callback returned malformed output.
+  absl::Status status;
+  // [rows, output_features] row-major, this request's own rows only; empty
+  // unless status is OK.
+  std::vector<float> output;
+  // The model version that computed `output` (BatchResult::model_version);
+  // 0 when the request never reached the run callback.
+  int64_t model_version = 0;
+  // Time spent queued (enqueue -> put into a batch or dropped), seconds.
+  double queue_seconds = 0;
+};
+
+struct BatchRequest {
+  // [rows, input_features] row-major fp32. Moved into the batcher.
+  std::vector<float> input;
+  int64_t rows = 0;
+  // Honoured before dispatch: a request still queued at its deadline is
+  // answered DEADLINE_EXCEEDED. absl::InfiniteFuture() = none.
+  absl::Time deadline = absl::InfiniteFuture();
+  // Optional. Polled by the dispatcher thread (with the batcher's lock held)
+  // before dispatch; must be cheap, thread-safe and must not call back into
+  // the batcher. Returning true answers the request CANCELLED.
+  std::function<bool()> is_cancelled;
+  // Batching key: only requests with equal model_version share a batch, and
+  // the batch carries it to the run callback. The batcher gives it no other
+  // meaning; the registry uses 0 = "the current version at dispatch" and N =
+  // "exactly version N" (pinning).
+  int64_t model_version = 0;
+  // Required. Called exactly once for every request Enqueue() accepted, from
+  // the batcher's dispatcher or worker thread, without the batcher's lock
+  // held. Must not block for long (it delays the next batch); it may call
+  // Enqueue() again. Not called when Enqueue() returns an error.
+  std::function<void(RequestResult)> on_done;
+};
+
+// One assembled batch, as seen by the run callback.
+struct Batch {
+  int64_t rows = 0;           // total rows, <= max_batch_rows
+  int64_t model_version = 0;  // the key shared by all its requests
+  // [rows, input_features] row-major: the requests' rows back to back in the
+  // order of request_rows.
+  std::vector<float> input;
+  std::vector<int64_t> request_rows;  // rows of each request, in order
+};
+
+struct BatchResult {
+  // [batch.rows, output_features] row-major.
+  std::vector<float> output;
+  // The version that actually computed it, reported to every request.
+  int64_t model_version = 0;
+};
+
+// Runs one batch. Called on the worker thread only, one batch at a time, so
+// it needs no locking of its own against itself. An error status is given to
+// every request of the batch.
+using RunBatchFn = std::function<absl::StatusOr<BatchResult>(const Batch&)>;
+
+// Metrics hook (the service wires it to Prometheus). Methods are called from
+// the batcher's threads and from Enqueue() callers, possibly concurrently:
+// implementations must be thread-safe and fast. Default implementations do
+// nothing.
+class BatcherObserver {
+ public:
+  virtual ~BatcherObserver() = default;
+  // Rows now queued (not yet in a batch); called after every change. Gauge.
+  virtual void OnQueueRows(int64_t queued_rows) {}
+  // A request left the queue (dispatched or dropped) after `seconds`.
+  virtual void OnRequestQueued(double seconds) {}
+  // A batch finished the run callback (successfully or not).
+  virtual void OnBatch(int64_t rows, double compute_seconds) {}
+  // Final outcome of an accepted request (exactly once per accepted request,
+  // just before its on_done). Enqueue() rejections are not reported here:
+  // the caller sees them as Enqueue()'s return value.
+  virtual void OnRequestDone(absl::StatusCode code, int64_t rows) {}
+};
+
+struct BatcherOptions {
+  // Feature counts of the model; every request's input must be
+  // rows * input_features floats, every batch output
+  // batch.rows * output_features floats.
+  int64_t input_features = 0;
+  int64_t output_features = 0;
+  // Queue bound, in rows (queued, not counting batches already formed).
+  int64_t max_queue_rows = 4096;
+  // Dispatch as soon as this many rows of one key are queued.
+  int64_t preferred_batch_rows = 128;
+  // Hard limit on a batch; also the largest request accepted.
+  int64_t max_batch_rows = 256;
+  // Longest time the oldest request waits for a fuller batch.
+  absl::Duration max_queue_delay = absl::Milliseconds(2);
+  // Used in error messages ("model 'x': ...").
+  std::string name = "model";
+};
+
+// Checks option ranges: INVALID_ARGUMENT naming the field otherwise.
+absl::Status ValidateBatcherOptions(const BatcherOptions& options);
+
+// Thread-safe: Enqueue(), BeginDrain(), Shutdown() and the accessors may be
+// called from any thread, concurrently.
+class DynamicBatcher {
+ public:
+  // `run` is required. `clock` and `observer` are not owned and must outlive
+  // the batcher; nullptr clock = RealClock::Default(), nullptr observer = none.
+  // Starts the dispatcher and worker threads.
+  // Errors: INVALID_ARGUMENT (bad options or missing run callback).
+  static absl::StatusOr<std::unique_ptr<DynamicBatcher>> Create(
+      BatcherOptions options, RunBatchFn run, Clock* clock = nullptr,
+      BatcherObserver* observer = nullptr);
+
+  // Drains (as Shutdown()) and joins the threads.
+  ~DynamicBatcher();
+
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Queues a request; on OK its on_done will be called exactly once.
+  // Errors (on_done is then not called and the request is dropped):
+  //   INVALID_ARGUMENT: rows <= 0, input size != rows * input_features,
+  //     rows > max_batch_rows (the message names max_batch_rows), or no on_done;
+  //   DEADLINE_EXCEEDED: the deadline has already passed;
+  //   RESOURCE_EXHAUSTED: queued rows + rows > max_queue_rows (the message
+  //     says the rows queued and the limit);
+  //   UNAVAILABLE: the batcher is draining or shut down.
+  absl::Status Enqueue(BatchRequest request);
+
+  // Stops accepting requests (UNAVAILABLE from now on) and dispatches what is
+  // queued without waiting for max_queue_delay. Returns immediately.
+  void BeginDrain();
+  // BeginDrain(), then blocks until every accepted request has had its
+  // on_done called, and joins the threads. Idempotent. Must not be called
+  // from an on_done or the run callback.
+  void Shutdown();
+
+  const BatcherOptions& options() const { return options_; }
+  int64_t queued_rows() const;
+  int64_t queued_requests() const;
+  bool draining() const;
+
+  // For tests with a FakeClock: blocks until the dispatcher has examined
+  // every request enqueued so far at the clock's current time and is
+  // blocked (waiting for time, for a request or for the hand-off), or has
+  // exited. Makes "nothing was dispatched yet" assertions deterministic.
+  void AwaitDispatcherIdleForTesting();
+
+ private:
+  struct Pending {
+    BatchRequest request;
+    absl::Time enqueued;
+  };
+  struct AssembledBatch {
+    Batch batch;
+    std::vector<Pending> requests;
+  };
+  struct Finished {
+    std::function<void(RequestResult)> on_done;
+    RequestResult result;
+    int64_t rows;
+  };
+
+  DynamicBatcher(BatcherOptions options, RunBatchFn run, Clock* clock,
+                 BatcherObserver* observer);
+
+  void DispatcherLoop();
+  void WorkerLoop();
+  // Removes expired and cancelled requests from the queue into `dropped`.
+  void DropDeadRequests(absl::Time now, std::vector<Finished>* dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When the dispatcher must next look at the queue (absl::InfiniteFuture()
+  // if only a new request can change anything).
+  absl::Time NextWakeup() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ShouldDispatch(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  AssembledBatch TakeBatch(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunAndScatter(AssembledBatch assembled);
+  void Finish(std::vector<Finished> finished);
+
+  const BatcherOptions options_;
+  const RunBatchFn run_;
+  Clock* const clock_;
+  BatcherObserver* const observer_;  // never null (a no-op one if none given)
+  std::unique_ptr<BatcherObserver> owned_observer_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar dispatcher_cv_;  // new request, drain, hand-off slot freed
+  absl::CondVar worker_cv_;      // batch handed off, dispatcher exited
+  absl::CondVar done_cv_;        // in-flight count reached zero
+  std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool dispatcher_exited_ ABSL_GUARDED_BY(mu_) = false;
+  // Requests accepted and not yet answered (queued, handed off or running).
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  // For AwaitDispatcherIdleForTesting().
+  uint64_t enqueue_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t examined_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time examined_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool dispatcher_blocked_ ABSL_GUARDED_BY(mu_) = false;
+
+  absl::Mutex shutdown_mu_;  // serializes Shutdown() callers
+  bool joined_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  std::thread dispatcher_;
+  std::thread worker_;
+};
+
+}  // namespace bitnet
+
+#endif  // BITNET_SERVER_BATCHING_DYNAMIC_BATCHER_H_
