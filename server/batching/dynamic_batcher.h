@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -120,7 +121,9 @@ using RunBatchFn = std::function<absl::StatusOr<BatchResult>(const Batch&)>;
 class BatcherObserver {
  public:
   virtual ~BatcherObserver() = default;
-  // Rows now queued (not yet in a batch); called after every change. Gauge.
+  // Rows now queued (not yet in a batch); called after every change, with
+  // the batcher's lock held so that values arrive in order: must not call
+  // back into the batcher. Gauge.
   virtual void OnQueueRows(int64_t queued_rows) {}
   // A request left the queue (dispatched or dropped) after `seconds`.
   virtual void OnRequestQueued(double seconds) {}
@@ -208,6 +211,7 @@ class DynamicBatcher {
   struct AssembledBatch {
     Batch batch;
     std::vector<Pending> requests;
+    absl::Time dispatched;
   };
   struct Finished {
     std::function<void(RequestResult)> on_done;
@@ -227,7 +231,10 @@ class DynamicBatcher {
   // if only a new request can change anything).
   absl::Time NextWakeup() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldDispatch(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  AssembledBatch TakeBatch(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the requests of the next batch from the queue.
+  std::vector<Pending> TakeBatchRequests() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies their rows into one batch (no lock held: overlaps with compute).
+  AssembledBatch Assemble(std::vector<Pending> requests, absl::Time now);
   void RunAndScatter(AssembledBatch assembled);
   void Finish(std::vector<Finished> finished);
 
@@ -240,14 +247,12 @@ class DynamicBatcher {
   mutable absl::Mutex mu_;
   absl::CondVar dispatcher_cv_;  // new request, drain, hand-off slot freed
   absl::CondVar worker_cv_;      // batch handed off, dispatcher exited
-  absl::CondVar done_cv_;        // in-flight count reached zero
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<int64_t, int64_t> queued_rows_by_key_ ABSL_GUARDED_BY(mu_);
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool dispatcher_exited_ ABSL_GUARDED_BY(mu_) = false;
-  // Requests accepted and not yet answered (queued, handed off or running).
-  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   // For AwaitDispatcherIdleForTesting().
   uint64_t enqueue_seq_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t examined_seq_ ABSL_GUARDED_BY(mu_) = 0;
