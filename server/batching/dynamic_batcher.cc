@@ -194,6 +194,7 @@ void DynamicBatcher::DropDeadRequests(absl::Time now,
     RequestResult result;
     result.status = std::move(status);
     result.queue_seconds = Seconds(now - p.enqueued);
+    observer_->OnRequestQueued(result.queue_seconds);
     dropped->push_back(Finished{std::move(p.request.on_done), std::move(result),
                                 p.request.rows});
   }

@@ -1,0 +1,605 @@
+// DynamicBatcher with a FakeClock: every timing decision is driven by
+// FakeClock::Advance() and observed through AwaitDispatcherIdleForTesting(),
+// never by sleeps.
+#include "server/batching/dynamic_batcher.h"
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/batching/clock.h"
+
+namespace bitnet {
+namespace {
+
+using ::testing::DoubleNear;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr int64_t kIn = 3;
+constexpr int64_t kOut = 2;
+
+// The "model" of these tests: any function of one row whose result tells the
+// rows apart, so a row scattered to the wrong request shows.
+void RowFunction(const float* x, float* y) {
+  y[0] = x[0] + 10 * x[1] + 100 * x[2];
+  y[1] = x[0] * x[2] - x[1];
+}
+
+std::vector<float> Expected(const std::vector<float>& input) {
+  const int64_t rows = static_cast<int64_t>(input.size()) / kIn;
+  std::vector<float> out(rows * kOut);
+  for (int64_t r = 0; r < rows; ++r) {
+    RowFunction(&input[r * kIn], &out[r * kOut]);
+  }
+  return out;
+}
+
+// Distinct rows for request `id`.
+std::vector<float> MakeInput(int id, int64_t rows) {
+  std::vector<float> v(rows * kIn);
+  for (int64_t i = 0; i < rows * kIn; ++i) {
+    v[i] = static_cast<float>(id) + 0.01f * static_cast<float>(i);
+  }
+  return v;
+}
+
+// Run callback that records every batch, can be made to block (gate) and to
+// fail, and reports a fixed model version.
+class FakeModel {
+ public:
+  RunBatchFn AsRunFn() {
+    return [this](const Batch& batch) { return Run(batch); };
+  }
+
+  absl::StatusOr<BatchResult> Run(const Batch& batch) {
+    int index;
+    {
+      absl::MutexLock lock(&mu_);
+      batches_.push_back(batch);
+      index = static_cast<int>(batches_.size());
+      auto released = [this, index]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !gated_ || released_ >= index;
+      };
+      mu_.Await(absl::Condition(&released));
+      if (!fail_status_.ok()) return fail_status_;
+    }
+    BatchResult result;
+    result.model_version = version_;
+    result.output = Expected(batch.input);
+    if (truncate_output_) result.output.pop_back();
+    return result;
+  }
+
+  void Gate() {
+    absl::MutexLock lock(&mu_);
+    gated_ = true;
+  }
+  // Lets batch number `index` (1-based) and all before it finish.
+  void ReleaseThrough(int index) {
+    absl::MutexLock lock(&mu_);
+    released_ = index;
+  }
+  void Ungate() {
+    absl::MutexLock lock(&mu_);
+    gated_ = false;
+  }
+  void FailWith(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    fail_status_ = std::move(s);
+  }
+  void TruncateOutput() { truncate_output_ = true; }
+  void set_version(int64_t v) { version_ = v; }
+
+  // Blocks until the run callback has been entered `n` times.
+  void AwaitBatches(int n) {
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return static_cast<int>(batches_.size()) >= n;
+    };
+    absl::MutexLock lock(&mu_, absl::Condition(&enough));
+  }
+  std::vector<Batch> batches() {
+    absl::MutexLock lock(&mu_);
+    return batches_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Batch> batches_ ABSL_GUARDED_BY(mu_);
+  bool gated_ ABSL_GUARDED_BY(mu_) = false;
+  int released_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status fail_status_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> truncate_output_{false};
+  std::atomic<int64_t> version_{1};
+};
+
+// Collects each request's RequestResult by request id.
+class Results {
+ public:
+  std::function<void(RequestResult)> Callback(int id) {
+    return [this, id](RequestResult r) {
+      absl::MutexLock lock(&mu_);
+      EXPECT_EQ(results_.count(id), 0u) << "on_done called twice for " << id;
+      results_[id] = std::move(r);
+    };
+  }
+  void AwaitCount(size_t n) {
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return results_.size() >= n;
+    };
+    absl::MutexLock lock(&mu_, absl::Condition(&enough));
+  }
+  bool Has(int id) {
+    absl::MutexLock lock(&mu_);
+    return results_.count(id) > 0;
+  }
+  RequestResult Get(int id) {
+    absl::MutexLock lock(&mu_);
+    return results_.at(id);
+  }
+  size_t size() {
+    absl::MutexLock lock(&mu_);
+    return results_.size();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<int, RequestResult> results_ ABSL_GUARDED_BY(mu_);
+};
+
+class RecordingObserver : public BatcherObserver {
+ public:
+  void OnQueueRows(int64_t rows) override {
+    absl::MutexLock lock(&mu_);
+    queue_rows.push_back(rows);
+  }
+  void OnRequestQueued(double seconds) override {
+    absl::MutexLock lock(&mu_);
+    queue_seconds.push_back(seconds);
+  }
+  void OnBatch(int64_t rows, double seconds) override {
+    absl::MutexLock lock(&mu_);
+    batch_rows.push_back(rows);
+    compute_seconds.push_back(seconds);
+  }
+  void OnRequestDone(absl::StatusCode code, int64_t rows) override {
+    absl::MutexLock lock(&mu_);
+    outcomes.push_back(code);
+  }
+  absl::Mutex mu_;
+  std::vector<int64_t> queue_rows;
+  std::vector<double> queue_seconds;
+  std::vector<int64_t> batch_rows;
+  std::vector<double> compute_seconds;
+  std::vector<absl::StatusCode> outcomes;
+};
+
+BatcherOptions Options(int64_t preferred, int64_t max_rows,
+                       absl::Duration delay, int64_t queue_rows = 1000) {
+  BatcherOptions o;
+  o.input_features = kIn;
+  o.output_features = kOut;
+  o.preferred_batch_rows = preferred;
+  o.max_batch_rows = max_rows;
+  o.max_queue_delay = delay;
+  o.max_queue_rows = queue_rows;
+  o.name = "test";
+  return o;
+}
+
+class BatcherTest : public ::testing::Test {
+ protected:
+  void Start(BatcherOptions options, BatcherObserver* observer = nullptr) {
+    auto b = DynamicBatcher::Create(std::move(options), model_.AsRunFn(),
+                                    &clock_, observer);
+    ASSERT_TRUE(b.ok()) << b.status();
+    batcher_ = std::move(*b);
+  }
+
+  // Enqueues request `id` with `rows` rows; returns Enqueue()'s status.
+  absl::Status Send(int id, int64_t rows, int64_t version = 0,
+                    absl::Time deadline = absl::InfiniteFuture(),
+                    std::function<bool()> cancelled = nullptr) {
+    BatchRequest r;
+    r.input = MakeInput(id, rows);
+    r.rows = rows;
+    r.model_version = version;
+    r.deadline = deadline;
+    r.is_cancelled = std::move(cancelled);
+    r.on_done = results_.Callback(id);
+    return batcher_->Enqueue(std::move(r));
+  }
+
+  // The request's result must be OK and its own rows through RowFunction.
+  void ExpectAnswered(int id, int64_t rows, int64_t version = 1) {
+    ASSERT_TRUE(results_.Has(id)) << "request " << id << " not answered";
+    RequestResult r = results_.Get(id);
+    ASSERT_TRUE(r.status.ok()) << "request " << id << ": " << r.status;
+    EXPECT_EQ(r.output, Expected(MakeInput(id, rows))) << "request " << id;
+    EXPECT_EQ(r.model_version, version);
+  }
+
+  FakeClock clock_;
+  FakeModel model_;
+  Results results_;
+  std::unique_ptr<DynamicBatcher> batcher_;
+};
+
+TEST(BatcherOptionsTest, RejectsBadValuesNamingTheField) {
+  BatcherOptions o = Options(8, 4, absl::Milliseconds(1));
+  absl::Status s = ValidateBatcherOptions(o);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("preferred_batch_rows"));
+
+  o = Options(4, 8, absl::Milliseconds(1), /*queue_rows=*/4);
+  s = ValidateBatcherOptions(o);
+  EXPECT_THAT(s.message(), HasSubstr("max_queue_rows"));
+
+  o = Options(4, 8, absl::Milliseconds(-1));
+  EXPECT_THAT(ValidateBatcherOptions(o).message(), HasSubstr("max_queue_delay"));
+
+  o = Options(4, 8, absl::Milliseconds(1));
+  o.input_features = 0;
+  EXPECT_THAT(ValidateBatcherOptions(o).message(), HasSubstr("input_features"));
+
+  EXPECT_TRUE(ValidateBatcherOptions(Options(4, 8, absl::ZeroDuration())).ok());
+  EXPECT_EQ(DynamicBatcher::Create(Options(4, 8, absl::Milliseconds(1)),
+                                   nullptr)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(BatcherTest, FlushesWhenPreferredRowsAreQueued) {
+  Start(Options(/*preferred=*/4, /*max=*/8, absl::Seconds(1)));
+  ASSERT_TRUE(Send(1, 1).ok());
+  ASSERT_TRUE(Send(2, 2).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_TRUE(model_.batches().empty()) << "3 rows < preferred 4: must wait";
+  EXPECT_EQ(batcher_->queued_rows(), 3);
+
+  ASSERT_TRUE(Send(3, 1).ok());  // 4 rows queued: dispatch without any delay
+  results_.AwaitCount(3);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_EQ(batches[0].rows, 4);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 2, 1));
+  ExpectAnswered(1, 1);
+  ExpectAnswered(2, 2);
+  ExpectAnswered(3, 1);
+  EXPECT_EQ(results_.Get(1).queue_seconds, 0.0);  // the clock never moved
+}
+
+TEST_F(BatcherTest, FlushesWhenOldestRequestWaitedMaxQueueDelay) {
+  Start(Options(/*preferred=*/100, /*max=*/200, absl::Milliseconds(10)));
+  ASSERT_TRUE(Send(1, 2).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(4));
+  ASSERT_TRUE(Send(2, 3).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(5));  // oldest waited 9 ms
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_TRUE(model_.batches().empty()) << "dispatched before max_queue_delay";
+
+  clock_.Advance(absl::Milliseconds(1));  // oldest waited 10 ms
+  results_.AwaitCount(2);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_EQ(batches[0].rows, 5);
+  ExpectAnswered(1, 2);
+  ExpectAnswered(2, 3);
+  EXPECT_DOUBLE_EQ(results_.Get(1).queue_seconds, 0.010);
+  EXPECT_DOUBLE_EQ(results_.Get(2).queue_seconds, 0.006);
+}
+
+TEST_F(BatcherTest, NeverExceedsMaxBatchRowsAndNeverSplitsRequests) {
+  Start(Options(/*preferred=*/6, /*max=*/6, absl::Milliseconds(10)));
+  ASSERT_TRUE(Send(1, 4).ok());
+  ASSERT_TRUE(Send(2, 4).ok());  // 8 queued >= 6, but 4 + 4 > 6
+  model_.AwaitBatches(1);
+  batcher_->AwaitDispatcherIdleForTesting();
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(4));
+  EXPECT_EQ(batcher_->queued_rows(), 4);  // request 2 waits, whole
+
+  clock_.Advance(absl::Milliseconds(10));
+  results_.AwaitCount(2);
+  batches = model_.batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_THAT(batches[1].request_rows, ElementsAre(4));
+  ExpectAnswered(1, 4);
+  ExpectAnswered(2, 4);
+}
+
+TEST_F(BatcherTest, RejectsRequestLargerThanMaxBatchRows) {
+  Start(Options(4, 8, absl::Milliseconds(1)));
+  absl::Status s = Send(1, 9);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("max_batch_rows = 8"));
+  EXPECT_TRUE(Send(2, 8).ok());
+}
+
+TEST_F(BatcherTest, RejectsMalformedRequests) {
+  Start(Options(4, 8, absl::Milliseconds(1)));
+  EXPECT_THAT(Send(1, 0).message(), HasSubstr("rows must be positive"));
+
+  BatchRequest wrong_size;
+  wrong_size.rows = 2;
+  wrong_size.input.resize(5);
+  wrong_size.on_done = results_.Callback(2);
+  absl::Status s = batcher_->Enqueue(std::move(wrong_size));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("expected rows * input_features = 2 * 3 = 6"));
+
+  BatchRequest no_callback;
+  no_callback.rows = 1;
+  no_callback.input.resize(kIn);
+  EXPECT_THAT(batcher_->Enqueue(std::move(no_callback)).message(),
+              HasSubstr("on_done"));
+
+  EXPECT_EQ(Send(3, 1, 0, clock_.Now()).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  batcher_->Shutdown();
+  EXPECT_EQ(results_.size(), 0u) << "rejected requests must not get on_done";
+}
+
+// While batch 1 computes, batch 2 is assembled into the hand-off; requests
+// arriving meanwhile queue up and form full batches once the worker is free.
+TEST_F(BatcherTest, AssemblesNextBatchWhileWorkerComputes) {
+  model_.Gate();
+  Start(Options(/*preferred=*/2, /*max=*/4, absl::Seconds(1)));
+  ASSERT_TRUE(Send(1, 1).ok());
+  ASSERT_TRUE(Send(2, 1).ok());
+  model_.AwaitBatches(1);  // worker is inside batch 1, blocked
+
+  ASSERT_TRUE(Send(3, 1).ok());
+  ASSERT_TRUE(Send(4, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  // Batch 2 has left the queue (assembled) although batch 1 still runs.
+  EXPECT_EQ(batcher_->queued_rows(), 0);
+  EXPECT_EQ(model_.batches().size(), 1u);
+
+  for (int id = 5; id <= 11; ++id) ASSERT_TRUE(Send(id, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_EQ(batcher_->queued_rows(), 7) << "hand-off full: nothing assembled";
+
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  results_.AwaitCount(11);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 4u);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 1));
+  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 1));
+  EXPECT_EQ(batches[2].rows, 4);  // max_batch_rows
+  EXPECT_EQ(batches[3].rows, 3);  // the rest, >= preferred
+  for (int id = 1; id <= 11; ++id) ExpectAnswered(id, 1);
+}
+
+TEST_F(BatcherTest, QueueFullIsResourceExhaustedWithRowsAndLimit) {
+  model_.Gate();
+  Start(Options(/*preferred=*/4, /*max=*/4, absl::Seconds(1),
+                /*queue_rows=*/8));
+  ASSERT_TRUE(Send(1, 4).ok());
+  model_.AwaitBatches(1);        // batch 1 running
+  ASSERT_TRUE(Send(2, 4).ok());  // batch 2 in the hand-off
+  batcher_->AwaitDispatcherIdleForTesting();
+  ASSERT_TRUE(Send(3, 3).ok());
+  ASSERT_TRUE(Send(4, 3).ok());
+  ASSERT_EQ(batcher_->queued_rows(), 6);
+  absl::Status s = Send(5, 3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), HasSubstr("6 rows queued"));
+  EXPECT_THAT(s.message(), HasSubstr("max_queue_rows = 8"));
+  EXPECT_TRUE(Send(6, 2).ok()) << "exactly at the limit is accepted";
+
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  clock_.Advance(absl::Seconds(1));
+  results_.AwaitCount(5);
+  for (int id : {1, 2}) ExpectAnswered(id, 4);
+  for (int id : {3, 4}) ExpectAnswered(id, 3);
+  ExpectAnswered(6, 2);
+  EXPECT_FALSE(results_.Has(5));
+}
+
+TEST_F(BatcherTest, ExpiredRequestIsDroppedBeforeDispatch) {
+  Start(Options(/*preferred=*/100, /*max=*/200, absl::Milliseconds(10)));
+  const absl::Time t0 = clock_.Now();
+  ASSERT_TRUE(Send(1, 2, 0, t0 + absl::Milliseconds(5)).ok());
+  ASSERT_TRUE(Send(2, 3).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(5));
+  // Answered at its deadline, not only when the batch would have left.
+  results_.AwaitCount(1);
+  RequestResult expired = results_.Get(1);
+  EXPECT_EQ(expired.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(expired.output.empty());
+  EXPECT_EQ(expired.model_version, 0);
+  EXPECT_EQ(batcher_->queued_rows(), 3);
+
+  clock_.Advance(absl::Milliseconds(5));
+  results_.AwaitCount(2);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(3)) << "expired rows ran";
+  ExpectAnswered(2, 3);
+}
+
+TEST_F(BatcherTest, DeadlineReachedWhenBatchLeavesIsDropped) {
+  Start(Options(/*preferred=*/100, /*max=*/200, absl::Milliseconds(10)));
+  ASSERT_TRUE(Send(1, 1, 0, clock_.Now() + absl::Milliseconds(10)).ok());
+  ASSERT_TRUE(Send(2, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(10));
+  results_.AwaitCount(2);
+  EXPECT_EQ(results_.Get(1).status.code(), absl::StatusCode::kDeadlineExceeded);
+  ExpectAnswered(2, 1);
+  EXPECT_EQ(model_.batches().at(0).rows, 1);
+}
+
+TEST_F(BatcherTest, CancelledRequestIsDroppedBeforeDispatch) {
+  Start(Options(/*preferred=*/4, /*max=*/8, absl::Milliseconds(10)));
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  ASSERT_TRUE(
+      Send(1, 2, 0, absl::InfiniteFuture(), [cancelled] { return cancelled->load(); })
+          .ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  cancelled->store(true);
+  ASSERT_TRUE(Send(2, 1).ok());
+  // 3 rows < 4: nothing leaves until the delay; then the cancelled one drops.
+  clock_.Advance(absl::Milliseconds(10));
+  results_.AwaitCount(2);
+  EXPECT_EQ(results_.Get(1).status.code(), absl::StatusCode::kCancelled);
+  ExpectAnswered(2, 1);
+  ASSERT_EQ(model_.batches().size(), 1u);
+  EXPECT_THAT(model_.batches()[0].request_rows, ElementsAre(1));
+}
+
+TEST_F(BatcherTest, ShutdownDrainsQueuedRequestsAndRejectsNewOnes) {
+  model_.Gate();
+  Start(Options(/*preferred=*/4, /*max=*/4, absl::Hours(1)));
+  for (int id = 1; id <= 5; ++id) ASSERT_TRUE(Send(id, 1).ok());
+  model_.AwaitBatches(1);  // ids 1-4; id 5 would wait an hour
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_EQ(batcher_->queued_rows(), 1);
+  batcher_->BeginDrain();
+  absl::Status s = Send(6, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(s.message(), HasSubstr("draining"));
+  EXPECT_TRUE(batcher_->draining());
+
+  // Queued work completes without the (hour-long) delay passing.
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  batcher_->Shutdown();
+  ASSERT_EQ(results_.size(), 5u);
+  for (int id = 1; id <= 5; ++id) ExpectAnswered(id, 1);
+  ASSERT_EQ(model_.batches().size(), 2u);
+  EXPECT_THAT(model_.batches()[1].request_rows, ElementsAre(1));
+  EXPECT_EQ(Send(7, 1).code(), absl::StatusCode::kUnavailable);
+  batcher_->Shutdown();  // idempotent
+}
+
+TEST_F(BatcherTest, RunErrorGoesToEveryRequestOfTheBatch) {
+  Start(Options(/*preferred=*/3, /*max=*/8, absl::Milliseconds(1)));
+  model_.FailWith(absl::InternalError("device on fire"));
+  ASSERT_TRUE(Send(1, 1).ok());
+  ASSERT_TRUE(Send(2, 2).ok());
+  results_.AwaitCount(2);
+  for (int id : {1, 2}) {
+    RequestResult r = results_.Get(id);
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kInternal);
+    EXPECT_THAT(r.status.message(), HasSubstr("device on fire"));
+    EXPECT_TRUE(r.output.empty());
+  }
+  // The batcher keeps serving after a failed batch.
+  model_.FailWith(absl::OkStatus());
+  ASSERT_TRUE(Send(3, 3).ok());
+  results_.AwaitCount(3);
+  ExpectAnswered(3, 3);
+}
+
+TEST_F(BatcherTest, MalformedRunOutputIsInternal) {
+  model_.TruncateOutput();
+  Start(Options(/*preferred=*/1, /*max=*/8, absl::Milliseconds(1)));
+  ASSERT_TRUE(Send(1, 2).ok());
+  results_.AwaitCount(1);
+  RequestResult r = results_.Get(1);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(r.status.message(), HasSubstr("3 output values for a batch of 2 rows"));
+}
+
+TEST_F(BatcherTest, RequestsWithDifferentVersionsNeverShareABatch) {
+  model_.set_version(7);
+  Start(Options(/*preferred=*/4, /*max=*/8, absl::Milliseconds(10)));
+  ASSERT_TRUE(Send(1, 1, /*version=*/0).ok());
+  ASSERT_TRUE(Send(2, 1, /*version=*/7).ok());
+  ASSERT_TRUE(Send(3, 1, /*version=*/0).ok());
+  ASSERT_TRUE(Send(4, 2, /*version=*/7).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_TRUE(model_.batches().empty()) << "no key has 4 rows";
+  ASSERT_TRUE(Send(5, 2, /*version=*/0).ok());  // key 0 now has 4 rows
+  model_.AwaitBatches(1);
+  clock_.Advance(absl::Milliseconds(10));
+  results_.AwaitCount(5);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(batches[0].model_version, 0);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 1, 2));
+  EXPECT_EQ(batches[1].model_version, 7);
+  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 2));
+  ExpectAnswered(1, 1, 7);
+  ExpectAnswered(4, 2, 7);
+  ExpectAnswered(5, 2, 7);
+}
+
+TEST_F(BatcherTest, ObserverSeesQueueBatchesAndOutcomes) {
+  RecordingObserver observer;
+  Start(Options(/*preferred=*/3, /*max=*/8, absl::Milliseconds(10)), &observer);
+  ASSERT_TRUE(Send(1, 1, 0, clock_.Now() + absl::Milliseconds(1)).ok());
+  ASSERT_TRUE(Send(2, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(2));  // request 1 expires
+  results_.AwaitCount(1);
+  ASSERT_TRUE(Send(3, 2).ok());  // 3 rows: dispatch
+  results_.AwaitCount(3);
+  batcher_->Shutdown();
+
+  absl::MutexLock lock(&observer.mu_);
+  // +1, +1, -1 (expired), +2, -3 (batch)
+  EXPECT_THAT(observer.queue_rows, ElementsAre(1, 2, 1, 3, 0));
+  EXPECT_THAT(observer.batch_rows, ElementsAre(3));
+  EXPECT_THAT(observer.queue_seconds,
+              ElementsAre(DoubleNear(0.002, 1e-12), DoubleNear(0.002, 1e-12),
+                          DoubleNear(0.0, 1e-12)));
+  EXPECT_THAT(observer.compute_seconds, ElementsAre(0.0));
+  EXPECT_THAT(observer.outcomes,
+              ElementsAre(absl::StatusCode::kDeadlineExceeded,
+                          absl::StatusCode::kOk, absl::StatusCode::kOk));
+}
+
+// Real clock, many threads: every request gets exactly its own rows back.
+TEST(BatcherConcurrencyTest, ManyThreadsGetTheirOwnRows) {
+  FakeModel model;
+  auto batcher = DynamicBatcher::Create(
+      Options(/*preferred=*/16, /*max=*/32, absl::Microseconds(200),
+              /*queue_rows=*/100000),
+      model.AsRunFn());
+  ASSERT_TRUE(batcher.ok()) << batcher.status();
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 200;
+  Results results;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const int id = t * kPerThread + i;
+        BatchRequest r;
+        r.rows = 1 + id % 5;
+        r.input = MakeInput(id, r.rows);
+        r.on_done = results.Callback(id);
+        ASSERT_TRUE((*batcher)->Enqueue(std::move(r)).ok());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  (*batcher)->Shutdown();
+  ASSERT_EQ(results.size(), static_cast<size_t>(kThreads * kPerThread));
+  for (int id = 0; id < kThreads * kPerThread; ++id) {
+    RequestResult r = results.Get(id);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ASSERT_EQ(r.output, Expected(MakeInput(id, 1 + id % 5))) << id;
+  }
+  for (const Batch& b : model.batches()) EXPECT_LE(b.rows, 32);
+}
+
+}  // namespace
+}  // namespace bitnet
