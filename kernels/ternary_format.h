@@ -69,7 +69,41 @@ absl::StatusOr<PackedTernaryMatrix> QuantizeAndPack(
 
 // Checks a packed matrix from outside (a file, an RPC): sizes agree, every
 // code is 0, 1 or 2, padding codes are 1, scales finite and positive.
+// A view cannot know its buffers' lengths; the caller checks those against
+// WordsPerRow/rows first (or uses the PackedTernaryMatrix overload).
+// Errors: INVALID_ARGUMENT naming the row/column/word or scale at fault.
 absl::Status ValidatePacked(const PackedTernaryView& packed);
+// Also checks words.size() and scales.size() against the shape.
+absl::Status ValidatePacked(const PackedTernaryMatrix& packed);
+
+// mean(|values|) computed exactly as PyTorch's float32 CPU `x.abs().mean()`
+// does it (SumKernel.cpp cascade_sum with 8-lane AVX2 vectors, one thread,
+// then a float division by the count), so scales match the reference project's
+// files bit for bit. A plain double-accumulated mean differs by 1-2 ulp on
+// about a third of the fixture rows, which flips ternary codes at ties.
+// Returns 0 for an empty span. Not clamped (see kWeightScaleFloor).
+float TorchAbsMean(std::span<const float> values);
+
+// The scales QuantizeAndPack uses: max(TorchAbsMean(row or tensor), 1e-5),
+// `rows` entries per-row or 1 per-tensor. The per-tensor value matches PyTorch
+// run with one thread or on tensors under 32768 elements (above that PyTorch's
+// multi-threaded reduction order depends on its thread count).
+// Errors: as QuantizeAndPack, plus INVALID_ARGUMENT when a scale overflows.
+absl::StatusOr<std::vector<float>> ComputeWeightScales(
+    std::span<const float> weights, int64_t rows, int64_t cols,
+    ScaleGranularity granularity);
+
+// q = clamp(round_half_to_even(w / scale), -1, 1), computed in float32 (a
+// float division, then nearbyint in the default round-to-nearest-even mode).
+// `w` and `scale` must be finite, `scale` positive.
+int8_t QuantizeTernary(float w, float scale);
+
+// Code (0, 1 or 2) of element `col` of row `row`; no bounds checks.
+inline int CodeAt(const PackedTernaryView& packed, int64_t row, int64_t col) {
+  const uint32_t word = static_cast<uint32_t>(
+      packed.words[row * WordsPerRow(packed.cols) + col / kCodesPerWord]);
+  return static_cast<int>((word >> (2 * (col % kCodesPerWord))) & 3u);
+}
 
 // Ternary values q in {-1, 0, +1}, [rows, cols] row-major (padding dropped).
 std::vector<int8_t> UnpackTernary(const PackedTernaryView& packed);
