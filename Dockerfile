@@ -64,7 +64,7 @@ EXPOSE 50051 9090
 # `bitnet-cli health` exits 0 only when grpc.health.v1 reports SERVING for the
 # whole server (every initial model loaded, not draining).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["bitnet-cli", "--address=127.0.0.1:50051", "health"]
+  CMD ["bitnet-cli", "--address=127.0.0.1:50051", "--timeout=2s", "health"]
 ENTRYPOINT ["bitnet-server", "--model_repository=/models", "--device=cpu"]
 CMD []
 
@@ -96,6 +96,6 @@ USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
-  CMD ["bitnet-cli", "--address=127.0.0.1:50051", "health"]
+  CMD ["bitnet-cli", "--address=127.0.0.1:50051", "--timeout=2s", "health"]
 ENTRYPOINT ["bitnet-server", "--model_repository=/models"]
 CMD []

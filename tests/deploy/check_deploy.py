@@ -100,6 +100,15 @@ def server_flags():
     return flags
 
 
+def cli_flags():
+    """bitnet-cli's flag names (client/cli_main.cc), or None if absent."""
+    path = os.path.join(ROOT, "client", "cli_main.cc")
+    if not os.path.exists(path):
+        return None
+    text = open(path, encoding="utf-8").read()
+    return set(re.findall(r"ABSL_FLAG\(\s*[\w:<>]+\s*,\s*(\w+)\s*,", text))
+
+
 def server_default_int(flags, name):
     value = flags.get(name, "")
     return int(value) if re.fullmatch(r"-?\d+", value) else None
@@ -367,6 +376,12 @@ def check_dockerfile(args):
                 and f"--address=127.0.0.1:{grpc_port}" in hc,
                 f"{name} HEALTHCHECK runs `bitnet-cli health` (exec form) "
                 f"on port {grpc_port}", str(health))
+        known = cli_flags()
+        if hc is not None and known is not None:
+            used = {a[2:].split("=")[0] for a in hc if a.startswith("--")}
+            c.check(used <= known,
+                    f"{name} HEALTHCHECK uses only real bitnet-cli flags",
+                    f"unknown: {sorted(used - known)}")
         entry = [exec_form(r) for k, r in ins if k == "ENTRYPOINT"]
         ep = entry[-1] if entry else None
         c.check(ep is not None and ep[0] == "bitnet-server",
@@ -520,6 +535,12 @@ def check_compose(args):
                 and f"--address=127.0.0.1:{port}" in test,
                 f"{name} health check is `bitnet-cli health` on :{port}",
                 str(test))
+        known = cli_flags()
+        if known is not None:
+            used = {a[2:].split("=")[0] for a in test if a.startswith("--")}
+            c.check(used <= known,
+                    f"{name} health check uses only real bitnet-cli flags",
+                    f"unknown: {sorted(used - known)}")
 
     # Bind-mounted files exist (relative to deploy/).
     for name, svc in services.items():
