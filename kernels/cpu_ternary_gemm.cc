@@ -4,8 +4,8 @@
 //   signed computes sum (q + 1) * xq exactly (|pair| <= 512, no int16
 //   saturation); subtracting sum xq (once per row) leaves sum q * xq. This
 //   avoids _mm256_sign_epi8, which maps -128 * -1 to -128. int16 partial sums
-//   are widened to int32 every kChunkGroups groups (32 maddubs, |sum| <=
-//   16384), so the result equals the oracle's int32 accumulator exactly.
+//   are widened to int32 every kChunkGroups groups (60 maddubs, |sum| <=
+//   30720), so the result equals the oracle's int32 accumulator exactly.
 // none: codes are decoded to float for a block of columns and multiplied by a
 //   zero-padded copy of x with FMA; float accumulators are flushed into
 //   double every 512 columns to bound the rounding error.
@@ -22,6 +22,8 @@
 #include <functional>
 #include <system_error>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,8 +45,9 @@ namespace {
 
 constexpr int64_t kGroupCols = CpuTernaryWeights::kGroupCols;
 constexpr int64_t kGroupBytes = CpuTernaryWeights::kGroupBytes;
-// int16 accumulators: 4 maddubs per group, each adds <= 512 per lane.
-constexpr int64_t kChunkGroups = 8;
+// int16 accumulators: 4 maddubs per group, each adds at most 512 in
+// magnitude per lane (2 * 2 * 128), so 15 groups stay within 30720 < 32767.
+constexpr int64_t kChunkGroups = 15;
 // none mode: float accumulation span before flushing to double.
 constexpr int64_t kFloatChunkCols = 512;
 // Work is split into tiles of output; threads take tiles dynamically.
@@ -198,61 +201,166 @@ void QuantizeRowAvx2(const float* x, int64_t k, int64_t stride, int8_t* xq,
   *row_sum = sum;
 }
 
-// acc[r][j] = sum over the padded row of (code_j - 1 + 1) * xq_r, i.e. the
-// ternary dot product plus sum(xq_r); the caller subtracts row_sum.
+// Calls f(integral_constant<int, 0>) ... f(integral_constant<int, N-1>), so
+// array indices in the generic kernel are compile-time constants.
+template <int N, typename F>
+__attribute__((always_inline)) inline void Unroll(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
+
+// out[r][j] = sum over the padded row of (q_j + 1) * xq_r, i.e. the ternary
+// dot product plus sum(xq_r); the caller subtracts row_sum. Generic version
+// for edge tiles; the hot shapes (4x2, 1x4) are written out by hand below.
 template <int MR, int NR>
 void Int8TileAvx2(const int8_t* xq, int64_t stride, const uint8_t* const* w,
                   int64_t groups, int32_t (*out)[NR]) {
   const __m256i mask = _mm256_set1_epi8(3);
   const __m256i ones16 = _mm256_set1_epi16(1);
-  __m256i acc32[MR][NR];
-#pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) acc32[r][j] = _mm256_setzero_si256();
-
+  int32_t total[MR][NR] = {};
   for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups) {
     const int64_t g1 = std::min(groups, g0 + kChunkGroups);
-    __m256i acc16[MR][NR];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int j = 0; j < NR; ++j) acc16[r][j] = _mm256_setzero_si256();
+    __m256i acc[MR][NR];
+    Unroll<MR>([&](auto r) { Unroll<NR>([&](auto j) { acc[r][j] = _mm256_setzero_si256(); }); });
     for (int64_t g = g0; g < g1; ++g) {
       __m256i wv[NR];
-#pragma GCC unroll 8
-      for (int j = 0; j < NR; ++j) {
+      Unroll<NR>([&](auto j) {
         wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[j] + g * kGroupBytes));
-      }
-#pragma GCC unroll 4
-      for (int p = 0; p < 4; ++p) {
+      });
+      Unroll<4>([&](auto p) {
         __m256i code[NR];
-#pragma GCC unroll 8
-        for (int j = 0; j < NR; ++j) {
+        Unroll<NR>([&](auto j) {
           code[j] = _mm256_and_si256(wv[j], mask);
           wv[j] = _mm256_srli_epi16(wv[j], 2);
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) {
+        });
+        Unroll<MR>([&](auto r) {
           const __m256i xv = _mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(xq + r * stride + g * kGroupCols + p * 32));
-#pragma GCC unroll 8
-          for (int j = 0; j < NR; ++j) {
-            acc16[r][j] = _mm256_add_epi16(acc16[r][j], _mm256_maddubs_epi16(code[j], xv));
-          }
-        }
-      }
+          Unroll<NR>([&](auto j) {
+            acc[r][j] = _mm256_add_epi16(acc[r][j], _mm256_maddubs_epi16(code[j], xv));
+          });
+        });
+      });
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int j = 0; j < NR; ++j) {
-        acc32[r][j] = _mm256_add_epi32(acc32[r][j], _mm256_madd_epi16(acc16[r][j], ones16));
-      }
+    // Widen to int32 and fold into scalars: keeps only MR*NR vector
+    // accumulators live, which is what lets 4x2 fit in 16 registers.
+    Unroll<MR>([&](auto r) {
+      Unroll<NR>([&](auto j) {
+        total[r][j] += HsumEpi32(_mm256_madd_epi16(acc[r][j], ones16));
+      });
+    });
   }
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NR; ++j) out[r][j] = HsumEpi32(acc32[r][j]);
+    for (int j = 0; j < NR; ++j) out[r][j] = total[r][j];
 }
+
+// acc += maddubs(code, x), then an empty asm that pins the running sum in a
+// register: without it GCC reassociates the integer adds into a tree whose
+// temporaries spill, and GCC also kept accumulator *arrays* on the stack,
+// hence named variables in the two hot kernels.
+#define BITNET_MADDUBS_ACC(acc, code, xv)                          \
+  do {                                                             \
+    acc = _mm256_add_epi16(acc, _mm256_maddubs_epi16(code, xv));   \
+    asm("" : "+x"(acc));                                           \
+  } while (0)
+
+// 4 rows x 2 columns: 8 accumulators + 2 weight vectors + 2 codes + x + mask.
+void Int8Tile4x2Avx2(const int8_t* xq, int64_t stride, const uint8_t* const* w,
+                     int64_t groups, int32_t (*out)[2]) {
+  const __m256i mask = _mm256_set1_epi8(3);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const int8_t* x0 = xq;
+  const int8_t* x1 = xq + stride;
+  const int8_t* x2 = xq + 2 * stride;
+  const int8_t* x3 = xq + 3 * stride;
+  const uint8_t* w0 = w[0];
+  const uint8_t* w1 = w[1];
+  int32_t t[4][2] = {};
+  for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups) {
+    const int64_t g1 = std::min(groups, g0 + kChunkGroups);
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00,
+            a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (int64_t g = g0; g < g1; ++g) {
+      __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * kGroupBytes));
+      __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * kGroupBytes));
+      const int64_t base = g * kGroupCols;
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m256i c0 = _mm256_and_si256(v0, mask);
+        const __m256i c1 = _mm256_and_si256(v1, mask);
+        v0 = _mm256_srli_epi16(v0, 2);
+        v1 = _mm256_srli_epi16(v1, 2);
+        const int64_t off = base + p * 32;
+        __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + off));
+        BITNET_MADDUBS_ACC(a00, c0, xv);
+        BITNET_MADDUBS_ACC(a01, c1, xv);
+        xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + off));
+        BITNET_MADDUBS_ACC(a10, c0, xv);
+        BITNET_MADDUBS_ACC(a11, c1, xv);
+        xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x2 + off));
+        BITNET_MADDUBS_ACC(a20, c0, xv);
+        BITNET_MADDUBS_ACC(a21, c1, xv);
+        xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x3 + off));
+        BITNET_MADDUBS_ACC(a30, c0, xv);
+        BITNET_MADDUBS_ACC(a31, c1, xv);
+      }
+    }
+    t[0][0] += HsumEpi32(_mm256_madd_epi16(a00, ones16));
+    t[0][1] += HsumEpi32(_mm256_madd_epi16(a01, ones16));
+    t[1][0] += HsumEpi32(_mm256_madd_epi16(a10, ones16));
+    t[1][1] += HsumEpi32(_mm256_madd_epi16(a11, ones16));
+    t[2][0] += HsumEpi32(_mm256_madd_epi16(a20, ones16));
+    t[2][1] += HsumEpi32(_mm256_madd_epi16(a21, ones16));
+    t[3][0] += HsumEpi32(_mm256_madd_epi16(a30, ones16));
+    t[3][1] += HsumEpi32(_mm256_madd_epi16(a31, ones16));
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < 2; ++j) out[r][j] = t[r][j];
+}
+
+// 1 row x 4 columns (M = 1, the latency case): the x vector is shared by four
+// columns, the four code vectors are decoded once each.
+void Int8Tile1x4Avx2(const int8_t* xq, int64_t /*stride*/, const uint8_t* const* w,
+                     int64_t groups, int32_t (*out)[4]) {
+  const __m256i mask = _mm256_set1_epi8(3);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const uint8_t* w0 = w[0];
+  const uint8_t* w1 = w[1];
+  const uint8_t* w2 = w[2];
+  const uint8_t* w3 = w[3];
+  int32_t t[4] = {};
+  for (int64_t g0 = 0; g0 < groups; g0 += kChunkGroups) {
+    const int64_t g1 = std::min(groups, g0 + kChunkGroups);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t g = g0; g < g1; ++g) {
+      __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + g * kGroupBytes));
+      __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + g * kGroupBytes));
+      __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + g * kGroupBytes));
+      __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w3 + g * kGroupBytes));
+      const int64_t base = g * kGroupCols;
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + base + p * 32));
+        BITNET_MADDUBS_ACC(a0, _mm256_and_si256(v0, mask), xv);
+        BITNET_MADDUBS_ACC(a1, _mm256_and_si256(v1, mask), xv);
+        BITNET_MADDUBS_ACC(a2, _mm256_and_si256(v2, mask), xv);
+        BITNET_MADDUBS_ACC(a3, _mm256_and_si256(v3, mask), xv);
+        v0 = _mm256_srli_epi16(v0, 2);
+        v1 = _mm256_srli_epi16(v1, 2);
+        v2 = _mm256_srli_epi16(v2, 2);
+        v3 = _mm256_srli_epi16(v3, 2);
+      }
+    }
+    t[0] += HsumEpi32(_mm256_madd_epi16(a0, ones16));
+    t[1] += HsumEpi32(_mm256_madd_epi16(a1, ones16));
+    t[2] += HsumEpi32(_mm256_madd_epi16(a2, ones16));
+    t[3] += HsumEpi32(_mm256_madd_epi16(a3, ones16));
+  }
+  for (int j = 0; j < 4; ++j) out[0][j] = t[j];
+}
+
+#undef BITNET_MADDUBS_ACC
 
 // Decodes `count` rows of codes to float q in {-1, 0, 1}, [count, groups*128].
 void DecodeFloatAvx2(const CpuTernaryWeights& weights, int64_t first, int64_t count,
@@ -337,7 +445,14 @@ void RunInt8Tile(const TileContext& t, const Int8Activations& a, int64_t i, int6
   const uint8_t* w[NR];
   for (int q = 0; q < NR; ++q) w[q] = t.weights->row_codes(j + q);
   int32_t out[MR][NR];
-  Int8TileAvx2<MR, NR>(a.xq.data() + i * a.stride, a.stride, w, t.weights->groups(), out);
+  const int8_t* xq = a.xq.data() + i * a.stride;
+  if constexpr (MR == 4 && NR == 2) {
+    Int8Tile4x2Avx2(xq, a.stride, w, t.weights->groups(), out);
+  } else if constexpr (MR == 1 && NR == 4) {
+    Int8Tile1x4Avx2(xq, a.stride, w, t.weights->groups(), out);
+  } else {
+    Int8TileAvx2<MR, NR>(xq, a.stride, w, t.weights->groups(), out);
+  }
   for (int r = 0; r < MR; ++r)
     for (int q = 0; q < NR; ++q) StoreInt8(t, a, i + r, j + q, out[r][q]);
 }

@@ -1,0 +1,48 @@
+// bitnet-bench: one binary, one subcommand per benchmark family.
+//   bitnet-bench cpu [--threads=N] [google benchmark flags]
+//   bitnet-bench kernels [...]   (CUDA builds only)
+// Each subcommand receives argv shifted by one (argv[0] is the subcommand).
+#include <cstdio>
+#include <cstring>
+
+int RunCpuBenchmarks(int argc, char** argv);
+#ifdef BITNET_HAVE_CUDA
+int RunKernelBenchmarks(int argc, char** argv);
+#endif
+
+namespace {
+
+void PrintUsage(const char* program) {
+  std::fprintf(stderr,
+               "usage: %s <family> [options]\n"
+               "  cpu       ternary CPU path against OpenBLAS sgemm (--threads=N)\n"
+#ifdef BITNET_HAVE_CUDA
+               "  kernels   CUDA kernels against cuBLAS fp16\n"
+#else
+               "  kernels   (not built: this binary has no CUDA support)\n"
+#endif
+               "Options after the family are passed to it (Google Benchmark flags "
+               "included, e.g. --benchmark_filter=int8).\n",
+               program);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    PrintUsage(argv[0]);
+    return argc < 2 ? 2 : 0;
+  }
+  if (std::strcmp(argv[1], "cpu") == 0) return RunCpuBenchmarks(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "kernels") == 0) {
+#ifdef BITNET_HAVE_CUDA
+    return RunKernelBenchmarks(argc - 1, argv + 1);
+#else
+    std::fprintf(stderr, "bitnet-bench: 'kernels' needs a CUDA build (BITNET_CUDA=ON/AUTO with nvcc)\n");
+    return 2;
+#endif
+  }
+  std::fprintf(stderr, "bitnet-bench: unknown benchmark family '%s'\n", argv[1]);
+  PrintUsage(argv[0]);
+  return 2;
+}
