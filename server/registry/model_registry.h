@@ -53,11 +53,11 @@ class ModelVersion {
   const std::vector<LayerSpec>& layers() const { return layers_; }
   int64_t input_features() const;
   int64_t output_features() const;
-  std::string device() const { return instance_->device(); }
-  int64_t device_memory_bytes() const {
-    return instance_->device_memory_bytes();
-  }
-  int64_t max_rows() const { return instance_->max_rows(); }
+  // The instance's device(), device_memory_bytes() and max_rows(), read once
+  // at construction (the instance itself is only touched under Forward's lock).
+  const std::string& device() const { return device_; }
+  int64_t device_memory_bytes() const { return device_memory_bytes_; }
+  int64_t max_rows() const { return max_rows_; }
   absl::Time loaded_at() const { return loaded_at_; }
 
   // Thread-safe forward on this version (callers are serialized).
@@ -71,6 +71,9 @@ class ModelVersion {
   const std::vector<LayerSpec> layers_;
   mutable absl::Mutex forward_mu_;
   const std::unique_ptr<ModelInstance> instance_ ABSL_PT_GUARDED_BY(forward_mu_);
+  const std::string device_;
+  const int64_t device_memory_bytes_;
+  const int64_t max_rows_;
   const absl::Time loaded_at_;
 };
 
@@ -149,7 +152,8 @@ class ModelRegistry {
   absl::Status Enqueue(std::string_view name, BatchRequest request);
 
   // Stops every batcher from accepting (UNAVAILABLE) and lets queued work
-  // finish; returns at once.
+  // finish; Load() and Enqueue() answer UNAVAILABLE from now on. Returns at
+  // once.
   void BeginDrain();
   // BeginDrain(), waits for all queued and running work, stops the batchers.
   // Loads and Enqueues afterwards get UNAVAILABLE. Idempotent.
@@ -173,7 +177,7 @@ class ModelRegistry {
   // Highest version ever assigned per name, kept across unloads so numbers
   // are never reused.
   std::map<std::string, int64_t, std::less<>> last_version_ ABSL_GUARDED_BY(mu_);
-  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;  // BeginDrain() or Shutdown()
 };
 
 }  // namespace bitnet
