@@ -1,0 +1,162 @@
+// bitnet-server: serves BitNet b1.58 ternary models over gRPC.
+//
+// With no flags it serves the embedded demo model ("demo", 4096 -> 11008 ->
+// 4096) on the GPU if one is visible, else on the CPU, on port 50051, with
+// Prometheus metrics on :9090/metrics. SIGTERM or SIGINT drains: health goes
+// NOT_SERVING, new calls get UNAVAILABLE, queued and running work completes,
+// and the process exits within --drain_grace_period.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/model/demo_model.h"
+#include "server/model/model_file.h"
+#include "server/service/event_log.h"
+#include "server/service/server.h"
+
+ABSL_FLAG(std::string, address, "0.0.0.0", "gRPC listen address (host)");
+ABSL_FLAG(int, port, 50051, "gRPC listen port (0 picks a free port)");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0",
+          "Prometheus /metrics HTTP listen address (host)");
+ABSL_FLAG(int, metrics_port, 9090,
+          "Prometheus /metrics HTTP port (0 picks a free port, -1 disables)");
+ABSL_FLAG(std::string, model_repository, "",
+          "Directory that Admin.LoadModel paths are confined to (empty: "
+          "LoadModel disabled); relative --models paths are resolved in it");
+ABSL_FLAG(std::string, models, "",
+          "Models to serve at start: name=path[,name=path...] (model files "
+          "written by bitnet-pack). Empty: the demo model (--demo_model)");
+ABSL_FLAG(std::string, demo_model, "large",
+          "Demo model served as \"demo\" when --models is empty: large "
+          "(4096->11008->4096), small (64->128->32) or none");
+ABSL_FLAG(std::string, write_demo_model, "",
+          "Write the --demo_model model to this file (safetensors) and exit");
+ABSL_FLAG(std::string, device, "auto",
+          "Where models run: auto (the first GPU if one is visible, else the "
+          "CPU), cpu or cuda:N");
+ABSL_FLAG(int, cpu_threads, 0,
+          "Threads of the CPU backend per batch (0: all hardware threads)");
+ABSL_FLAG(int64_t, preferred_batch_rows, 128,
+          "Dispatch a batch as soon as this many rows are queued");
+ABSL_FLAG(int64_t, max_batch_rows, 512, "Largest batch (rows)");
+ABSL_FLAG(absl::Duration, max_queue_delay, absl::Milliseconds(2),
+          "Longest time the oldest queued request waits for a fuller batch");
+ABSL_FLAG(int64_t, max_queue_rows, 8192,
+          "Rows queued per model beyond which requests get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_request_rows, 512,
+          "Most rows in one InferRequest (<= --max_batch_rows)");
+ABSL_FLAG(int, max_loaded_versions, 2,
+          "Versions of one model kept loaded; loading more unloads the oldest");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
+          "Largest gRPC message received or sent (RESOURCE_EXHAUSTED beyond)");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding the admin bearer token (>= 16 characters); Admin RPCs "
+          "are disabled without it");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle: require and verify client certificates (mTLS)");
+ABSL_FLAG(absl::Duration, drain_grace_period, absl::Seconds(30),
+          "On SIGTERM: how long queued and running work may take before the "
+          "server cancels what is left and exits");
+
+namespace {
+
+int Fail(const std::string& event, const absl::Status& status) {
+  bitnet::LogEvent(bitnet::LogLevel::kError, event,
+                   {{"error", status.ToString()}});
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves BitNet b1.58 ternary models over gRPC (bitnet.v1.Inference, "
+      "bitnet.v1.Admin, grpc.health.v1, reflection).\n"
+      "Usage: bitnet-server [--flags]; with no flags it serves the demo "
+      "model on :50051, metrics on :9090/metrics.");
+  absl::ParseCommandLine(argc, argv);
+
+  if (const std::string out = absl::GetFlag(FLAGS_write_demo_model);
+      !out.empty()) {
+    const std::string size = absl::GetFlag(FLAGS_demo_model);
+    if (size != "large" && size != "small") {
+      return Fail("write_demo_model_failed",
+                  absl::InvalidArgumentError(
+                      "--demo_model: expected large or small"));
+    }
+    const bitnet::Model model = bitnet::MakeDemoModel(
+        size == "large" ? bitnet::DemoModelSize::kLarge
+                        : bitnet::DemoModelSize::kSmall);
+    if (absl::Status s = bitnet::WriteModelFile(model, out); !s.ok()) {
+      return Fail("write_demo_model_failed", s);
+    }
+    bitnet::LogEvent(bitnet::LogLevel::kInfo, "demo_model_written",
+                     {{"path", out}, {"size", size}});
+    return 0;
+  }
+
+  // Block the termination signals in every thread (all threads are created
+  // after this point and inherit the mask); the main thread takes them with
+  // sigwait, so no async-signal-safety issue arises.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  bitnet::ServerOptions options;
+  options.address = absl::GetFlag(FLAGS_address);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.model_repository = absl::GetFlag(FLAGS_model_repository);
+  auto models = bitnet::ParseModelList(absl::GetFlag(FLAGS_models));
+  if (!models.ok()) return Fail("bad_flags", models.status());
+  options.models = *models;
+  options.demo_model = absl::GetFlag(FLAGS_demo_model);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  options.preferred_batch_rows = absl::GetFlag(FLAGS_preferred_batch_rows);
+  options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
+  options.max_queue_delay = absl::GetFlag(FLAGS_max_queue_delay);
+  options.max_queue_rows = absl::GetFlag(FLAGS_max_queue_rows);
+  options.max_request_rows = absl::GetFlag(FLAGS_max_request_rows);
+  options.max_loaded_versions = absl::GetFlag(FLAGS_max_loaded_versions);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.admin_token_file = absl::GetFlag(FLAGS_admin_token_file);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  options.drain_grace_period = absl::GetFlag(FLAGS_drain_grace_period);
+  options.load_models_in_background = true;
+
+  auto server = bitnet::InferenceServer::Create(std::move(options));
+  if (!server.ok()) return Fail("server_start_failed", server.status());
+
+  // A load failure at start is fatal: an operator asked for that model.
+  // Signals are watched meanwhile by nobody, so a SIGTERM during a long load
+  // stays pending and is taken right after.
+  if (absl::Status s = (*server)->WaitForInitialModels(); !s.ok()) {
+    (*server)->Drain(absl::ZeroDuration());
+    return Fail("model_load_failed", s);
+  }
+  bitnet::LogEvent(bitnet::LogLevel::kInfo, "serving",
+                   {{"port", absl::StrCat((*server)->port())}});
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  bitnet::LogEvent(bitnet::LogLevel::kInfo, "signal_received",
+                   {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  (*server)->Drain();
+  server->reset();
+  bitnet::LogEvent(bitnet::LogLevel::kInfo, "exited");
+  return 0;
+}

@@ -1,0 +1,42 @@
+// Conversion between wire tensors (bitnet.v1.Tensor: raw little-endian
+// bytes + dtype + shape) and the fp32 row matrices the batcher works on.
+// Pure functions, thread-safe.
+#ifndef BITNET_SERVER_SERVICE_TENSOR_CODEC_H_
+#define BITNET_SERVER_SERVICE_TENSOR_CODEC_H_
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "bitnet/v1/inference.pb.h"
+
+namespace bitnet {
+
+// What an input tensor must look like.
+struct InputExpectation {
+  int64_t features = 0;       // shape[1]
+  int64_t max_rows = 0;       // upper bound on shape[0]
+  std::string_view field = "input";  // prefix of error messages
+  std::string_view model_description;  // e.g. `model "demo" version 1`
+};
+
+// Validates `tensor` against `expect` and converts it to fp32, row-major
+// [rows, features]. INVALID_ARGUMENT naming the field and the expected value
+// for: an unspecified or unknown dtype; a shape that is not [rows, features];
+// rows < 1 or rows > max_rows; a byte size other than rows*features*element
+// size; a NaN or infinite element (the message gives its [row, column]).
+absl::StatusOr<std::vector<float>> DecodeInput(const v1::Tensor& tensor,
+                                               const InputExpectation& expect);
+
+// Bytes per element: 4, 2, 2; 0 for DTYPE_UNSPECIFIED / unknown values.
+int64_t DTypeSize(v1::DType dtype);
+
+// Fills `out` with `values` ([rows, cols] fp32) converted to `dtype`
+// (DTYPE_UNSPECIFIED means FP32). INVALID_ARGUMENT for an unknown dtype.
+absl::Status EncodeOutput(const float* values, int64_t rows, int64_t cols,
+                          v1::DType dtype, v1::Tensor* out);
+
+}  // namespace bitnet
+
+#endif  // BITNET_SERVER_SERVICE_TENSOR_CODEC_H_
