@@ -38,10 +38,10 @@ Layer MakeLayer(std::mt19937& rng, const BitLinearOptions& o, int64_t m) {
   return out;
 }
 
-class BitLinearTest
+class KernelsBitLinearTest
     : public ::testing::TestWithParam<std::tuple<ActivationQuant, ScaleGranularity, bool, Activation>> {};
 
-TEST_P(BitLinearTest, TrainingForwardEqualsPackedForward) {
+TEST_P(KernelsBitLinearTest, TrainingForwardEqualsPackedForward) {
   const auto [aq, granularity, bias, act] = GetParam();
   const uint32_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -99,13 +99,13 @@ TEST_P(BitLinearTest, TrainingForwardEqualsPackedForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Modes, BitLinearTest,
+    Modes, KernelsBitLinearTest,
     ::testing::Combine(::testing::Values(ActivationQuant::kInt8, ActivationQuant::kNone),
                        ::testing::Values(ScaleGranularity::kPerRow, ScaleGranularity::kPerTensor),
                        ::testing::Bool(),
                        ::testing::Values(Activation::kIdentity, Activation::kGelu)));
 
-TEST(BitLinearLifecycleTest, PackedForwardNeedsFreshPreparation) {
+TEST(KernelsBitLinearLifecycleTest, PackedForwardNeedsFreshPreparation) {
   std::mt19937 rng(1);
   BitLinearOptions o;
   o.in_features = 20;
@@ -133,7 +133,7 @@ TEST(BitLinearLifecycleTest, PackedForwardNeedsFreshPreparation) {
   EXPECT_EQ(packed->scales, l.layer->packed()->scales);
 }
 
-TEST(BitLinearLifecycleTest, CreateRejectsBadInput) {
+TEST(KernelsBitLinearLifecycleTest, CreateRejectsBadInput) {
   BitLinearOptions o;
   o.in_features = 4;
   o.out_features = 2;

@@ -62,7 +62,7 @@ std::map<std::string, Tensor> ReadSafetensors(const std::string& path) {
   return out;
 }
 
-class FixtureTest : public ::testing::TestWithParam<std::string> {
+class KernelsFixtureTest : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     tensors_ = new std::map<std::string, Tensor>(
@@ -77,9 +77,9 @@ class FixtureTest : public ::testing::TestWithParam<std::string> {
   }
   static std::map<std::string, Tensor>* tensors_;
 };
-std::map<std::string, Tensor>* FixtureTest::tensors_ = nullptr;
+std::map<std::string, Tensor>* KernelsFixtureTest::tensors_ = nullptr;
 
-TEST_P(FixtureTest, PackedWordsAndScalesMatchBitForBit) {
+TEST_P(KernelsFixtureTest, PackedWordsAndScalesMatchBitForBit) {
   const Tensor& weight = Get("weight");
   ASSERT_EQ(weight.dtype, "F32");
   const int64_t n = weight.shape[0], k = weight.shape[1];
@@ -111,7 +111,7 @@ TEST_P(FixtureTest, PackedWordsAndScalesMatchBitForBit) {
   EXPECT_TRUE(ValidatePacked(*packed).ok());
 }
 
-TEST_P(FixtureTest, GemmOnReferencePackingMatchesStoredOutput) {
+TEST_P(KernelsFixtureTest, GemmOnReferencePackingMatchesStoredOutput) {
   const Tensor& x_t = Get("x");
   const Tensor& y_t = Get("y");
   const Tensor& packed_t = Get("packed");
@@ -138,9 +138,9 @@ TEST_P(FixtureTest, GemmOnReferencePackingMatchesStoredOutput) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, FixtureTest, ::testing::Values("a", "b", "c"));
+INSTANTIATE_TEST_SUITE_P(Cases, KernelsFixtureTest, ::testing::Values("a", "b", "c"));
 
-TEST(TernaryFormatTest, TiesRoundHalfToEven) {
+TEST(KernelsTernaryFormatTest, TiesRoundHalfToEven) {
   // scale 1: w/scale = w exactly, so 0.5 -> 0, 1.5 -> 2 (clamped to 1), -0.5 -> 0.
   EXPECT_EQ(QuantizeTernary(0.5f, 1.0f), 0);
   EXPECT_EQ(QuantizeTernary(-0.5f, 1.0f), 0);
@@ -150,7 +150,7 @@ TEST(TernaryFormatTest, TiesRoundHalfToEven) {
   EXPECT_EQ(QuantizeTernary(-0.0f, 1.0f), 0);
 }
 
-TEST(TernaryFormatTest, ScaleFloorForZeroWeights) {
+TEST(KernelsTernaryFormatTest, ScaleFloorForZeroWeights) {
   std::vector<float> w(3 * 20, 0.0f);
   w[40] = 1.0f;  // row 2 is non-zero
   auto packed = QuantizeAndPack(w, 3, 20, ScaleGranularity::kPerRow);
@@ -162,7 +162,7 @@ TEST(TernaryFormatTest, ScaleFloorForZeroWeights) {
   for (int64_t i = 0; i < 60; ++i) EXPECT_EQ(q[i], i == 40 ? 1 : 0) << i;
 }
 
-TEST(TernaryFormatTest, TorchAbsMeanMatchesExactMeanClosely) {
+TEST(KernelsTernaryFormatTest, TorchAbsMeanMatchesExactMeanClosely) {
   // The cascade is a float sum, so it is close to (not equal to) the exact
   // mean; this guards against gross mistakes in the emulation.
   std::mt19937 rng(7);
@@ -180,9 +180,9 @@ TEST(TernaryFormatTest, TorchAbsMeanMatchesExactMeanClosely) {
   EXPECT_EQ(TorchAbsMean({}), 0.0f);
 }
 
-class RoundTripTest : public ::testing::TestWithParam<std::tuple<int64_t, ScaleGranularity>> {};
+class KernelsRoundTripTest : public ::testing::TestWithParam<std::tuple<int64_t, ScaleGranularity>> {};
 
-TEST_P(RoundTripTest, PackUnpackDequantize) {
+TEST_P(KernelsRoundTripTest, PackUnpackDequantize) {
   const auto [k, granularity] = GetParam();
   const int64_t n = 7;
   std::mt19937 rng(std::random_device{}());
@@ -225,12 +225,12 @@ TEST_P(RoundTripTest, PackUnpackDequantize) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Shapes, RoundTripTest,
+    Shapes, KernelsRoundTripTest,
     ::testing::Combine(::testing::Values(1, 5, 16, 17, 31, 40, 129),
                        ::testing::Values(ScaleGranularity::kPerRow,
                                          ScaleGranularity::kPerTensor)));
 
-TEST(TernaryFormatTest, QuantizeAndPackRejectsBadInput) {
+TEST(KernelsTernaryFormatTest, QuantizeAndPackRejectsBadInput) {
   std::vector<float> w(6, 1.0f);
   EXPECT_THAT(QuantizeAndPack(w, 0, 6, ScaleGranularity::kPerRow).status().message(),
               HasSubstr("positive"));
@@ -247,7 +247,7 @@ TEST(TernaryFormatTest, QuantizeAndPackRejectsBadInput) {
               HasSubstr("overflow"));
 }
 
-TEST(TernaryFormatTest, ValidatePackedRejectsBadData) {
+TEST(KernelsTernaryFormatTest, ValidatePackedRejectsBadData) {
   std::vector<float> w(2 * 20);
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 3) - 1.0f;
   auto good = QuantizeAndPack(w, 2, 20, ScaleGranularity::kPerRow);

@@ -130,7 +130,7 @@ void ExpectMatchesOracle(const Problem& p, bool simd, int threads) {
 
 // Every M of interest against a set of awkward (N, K): odd, below and above
 // the 128-column group, multiples and non-multiples of the 64-column tile.
-TEST(CpuTernaryGemmTest, MatchesOracleOverShapeGrid) {
+TEST(KernelsCpuGemmTest, MatchesOracleOverShapeGrid) {
   std::mt19937 rng(TestSeed());
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
       {37, 301}, {64, 128}, {5, 1000}, {131, 17}, {3, 1}, {9, 2500}};
@@ -156,7 +156,7 @@ TEST(CpuTernaryGemmTest, MatchesOracleOverShapeGrid) {
   if (!CpuHasAvx2()) GTEST_LOG_(INFO) << "no AVX2 here: the simd runs used the scalar kernels";
 }
 
-TEST(CpuTernaryGemmTest, MatchesOracleForEveryEpilogue) {
+TEST(KernelsCpuGemmTest, MatchesOracleForEveryEpilogue) {
   std::mt19937 rng(TestSeed() + 1);
   for (ActivationQuant aq : {ActivationQuant::kInt8, ActivationQuant::kNone}) {
     for (ScaleGranularity g : {ScaleGranularity::kPerRow, ScaleGranularity::kPerTensor}) {
@@ -172,7 +172,7 @@ TEST(CpuTernaryGemmTest, MatchesOracleForEveryEpilogue) {
   }
 }
 
-TEST(CpuTernaryGemmTest, Int8TiesAndExtremesMatchOracle) {
+TEST(KernelsCpuGemmTest, Int8TiesAndExtremesMatchOracle) {
   // Rows whose max is 127 have s == 1, so x = c + 0.5 are exact ties; the
   // AVX2 quantizer must round them to even like nearbyint.
   std::mt19937 rng(TestSeed() + 2);
@@ -188,7 +188,7 @@ TEST(CpuTernaryGemmTest, Int8TiesAndExtremesMatchOracle) {
   ExpectMatchesOracle(p, false, 1);
 }
 
-TEST(CpuTernaryGemmTest, Int8ExtremeSumsOverLongRows) {
+TEST(KernelsCpuGemmTest, Int8ExtremeSumsOverLongRows) {
   // |xq| = 127 everywhere and rows of all +1 / all -1 weights drive every
   // int16 partial sum to its bound; K = 4099 spans several widening chunks.
   const int64_t m = 3, n = 4, k = 4099;
@@ -212,7 +212,7 @@ TEST(CpuTernaryGemmTest, Int8ExtremeSumsOverLongRows) {
   EXPECT_EQ(y[1], -static_cast<float>(k));
 }
 
-TEST(CpuTernaryGemmTest, PlainOverloadPreparesOnTheFly) {
+TEST(KernelsCpuGemmTest, PlainOverloadPreparesOnTheFly) {
   std::mt19937 rng(TestSeed() + 3);
   const Problem p = MakeProblem(rng, 9, 70, 150, ScaleGranularity::kPerRow, false,
                                 ActivationQuant::kInt8, Activation::kRelu);
@@ -222,7 +222,7 @@ TEST(CpuTernaryGemmTest, PlainOverloadPreparesOnTheFly) {
   for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(std::bit_cast<uint32_t>(y[i]), std::bit_cast<uint32_t>(ref[i])) << i;
 }
 
-TEST(CpuTernaryGemmTest, ManyThreadsAndZeroRows) {
+TEST(KernelsCpuGemmTest, ManyThreadsAndZeroRows) {
   std::mt19937 rng(TestSeed() + 4);
   const Problem p = MakeProblem(rng, 2, 200, 64, ScaleGranularity::kPerTensor, true,
                                 ActivationQuant::kInt8, Activation::kIdentity);
@@ -235,7 +235,7 @@ TEST(CpuTernaryGemmTest, ManyThreadsAndZeroRows) {
   EXPECT_EQ(y[0], 42.0f);
 }
 
-TEST(CpuTernaryGemmTest, RejectsBadArguments) {
+TEST(KernelsCpuGemmTest, RejectsBadArguments) {
   std::mt19937 rng(TestSeed() + 5);
   const Problem p = MakeProblem(rng, 2, 8, 16, ScaleGranularity::kPerRow, false,
                                 ActivationQuant::kNone, Activation::kIdentity);
@@ -278,7 +278,7 @@ TEST(CpuTernaryGemmTest, RejectsBadArguments) {
   expect_invalid(CpuTernaryGemm(args), "code 3");
 }
 
-TEST(ReferenceTernaryGemmTest, HandComputedInt8AndNone) {
+TEST(KernelsReferenceGemmTest, HandComputedInt8AndNone) {
   // W = [[1, 0, -1], [-1, -1, 1]] with scales [0.5, 2]; x = [[127, -64, 1]].
   const std::vector<float> w = {1, 0, -1, -1, -1, 1};
   auto packed = QuantizeAndPack(w, 2, 3, ScaleGranularity::kPerRow);
@@ -308,7 +308,7 @@ TEST(ReferenceTernaryGemmTest, HandComputedInt8AndNone) {
   EXPECT_EQ(acc, (std::vector<int32_t>{126, -62, -128, 123}));
 }
 
-TEST(ActivationTest, QuantizeRowsInt8EdgeCases) {
+TEST(KernelsActivationTest, QuantizeRowsInt8EdgeCases) {
   const int64_t cols = 8;
   const std::vector<float> x = {
       127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f,  // s = 1: ties
@@ -339,7 +339,7 @@ TEST(ActivationTest, QuantizeRowsInt8EdgeCases) {
   EXPECT_EQ(QuantizeInt8(NAN, 1.0f), -128);
 }
 
-TEST(ActivationTest, NamesParseAndValues) {
+TEST(KernelsActivationTest, NamesParseAndValues) {
   for (Activation a : {Activation::kIdentity, Activation::kRelu, Activation::kGelu,
                        Activation::kSilu}) {
     auto parsed = ParseActivation(ActivationName(a));
