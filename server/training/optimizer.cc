@@ -19,9 +19,9 @@ namespace {
 
 absl::Status CheckRange(std::string_view field, float value, bool zero_ok) {
   if (!std::isfinite(value) || value < 0.0f || (!zero_ok && value == 0.0f)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "optimizer %s is %g, must be finite and %s", field, value,
-        zero_ok ? ">= 0" : "> 0"));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("optimizer %s is %g, must be finite and %s", field,
+                        value, zero_ok ? ">= 0" : "> 0"));
   }
   return absl::OkStatus();
 }
@@ -49,15 +49,18 @@ std::string_view OptimizerKindName(OptimizerKind kind) {
 absl::StatusOr<OptimizerKind> ParseOptimizerKind(std::string_view name) {
   if (name == "adamw") return OptimizerKind::kAdamW;
   if (name == "sgd") return OptimizerKind::kSgd;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown optimizer \"", std::string(name), "\"; expected \"adamw\" or \"sgd\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown optimizer \"", std::string(name),
+                   "\"; expected \"adamw\" or \"sgd\""));
 }
 
 absl::Status ValidateOptimizerOptions(const OptimizerOptions& options) {
-  if (options.kind != OptimizerKind::kAdamW && options.kind != OptimizerKind::kSgd) {
+  if (options.kind != OptimizerKind::kAdamW &&
+      options.kind != OptimizerKind::kSgd) {
     return absl::InvalidArgumentError("optimizer kind is not a known value");
   }
-  if (absl::Status s = CheckRange("learning_rate", options.learning_rate, false);
+  if (absl::Status s =
+          CheckRange("learning_rate", options.learning_rate, false);
       !s.ok()) {
     return s;
   }
@@ -66,20 +69,25 @@ absl::Status ValidateOptimizerOptions(const OptimizerOptions& options) {
     return s;
   }
   if (options.kind == OptimizerKind::kAdamW) {
-    if (absl::Status s = CheckUnitInterval("beta1", options.beta1); !s.ok()) return s;
-    if (absl::Status s = CheckUnitInterval("beta2", options.beta2); !s.ok()) return s;
-    if (absl::Status s = CheckRange("epsilon", options.epsilon, false); !s.ok()) {
+    if (absl::Status s = CheckUnitInterval("beta1", options.beta1); !s.ok())
+      return s;
+    if (absl::Status s = CheckUnitInterval("beta2", options.beta2); !s.ok())
+      return s;
+    if (absl::Status s = CheckRange("epsilon", options.epsilon, false);
+        !s.ok()) {
       return s;
     }
   } else {
-    if (absl::Status s = CheckUnitInterval("momentum", options.momentum); !s.ok()) {
+    if (absl::Status s = CheckUnitInterval("momentum", options.momentum);
+        !s.ok()) {
       return s;
     }
   }
   return absl::OkStatus();
 }
 
-Optimizer::Optimizer(const OptimizerOptions& options, std::vector<int64_t> sizes)
+Optimizer::Optimizer(const OptimizerOptions& options,
+                     std::vector<int64_t> sizes)
     : options_(options), sizes_(std::move(sizes)) {
   first_.resize(sizes_.size());
   if (options_.kind == OptimizerKind::kAdamW) second_.resize(sizes_.size());
@@ -94,9 +102,9 @@ absl::StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(
   if (absl::Status s = ValidateOptimizerOptions(options); !s.ok()) return s;
   for (size_t i = 0; i < parameter_sizes.size(); ++i) {
     if (parameter_sizes[i] < 0) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "optimizer parameter %d has size %d, must be >= 0", i,
-          parameter_sizes[i]));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("optimizer parameter %d has size %d, must be >= 0", i,
+                          parameter_sizes[i]));
     }
   }
   return std::unique_ptr<Optimizer>(
@@ -104,7 +112,8 @@ absl::StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(
 }
 
 absl::Status Optimizer::SetLearningRate(float learning_rate) {
-  if (absl::Status s = CheckRange("learning_rate", learning_rate, false); !s.ok()) {
+  if (absl::Status s = CheckRange("learning_rate", learning_rate, false);
+      !s.ok()) {
     return s;
   }
   options_.learning_rate = learning_rate;
@@ -113,16 +122,17 @@ absl::Status Optimizer::SetLearningRate(float learning_rate) {
 
 absl::Status Optimizer::Step(std::span<const ParameterSlot> slots) {
   if (slots.size() != sizes_.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "optimizer step got %d parameter slots, expected %d", slots.size(),
-        sizes_.size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("optimizer step got %d parameter slots, expected %d",
+                        slots.size(), sizes_.size()));
   }
   // Check everything first so a bad slot leaves all parameters untouched.
   for (size_t i = 0; i < slots.size(); ++i) {
     const uint64_t want = static_cast<uint64_t>(sizes_[i]);
     if (slots[i].value.size() != want || slots[i].grad.size() != want) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "optimizer parameter %d: value has %d and grad %d elements, expected %d",
+          "optimizer parameter %d: value has %d and grad %d elements, expected "
+          "%d",
           i, slots[i].value.size(), slots[i].grad.size(), want));
     }
     for (size_t e = 0; e < want; ++e) {
@@ -141,11 +151,12 @@ absl::Status Optimizer::Step(std::span<const ParameterSlot> slots) {
     const double t = static_cast<double>(steps_);
     const float step_size =
         static_cast<float>(lr / (1.0 - std::pow(static_cast<double>(b1), t)));
-    const float bias_correction2_sqrt =
-        static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
+    const float bias_correction2_sqrt = static_cast<float>(
+        std::sqrt(1.0 - std::pow(static_cast<double>(b2), t)));
     for (size_t i = 0; i < slots.size(); ++i) {
-      const float decay =
-          slots[i].apply_weight_decay ? 1.0f - lr * options_.weight_decay : 1.0f;
+      const float decay = slots[i].apply_weight_decay
+                              ? 1.0f - lr * options_.weight_decay
+                              : 1.0f;
       std::span<float> p = slots[i].value;
       std::span<const float> g = slots[i].grad;
       float* m = first_[i].data();
@@ -154,7 +165,8 @@ absl::Status Optimizer::Step(std::span<const ParameterSlot> slots) {
         p[e] *= decay;
         m[e] = b1 * m[e] + (1.0f - b1) * g[e];
         v[e] = b2 * v[e] + (1.0f - b2) * g[e] * g[e];
-        const float denom = std::sqrt(v[e]) / bias_correction2_sqrt + options_.epsilon;
+        const float denom =
+            std::sqrt(v[e]) / bias_correction2_sqrt + options_.epsilon;
         p[e] -= step_size * m[e] / denom;
       }
     }

@@ -35,7 +35,8 @@ struct OptimizerOptions {
   // SGD: d = g + weight_decay * p (L2, coupled, as torch.optim.SGD);
   //   buf = momentum * buf + d (buf = d at the first step); p -= lr * buf.
   float momentum = 0.9f;  // in [0, 1)
-  float weight_decay = 0.0f;  // >= 0; skipped for slots with apply_weight_decay false
+  float weight_decay =
+      0.0f;  // >= 0; skipped for slots with apply_weight_decay false
 };
 
 // INVALID_ARGUMENT naming the field and its allowed range.

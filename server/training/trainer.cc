@@ -44,11 +44,10 @@ std::vector<float> LatentFromPacked(const PackedTernaryMatrix& packed) {
     for (int64_t e = begin; e < begin + group_size; ++e) non_zero += q[e] != 0;
     const float scale = packed.scales[g];
     const float magnitude =
-        non_zero == 0
-            ? 0.0f
-            : static_cast<float>(static_cast<double>(scale) *
-                                 static_cast<double>(group_size) /
-                                 static_cast<double>(non_zero));
+        non_zero == 0 ? 0.0f
+                      : static_cast<float>(static_cast<double>(scale) *
+                                           static_cast<double>(group_size) /
+                                           static_cast<double>(non_zero));
     for (int64_t e = begin; e < begin + group_size; ++e) {
       latent[e] = static_cast<float>(q[e]) * magnitude;
     }
@@ -56,8 +55,8 @@ std::vector<float> LatentFromPacked(const PackedTernaryMatrix& packed) {
   return latent;
 }
 
-absl::Status FirstNonFinite(std::span<const float> values, std::string_view what,
-                            int64_t cols) {
+absl::Status FirstNonFinite(std::span<const float> values,
+                            std::string_view what, int64_t cols) {
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -88,15 +87,16 @@ Trainer::Trainer(Model model, TrainerOptions options,
   for (size_t l = 0; l < model_.layers.size(); ++l) RefreshDequantized(l);
 }
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Model& model,
-                                                         TrainerOptions options) {
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
+    const Model& model, TrainerOptions options) {
   if (absl::Status s = ValidateModel(model); !s.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("trainer: invalid model: ", s.message()));
   }
   if (options.loss != LossKind::kMeanSquaredError &&
       options.loss != LossKind::kSoftmaxCrossEntropy) {
-    return absl::InvalidArgumentError("trainer: options.loss is not a known value");
+    return absl::InvalidArgumentError(
+        "trainer: options.loss is not a known value");
   }
   Model copy = model;
   std::vector<int64_t> sizes;
@@ -108,8 +108,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Model& model,
   absl::StatusOr<std::unique_ptr<Optimizer>> optimizer =
       Optimizer::Create(options.optimizer, std::move(sizes));
   if (!optimizer.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("trainer: options.optimizer: ", optimizer.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trainer: options.optimizer: ", optimizer.status().message()));
   }
   std::shared_ptr<TrainingBackend> backend = options.backend;
   if (backend == nullptr) {
@@ -118,9 +118,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Model& model,
     if (!cpu.ok()) return cpu.status();
     backend = *std::move(cpu);
   }
-  return std::unique_ptr<Trainer>(new Trainer(std::move(copy), std::move(options),
-                                              std::move(backend),
-                                              *std::move(optimizer)));
+  return std::unique_ptr<Trainer>(
+      new Trainer(std::move(copy), std::move(options), std::move(backend),
+                  *std::move(optimizer)));
 }
 
 void Trainer::RefreshDequantized(size_t layer) {
@@ -128,7 +128,8 @@ void Trainer::RefreshDequantized(size_t layer) {
 }
 
 absl::Status Trainer::SetLearningRate(float learning_rate) {
-  if (absl::Status s = optimizer_->SetLearningRate(learning_rate); !s.ok()) return s;
+  if (absl::Status s = optimizer_->SetLearningRate(learning_rate); !s.ok())
+    return s;
   options_.optimizer.learning_rate = learning_rate;
   return absl::OkStatus();
 }
@@ -140,9 +141,10 @@ absl::Status Trainer::CheckBatch(std::span<const float> x, int64_t rows) const {
   }
   const int64_t in = model_.input_features();
   if (x.size() != static_cast<uint64_t>(rows) * static_cast<uint64_t>(in)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "trainer: x has %d values, expected rows * input_features = %d * %d = %d",
-        x.size(), rows, in, rows * in));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("trainer: x has %d values, expected rows * "
+                        "input_features = %d * %d = %d",
+                        x.size(), rows, in, rows * in));
   }
   return FirstNonFinite(x, "trainer: x", in);
 }
@@ -155,7 +157,8 @@ absl::Status Trainer::CheckTargets(const Targets& targets, int64_t rows) const {
           "trainer: the loss is mse, which takes float targets, but integer "
           "labels were given");
     }
-    if (targets.values.size() != static_cast<uint64_t>(rows) * static_cast<uint64_t>(out)) {
+    if (targets.values.size() !=
+        static_cast<uint64_t>(rows) * static_cast<uint64_t>(out)) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "trainer: targets has %d values, expected rows * output_features = "
           "%d * %d = %d",
@@ -175,9 +178,10 @@ absl::Status Trainer::CheckTargets(const Targets& targets, int64_t rows) const {
   }
   for (int64_t r = 0; r < rows; ++r) {
     if (targets.labels[r] < 0 || targets.labels[r] >= out) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "trainer: labels[%d] is %d, expected a class in [0, output_features = %d)",
-          r, targets.labels[r], out));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("trainer: labels[%d] is %d, expected a class in [0, "
+                          "output_features = %d)",
+                          r, targets.labels[r], out));
     }
   }
   return absl::OkStatus();
@@ -188,9 +192,10 @@ absl::Status Trainer::Forward(std::span<const float> x, int64_t rows,
   if (absl::Status s = CheckBatch(x, rows); !s.ok()) return s;
   const int64_t out = model_.output_features();
   if (y.size() != static_cast<uint64_t>(rows) * static_cast<uint64_t>(out)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "trainer: y has %d values, expected rows * output_features = %d * %d = %d",
-        y.size(), rows, out, rows * out));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("trainer: y has %d values, expected rows * "
+                        "output_features = %d * %d = %d",
+                        y.size(), rows, out, rows * out));
   }
   if (rows == 0) return absl::OkStatus();
   std::vector<float> current(x.begin(), x.end());
@@ -212,11 +217,13 @@ absl::Status Trainer::Forward(std::span<const float> x, int64_t rows,
   return absl::OkStatus();
 }
 
-absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x, int64_t rows,
+absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x,
+                                            int64_t rows,
                                             const Targets& targets) {
   if (absl::Status s = CheckBatch(x, rows); !s.ok()) return s;
   if (rows == 0) {
-    return absl::InvalidArgumentError("trainer: a training batch needs rows > 0");
+    return absl::InvalidArgumentError(
+        "trainer: a training batch needs rows > 0");
   }
   if (absl::Status s = CheckTargets(targets, rows); !s.ok()) return s;
   const size_t num_layers = model_.layers.size();
@@ -251,7 +258,8 @@ absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x, int64_t ro
       inputs[l].resize(rows * in);
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < in; ++c) {
-          inputs[l][r * in + c] = static_cast<float>(xq[r * in + c]) / row_scale[r];
+          inputs[l][r * in + c] =
+              static_cast<float>(xq[r * in + c]) / row_scale[r];
         }
       }
     } else {
@@ -330,15 +338,13 @@ absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x, int64_t ro
   return grads;
 }
 
-absl::StatusOr<Gradients> Trainer::ComputeGradients(std::span<const float> x,
-                                                    int64_t rows,
-                                                    std::span<const float> targets) {
+absl::StatusOr<Gradients> Trainer::ComputeGradients(
+    std::span<const float> x, int64_t rows, std::span<const float> targets) {
   return Backprop(x, rows, Targets{.values = targets, .labels = {}});
 }
 
-absl::StatusOr<Gradients> Trainer::ComputeGradients(std::span<const float> x,
-                                                    int64_t rows,
-                                                    std::span<const int32_t> labels) {
+absl::StatusOr<Gradients> Trainer::ComputeGradients(
+    std::span<const float> x, int64_t rows, std::span<const int32_t> labels) {
   return Backprop(x, rows, Targets{.values = {}, .labels = labels});
 }
 
@@ -352,7 +358,8 @@ absl::StatusOr<StepResult> Trainer::Step(std::span<const float> x, int64_t rows,
   return DoStep(x, rows, Targets{.values = {}, .labels = labels});
 }
 
-absl::StatusOr<StepResult> Trainer::DoStep(std::span<const float> x, int64_t rows,
+absl::StatusOr<StepResult> Trainer::DoStep(std::span<const float> x,
+                                           int64_t rows,
                                            const Targets& targets) {
   if (broken_) {
     return absl::FailedPreconditionError(
@@ -399,9 +406,9 @@ absl::Status Trainer::Requantize() {
   for (size_t l = 0; l < model_.layers.size(); ++l) {
     Layer& layer = model_.layers[l];
     if (!AllFinite(layer.bias)) {
-      return absl::InternalError(absl::StrFormat(
-          "trainer: layer %d bias became non-finite at step %d", l,
-          optimizer_->steps()));
+      return absl::InternalError(
+          absl::StrFormat("trainer: layer %d bias became non-finite at step %d",
+                          l, optimizer_->steps()));
     }
     absl::StatusOr<PackedTernaryMatrix> packed =
         QuantizeAndPack(layer.latent, layer.spec.out_features,
@@ -422,9 +429,9 @@ absl::Status Trainer::UpdateModel(Model* model) const {
     return absl::InvalidArgumentError("trainer: UpdateModel got a null model");
   }
   if (model->layers.size() != model_.layers.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "trainer: model has %d layers, the trainer's has %d", model->layers.size(),
-        model_.layers.size()));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("trainer: model has %d layers, the trainer's has %d",
+                        model->layers.size(), model_.layers.size()));
   }
   for (size_t l = 0; l < model_.layers.size(); ++l) {
     const LayerSpec& a = model->layers[l].spec;
@@ -437,8 +444,8 @@ absl::Status Trainer::UpdateModel(Model* model) const {
           "%s, act_quant %s, bias %s; the trainer's has in %d, out %d, "
           "activation %s, act_quant %s, bias %s",
           l, a.in_features, a.out_features, ActivationName(a.activation),
-          ActivationQuantName(a.act_quant), a.has_bias ? "yes" : "no", b.in_features,
-          b.out_features, ActivationName(b.activation),
+          ActivationQuantName(a.act_quant), a.has_bias ? "yes" : "no",
+          b.in_features, b.out_features, ActivationName(b.activation),
           ActivationQuantName(b.act_quant), b.has_bias ? "yes" : "no"));
     }
   }

@@ -61,10 +61,10 @@ struct StepResult {
 // applies. Per layer, same shapes as the layer's latent weight and bias.
 struct Gradients {
   double loss = 0.0;
-  int64_t correct = 0;                      // as StepResult::correct
-  std::vector<std::vector<float>> weight;   // [layers][out * in]
-  std::vector<std::vector<float>> bias;     // [layers][out], empty without bias
-  std::vector<float> input;                 // d loss / d x, [rows, in]
+  int64_t correct = 0;                     // as StepResult::correct
+  std::vector<std::vector<float>> weight;  // [layers][out * in]
+  std::vector<std::vector<float>> bias;    // [layers][out], empty without bias
+  std::vector<float> input;                // d loss / d x, [rows, in]
 };
 
 class Trainer {
@@ -78,8 +78,8 @@ class Trainer {
   // weights as given, so it equals what the model serves.
   // Errors: INVALID_ARGUMENT for an invalid model (empty, inconsistent,
   // non-finite latent or bias values) or options (naming the field).
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Model& model,
-                                                         TrainerOptions options);
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(
+      const Model& model, TrainerOptions options);
 
   // One optimizer step on a batch. `x` is [rows, input_features] row-major
   // fp32, rows > 0. MSE takes `targets` [rows, output_features]; cross-entropy
@@ -98,15 +98,18 @@ class Trainer {
   // Loss and gradients at the current weights; nothing is updated. Same
   // arguments and errors as Step (no FAILED_PRECONDITION for non-finite
   // gradients: they are returned as they are).
-  absl::StatusOr<Gradients> ComputeGradients(std::span<const float> x, int64_t rows,
+  absl::StatusOr<Gradients> ComputeGradients(std::span<const float> x,
+                                             int64_t rows,
                                              std::span<const float> targets);
-  absl::StatusOr<Gradients> ComputeGradients(std::span<const float> x, int64_t rows,
+  absl::StatusOr<Gradients> ComputeGradients(std::span<const float> x,
+                                             int64_t rows,
                                              std::span<const int32_t> labels);
 
   // The training forward (no caching): y [rows, output_features] =
   // ReferenceForward(ExportModel(), x) bit for bit. rows may be 0.
   // Errors: INVALID_ARGUMENT for sizes or non-finite x.
-  absl::Status Forward(std::span<const float> x, int64_t rows, std::span<float> y);
+  absl::Status Forward(std::span<const float> x, int64_t rows,
+                       std::span<float> y);
 
   // The current model: packed weights and scales re-quantized from the
   // latents, biases, and the latents themselves (so a written file can be

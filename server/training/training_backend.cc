@@ -72,7 +72,8 @@ absl::Status CpuTrainingBackend::Gemm(const GemmArgs& args) {
   if (args.transpose_b && k > 0) {
     b_packed.resize(k * n);
     for (int64_t j = 0; j < n; ++j) {
-      for (int64_t p = 0; p < k; ++p) b_packed[p * n + j] = args.b[j * args.ldb + p];
+      for (int64_t p = 0; p < k; ++p)
+        b_packed[p * n + j] = args.b[j * args.ldb + p];
     }
     b = b_packed.data();
     ldb = n;
@@ -88,8 +89,8 @@ absl::Status CpuTrainingBackend::Gemm(const GemmArgs& args) {
       }
       if (args.alpha == 0.0f) continue;
       for (int64_t p = 0; p < k; ++p) {
-        const float a_ip =
-            args.transpose_a ? args.a[p * args.lda + i] : args.a[i * args.lda + p];
+        const float a_ip = args.transpose_a ? args.a[p * args.lda + i]
+                                            : args.a[i * args.lda + p];
         // Skipping exact zeros is what reference BLAS does; ReLU makes many.
         if (a_ip == 0.0f) continue;
         const float a = args.alpha * a_ip;
@@ -130,14 +131,16 @@ absl::Status CpuTrainingBackend::TernaryForward(const TernaryGemmArgs& args) {
         for (int64_t c = 0; c < k; ++c) {
           const int32_t xc = xq[c];
           const int8_t* q_row = q_t.data() + c * n;
-          for (int64_t j = 0; j < n; ++j) acc[j] += xc * static_cast<int32_t>(q_row[j]);
+          for (int64_t j = 0; j < n; ++j)
+            acc[j] += xc * static_cast<int32_t>(q_row[j]);
         }
         float* y = args.y + i * n;
         for (int64_t j = 0; j < n; ++j) {
           const float bias = args.bias != nullptr ? args.bias[j] : 0.0f;
-          y[j] = ApplyActivation(
-              args.activation,
-              Int8Dequantize(acc[j], args.weight.ScaleForRow(j), row_scale, bias));
+          y[j] =
+              ApplyActivation(args.activation,
+                              Int8Dequantize(acc[j], args.weight.ScaleForRow(j),
+                                             row_scale, bias));
         }
       }
     };
@@ -155,12 +158,14 @@ absl::Status CpuTrainingBackend::TernaryForward(const TernaryGemmArgs& args) {
         // with -std=c++20, i.e. -ffp-contract=off: no fused multiply-adds.)
         const double xc = static_cast<double>(args.x[i * k + c]);
         const int8_t* q_row = q_t.data() + c * n;
-        for (int64_t j = 0; j < n; ++j) acc[j] += xc * static_cast<double>(q_row[j]);
+        for (int64_t j = 0; j < n; ++j)
+          acc[j] += xc * static_cast<double>(q_row[j]);
       }
       float* y = args.y + i * n;
       for (int64_t j = 0; j < n; ++j) {
         const double bias = args.bias != nullptr ? args.bias[j] : 0.0;
-        const double v = acc[j] * static_cast<double>(args.weight.ScaleForRow(j)) + bias;
+        const double v =
+            acc[j] * static_cast<double>(args.weight.ScaleForRow(j)) + bias;
         y[j] = ApplyActivation(args.activation, static_cast<float>(v));
       }
     }
@@ -173,9 +178,9 @@ absl::Status CpuTrainingBackend::TernaryForward(const TernaryGemmArgs& args) {
 
 absl::Status CheckGemmArgs(const GemmArgs& args) {
   if (args.m < 0 || args.n < 0 || args.k < 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "gemm sizes must be >= 0, got m = %d, n = %d, k = %d", args.m, args.n,
-        args.k));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("gemm sizes must be >= 0, got m = %d, n = %d, k = %d",
+                        args.m, args.n, args.k));
   }
   // Stored shapes: A is [m, k] or [k, m]; B is [k, n] or [n, k].
   const int64_t a_cols = args.transpose_a ? args.m : args.k;
@@ -212,7 +217,8 @@ absl::StatusOr<std::unique_ptr<TrainingBackend>> CreateCpuTrainingBackend(
     const CpuTrainingBackendOptions& options) {
   int threads = options.num_threads;
   if (threads <= 0) {
-    threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   return std::make_unique<CpuTrainingBackend>(threads);
 }

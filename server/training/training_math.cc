@@ -24,16 +24,17 @@ absl::Status CheckLossShape(std::string_view what, size_t output_size,
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s: rows and cols must be positive, got %d x %d", what, rows, cols));
   }
-  const uint64_t want = static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
+  const uint64_t want =
+      static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
   if (output_size != want) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: output has %d values, expected rows * cols = %d", what, output_size,
-        want));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: output has %d values, expected rows * cols = %d",
+                        what, output_size, want));
   }
   if (other_size != static_cast<uint64_t>(other_expected)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: %s has %d values, expected %d", what, other_name, other_size,
-        other_expected));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: %s has %d values, expected %d", what, other_name,
+                        other_size, other_expected));
   }
   if (grad_size != 0 && grad_size != want) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -80,25 +81,26 @@ std::string_view LossKindName(LossKind kind) {
 absl::StatusOr<LossKind> ParseLossKind(std::string_view name) {
   if (name == "mse") return LossKind::kMeanSquaredError;
   if (name == "cross_entropy") return LossKind::kSoftmaxCrossEntropy;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown loss \"", std::string(name), "\"; expected \"mse\" or \"cross_entropy\""));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown loss \"", std::string(name),
+                   "\"; expected \"mse\" or \"cross_entropy\""));
 }
 
 absl::StatusOr<double> MeanSquaredError(std::span<const float> output,
                                         std::span<const float> targets,
                                         int64_t rows, int64_t cols,
                                         std::span<float> grad) {
-  if (absl::Status s = CheckLossShape("mse loss", output.size(), targets.size(),
-                                      "targets", rows * cols, rows, cols,
-                                      grad.size());
+  if (absl::Status s =
+          CheckLossShape("mse loss", output.size(), targets.size(), "targets",
+                         rows * cols, rows, cols, grad.size());
       !s.ok()) {
     return s;
   }
   for (size_t i = 0; i < targets.size(); ++i) {
     if (!std::isfinite(targets[i])) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "mse loss: targets[%d, %d] is not finite", static_cast<int64_t>(i) / cols,
-          static_cast<int64_t>(i) % cols));
+          "mse loss: targets[%d, %d] is not finite",
+          static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols));
     }
   }
   const double count = static_cast<double>(rows) * static_cast<double>(cols);
@@ -116,17 +118,17 @@ absl::StatusOr<double> SoftmaxCrossEntropy(std::span<const float> output,
                                            int64_t rows, int64_t cols,
                                            std::span<float> grad,
                                            int64_t* correct) {
-  if (absl::Status s = CheckLossShape("cross-entropy loss", output.size(),
-                                      labels.size(), "labels", rows, rows, cols,
-                                      grad.size());
+  if (absl::Status s =
+          CheckLossShape("cross-entropy loss", output.size(), labels.size(),
+                         "labels", rows, rows, cols, grad.size());
       !s.ok()) {
     return s;
   }
   for (int64_t r = 0; r < rows; ++r) {
     if (labels[r] < 0 || labels[r] >= cols) {
       return absl::InvalidArgumentError(absl::StrFormat(
-          "cross-entropy loss: labels[%d] is %d, expected a class in [0, %d)", r,
-          labels[r], cols));
+          "cross-entropy loss: labels[%d] is %d, expected a class in [0, %d)",
+          r, labels[r], cols));
     }
   }
   double total = 0.0;
