@@ -1,0 +1,756 @@
+// Host side of the CUDA kernels: RAII resources, weight upload, the explicit
+// configuration list and the dispatcher.
+#include "kernels/cuda/ternary_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/ternary_launch.h"
+#include "kernels/ternary_format.h"
+
+namespace bitnet {
+namespace cuda_internal {
+
+extern const GemmKernelInfo kMmaKernels[];
+extern const int kMmaKernelCount;
+extern const GemmKernelInfo kWgmmaKernels[];
+extern const int kWgmmaKernelCount;
+
+int GemmKernelCount() { return kMmaKernelCount + kWgmmaKernelCount; }
+const GemmKernelInfo& GemmKernel(int id) {
+  return id < kMmaKernelCount ? kMmaKernels[id] : kWgmmaKernels[id - kMmaKernelCount];
+}
+
+absl::Status CudaErrorToStatus(cudaError_t error, const char* call, const char* file, int line) {
+  const std::string message = absl::StrFormat("%s failed: %s (%s) at %s:%d", call,
+                                              cudaGetErrorName(error), cudaGetErrorString(error),
+                                              file, line);
+  // Clear a non-sticky error so that later calls do not report it again.
+  (void)cudaGetLastError();
+  switch (error) {
+    case cudaErrorMemoryAllocation:
+      return absl::ResourceExhaustedError(message);
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+      return absl::UnavailableError(message);
+    case cudaErrorInvalidValue:
+    case cudaErrorInvalidDevice:
+      return absl::InvalidArgumentError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+DeviceGuard::DeviceGuard(int device) {
+  cudaError_t e = cudaGetDevice(&previous_);
+  if (e == cudaSuccess && previous_ != device) e = cudaSetDevice(device);
+  if (e != cudaSuccess) {
+    status_ = CudaErrorToStatus(e, "cudaSetDevice", __FILE__, __LINE__);
+    previous_ = -1;
+  }
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (previous_ >= 0) {
+    int current = -1;
+    if (cudaGetDevice(&current) == cudaSuccess && current != previous_) cudaSetDevice(previous_);
+  }
+}
+
+}  // namespace cuda_internal
+
+using cuda_internal::CudaErrorToStatus;
+using cuda_internal::DeviceGuard;
+using cuda_internal::GemmKernel;
+using cuda_internal::GemmKernelCount;
+using cuda_internal::GemmKernelInfo;
+using cuda_internal::GemmParams;
+using cuda_internal::MmaType;
+using cuda_internal::OutType;
+using cuda_internal::PrepParams;
+
+#define BITNET_RETURN_IF_ERROR(expr)          \
+  do {                                        \
+    const absl::Status bitnet_status_ = (expr); \
+    if (!bitnet_status_.ok()) return bitnet_status_; \
+  } while (0)
+
+std::string_view CudaDTypeName(CudaDType dtype) {
+  switch (dtype) {
+    case CudaDType::kF32:
+      return "f32";
+    case CudaDType::kF16:
+      return "f16";
+    case CudaDType::kBF16:
+      return "bf16";
+    case CudaDType::kS32:
+      return "s32";
+  }
+  return "unknown";
+}
+
+size_t CudaDTypeBytes(CudaDType dtype) {
+  switch (dtype) {
+    case CudaDType::kF16:
+    case CudaDType::kBF16:
+      return 2;
+    default:
+      return 4;
+  }
+}
+
+absl::StatusOr<int> CudaDeviceCount() {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e == cudaSuccess) return count;
+  (void)cudaGetLastError();
+  // No GPU, no driver, or a driver that cannot start: "no device", not an
+  // error, so CPU-only machines and CI skip GPU work.
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ||
+      e == cudaErrorInitializationError || e == cudaErrorNotSupported ||
+      e == cudaErrorSystemNotReady || e == cudaErrorSystemDriverMismatch ||
+      e == cudaErrorCompatNotSupportedOnDevice || e == cudaErrorOperatingSystem) {
+    return 0;
+  }
+  return CudaErrorToStatus(e, "cudaGetDeviceCount", __FILE__, __LINE__);
+}
+
+namespace {
+
+absl::Status CheckDevice(int device) {
+  absl::StatusOr<int> count = CudaDeviceCount();
+  if (!count.ok()) return count.status();
+  if (*count == 0) return absl::UnavailableError("no CUDA device is visible");
+  if (device < 0 || device >= *count) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("device is %d; this machine has CUDA devices 0..%d", device, *count - 1));
+  }
+  return absl::OkStatus();
+}
+
+struct DeviceInfo {
+  int sm_major = 0;
+  int sms = 0;
+  bool wgmma = false;
+};
+
+absl::StatusOr<DeviceInfo> GetDeviceInfo(int device) {
+  static std::mutex* mu = new std::mutex;
+  static auto* cache = new std::map<int, DeviceInfo>;
+  std::lock_guard<std::mutex> lock(*mu);
+  if (auto it = cache->find(device); it != cache->end()) return it->second;
+  BITNET_RETURN_IF_ERROR(CheckDevice(device));
+  DeviceGuard guard(device);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  cudaDeviceProp prop;
+  BITNET_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  DeviceInfo info;
+  info.sm_major = prop.major;
+  info.sms = prop.multiProcessorCount;
+  if (prop.major == 9) {
+    int has = 0;
+    BITNET_CUDA_RETURN_IF_ERROR(cuda_internal::ProbeWgmma(&has, nullptr));
+    info.wgmma = has != 0;
+  }
+  (*cache)[device] = info;
+  return info;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> CudaDeviceName(int device) {
+  BITNET_RETURN_IF_ERROR(CheckDevice(device));
+  cudaDeviceProp prop;
+  BITNET_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  return std::string(prop.name);
+}
+
+absl::StatusOr<bool> CudaDeviceHasWgmma(int device) {
+  absl::StatusOr<DeviceInfo> info = GetDeviceInfo(device);
+  if (!info.ok()) return info.status();
+  return info->wgmma;
+}
+
+// ---------------------------------------------------------------------------
+// RAII resources.
+
+absl::StatusOr<CudaBuffer> CudaBuffer::Create(size_t bytes, int device) {
+  BITNET_RETURN_IF_ERROR(CheckDevice(device));
+  CudaBuffer buffer;
+  buffer.device_ = device;
+  if (bytes == 0) return buffer;
+  DeviceGuard guard(device);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  BITNET_CUDA_RETURN_IF_ERROR(cudaMalloc(&buffer.data_, bytes));
+  buffer.bytes_ = bytes;
+  return buffer;
+}
+
+CudaBuffer::CudaBuffer(CudaBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      device_(other.device_) {}
+
+CudaBuffer& CudaBuffer::operator=(CudaBuffer&& other) noexcept {
+  if (this != &other) {
+    CudaBuffer old(std::move(*this));
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+    device_ = other.device_;
+  }
+  return *this;
+}
+
+CudaBuffer::~CudaBuffer() {
+  if (data_ != nullptr) {
+    DeviceGuard guard(device_);
+    cudaFree(data_);
+  }
+}
+
+absl::Status CudaBuffer::CopyFromHost(const void* src, size_t bytes) {
+  if (bytes > bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("copy of %d bytes into a %d-byte device buffer", bytes, bytes_));
+  }
+  if (bytes == 0) return absl::OkStatus();
+  DeviceGuard guard(device_);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  BITNET_CUDA_RETURN_IF_ERROR(cudaMemcpy(data_, src, bytes, cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBuffer::CopyToHost(void* dst, size_t bytes) const {
+  if (bytes > bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("copy of %d bytes out of a %d-byte device buffer", bytes, bytes_));
+  }
+  if (bytes == 0) return absl::OkStatus();
+  DeviceGuard guard(device_);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  BITNET_CUDA_RETURN_IF_ERROR(cudaMemcpy(dst, data_, bytes, cudaMemcpyDeviceToHost));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBuffer::Fill(int value, void* stream) {
+  if (bytes_ == 0) return absl::OkStatus();
+  DeviceGuard guard(device_);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  auto s = static_cast<cudaStream_t>(stream);
+  BITNET_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(data_, value, bytes_, s));
+  BITNET_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CudaHostBuffer> CudaHostBuffer::Create(size_t bytes) {
+  CudaHostBuffer buffer;
+  if (bytes == 0) return buffer;
+  BITNET_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&buffer.data_, bytes, cudaHostAllocDefault));
+  buffer.bytes_ = bytes;
+  return buffer;
+}
+
+CudaHostBuffer::CudaHostBuffer(CudaHostBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
+
+CudaHostBuffer& CudaHostBuffer::operator=(CudaHostBuffer&& other) noexcept {
+  if (this != &other) {
+    CudaHostBuffer old(std::move(*this));
+    data_ = std::exchange(other.data_, nullptr);
+    bytes_ = std::exchange(other.bytes_, 0);
+  }
+  return *this;
+}
+
+CudaHostBuffer::~CudaHostBuffer() {
+  if (data_ != nullptr) cudaFreeHost(data_);
+}
+
+absl::StatusOr<CudaStream> CudaStream::Create(int device) {
+  BITNET_RETURN_IF_ERROR(CheckDevice(device));
+  DeviceGuard guard(device);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  CudaStream stream;
+  cudaStream_t s = nullptr;
+  BITNET_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream.stream_ = s;
+  stream.device_ = device;
+  return stream;
+}
+
+CudaStream::CudaStream(CudaStream&& other) noexcept
+    : stream_(std::exchange(other.stream_, nullptr)), device_(other.device_) {}
+
+CudaStream& CudaStream::operator=(CudaStream&& other) noexcept {
+  if (this != &other) {
+    CudaStream old(std::move(*this));
+    stream_ = std::exchange(other.stream_, nullptr);
+    device_ = other.device_;
+  }
+  return *this;
+}
+
+CudaStream::~CudaStream() {
+  if (stream_ != nullptr) {
+    DeviceGuard guard(device_);
+    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  }
+}
+
+absl::Status CudaStream::Synchronize() const {
+  BITNET_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CudaEvent> CudaEvent::Create(int device) {
+  BITNET_RETURN_IF_ERROR(CheckDevice(device));
+  DeviceGuard guard(device);
+  BITNET_RETURN_IF_ERROR(guard.status());
+  CudaEvent event;
+  cudaEvent_t e = nullptr;
+  BITNET_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+  event.event_ = e;
+  return event;
+}
+
+CudaEvent::CudaEvent(CudaEvent&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
+
+CudaEvent& CudaEvent::operator=(CudaEvent&& other) noexcept {
+  if (this != &other) {
+    CudaEvent old(std::move(*this));
+    event_ = std::exchange(other.event_, nullptr);
+  }
+  return *this;
+}
+
+CudaEvent::~CudaEvent() {
+  if (event_ != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+absl::Status CudaEvent::Record(void* stream) {
+  BITNET_CUDA_RETURN_IF_ERROR(
+      cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(stream)));
+  return absl::OkStatus();
+}
+
+absl::Status CudaEvent::Synchronize() const {
+  BITNET_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<float> CudaEvent::ElapsedMsSince(const CudaEvent& start) const {
+  float ms = 0.0f;
+  BITNET_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start.event_),
+                                                   static_cast<cudaEvent_t>(event_)));
+  return ms;
+}
+
+absl::Status CudaMemcpyAsync(void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0) return absl::OkStatus();
+  BITNET_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Weights.
+
+absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> CudaTernaryWeights::Create(
+    const PackedTernaryView& packed, const float* bias, int device, Options options) {
+  if (!options.fp_layout && !options.int8_layout) {
+    return absl::InvalidArgumentError(
+        "CudaTernaryWeights options: at least one of fp_layout and int8_layout must be set");
+  }
+  if (packed.rows <= 0 || packed.cols <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "weight shape must be positive, got [%d, %d]", packed.rows, packed.cols));
+  }
+  if (packed.rows > (int64_t{1} << 30) || packed.cols > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "weight shape [%d, %d] is too large (rows <= 2^30, cols <= 2^24)", packed.rows,
+        packed.cols));
+  }
+  if (packed.words == nullptr || packed.scales == nullptr) {
+    return absl::InvalidArgumentError("weight words or scales pointer is null");
+  }
+  BITNET_RETURN_IF_ERROR(ValidatePacked(packed));
+  if (bias != nullptr) {
+    for (int64_t i = 0; i < packed.rows; ++i) {
+      if (!std::isfinite(bias[i])) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("bias[%d] is %f; biases must be finite", i, bias[i]));
+      }
+    }
+  }
+  BITNET_RETURN_IF_ERROR(CheckDevice(device));
+
+  auto w = std::unique_ptr<CudaTernaryWeights>(new CudaTernaryWeights());
+  w->rows_ = packed.rows;
+  w->cols_ = packed.cols;
+  w->padded_rows_ = (packed.rows + kCudaRowPad - 1) / kCudaRowPad * kCudaRowPad;
+  w->k_tiles_ = (packed.cols + kCudaColTile - 1) / kCudaColTile;
+  w->device_ = device;
+
+  auto upload = [&](const void* data, size_t bytes) -> absl::StatusOr<CudaBuffer> {
+    absl::StatusOr<CudaBuffer> buffer = CudaBuffer::Create(bytes, device);
+    if (!buffer.ok()) return buffer.status();
+    BITNET_RETURN_IF_ERROR(buffer->CopyFromHost(data, bytes));
+    return buffer;
+  };
+  if (options.fp_layout) {
+    const std::vector<uint32_t> words = RepackTernaryForCudaFp(packed);
+    absl::StatusOr<CudaBuffer> b = upload(words.data(), words.size() * sizeof(uint32_t));
+    if (!b.ok()) return b.status();
+    w->fp_codes_ = std::move(*b);
+  }
+  if (options.int8_layout) {
+    const std::vector<uint32_t> words = RepackTernaryForCudaInt8(packed);
+    absl::StatusOr<CudaBuffer> b = upload(words.data(), words.size() * sizeof(uint32_t));
+    if (!b.ok()) return b.status();
+    w->int8_codes_ = std::move(*b);
+  }
+  std::vector<float> scales(static_cast<size_t>(w->padded_rows_), 0.0f);
+  for (int64_t i = 0; i < packed.rows; ++i) scales[i] = packed.ScaleForRow(i);
+  {
+    absl::StatusOr<CudaBuffer> b = upload(scales.data(), scales.size() * sizeof(float));
+    if (!b.ok()) return b.status();
+    w->scales_ = std::move(*b);
+  }
+  if (bias != nullptr) {
+    std::vector<float> padded(static_cast<size_t>(w->padded_rows_), 0.0f);
+    std::copy(bias, bias + packed.rows, padded.begin());
+    absl::StatusOr<CudaBuffer> b = upload(padded.data(), padded.size() * sizeof(float));
+    if (!b.ok()) return b.status();
+    w->bias_ = std::move(*b);
+  }
+  return w;
+}
+
+bool CudaTernaryWeights::has_layout(ActivationQuant mode) const {
+  return mode == ActivationQuant::kInt8 ? int8_codes_.data() != nullptr
+                                        : fp_codes_.data() != nullptr;
+}
+
+const void* CudaTernaryWeights::codes(ActivationQuant mode) const {
+  return mode == ActivationQuant::kInt8 ? int8_codes_.data() : fp_codes_.data();
+}
+
+int64_t CudaTernaryWeights::device_bytes() const {
+  return static_cast<int64_t>(fp_codes_.bytes() + int8_codes_.bytes() + scales_.bytes() +
+                              bias_.bytes());
+}
+
+// ---------------------------------------------------------------------------
+// Configurations and dispatch.
+
+const std::vector<CudaKernelConfig>& CudaKernelConfigs() {
+  static const auto* configs = [] {
+    auto* v = new std::vector<CudaKernelConfig>;
+    for (int id = 0; id < GemmKernelCount(); ++id) {
+      const GemmKernelInfo& k = GemmKernel(id);
+      v->push_back({id, k.name, k.weight_rows, k.batch_rows, k.wgmma});
+    }
+    return v;
+  }();
+  return *configs;
+}
+
+namespace {
+
+int FindConfig(const char* name) {
+  for (int id = 0; id < GemmKernelCount(); ++id) {
+    if (std::string_view(GemmKernel(id).name) == name) return id;
+  }
+  return -1;
+}
+
+constexpr size_t kAlign = 256;
+size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+MmaType MmaTypeFor(const CudaLinearArgs& args) {
+  if (args.act_quant == ActivationQuant::kInt8) return MmaType::kS8;
+  return args.x_dtype == CudaDType::kBF16 ? MmaType::kBF16 : MmaType::kF16;
+}
+
+bool NeedsPrep(const CudaLinearArgs& args, int64_t x_stride) {
+  if (args.act_quant == ActivationQuant::kInt8) return true;
+  if (args.x_dtype == CudaDType::kF32) return true;
+  // fp16/bf16 are read in place when whole rows are 16-byte chunks.
+  return args.weights->cols() % 8 != 0 || x_stride % 8 != 0 ||
+         reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
+}
+
+// Workspace layout: [counters][partials][prepared activations][row scales].
+struct WorkspaceLayout {
+  size_t counters = 0;
+  size_t partials = 0;
+  size_t prep = 0;
+  size_t row_scales = 0;
+  size_t total = 0;
+};
+
+WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, int splits,
+                       bool prep, size_t prep_elem_bytes, int64_t padded_k) {
+  WorkspaceLayout l;
+  size_t off = 0;
+  if (splits > 1) {
+    l.counters = off;
+    off = AlignUp(off + static_cast<size_t>(tiles) * sizeof(int));
+    l.partials = off;
+    off = AlignUp(off + static_cast<size_t>(tiles) * splits * kernel.weight_rows *
+                            kernel.batch_rows * sizeof(uint32_t));
+  }
+  if (prep) {
+    l.prep = off;
+    off = AlignUp(off + static_cast<size_t>(m) * padded_k * prep_elem_bytes);
+    l.row_scales = off;
+    off = AlignUp(off + static_cast<size_t>(m) * sizeof(float));
+  }
+  l.total = off;
+  return l;
+}
+
+int AutoConfig(int64_t m, bool wgmma) {
+  // Small batches stream the weights (memory-bound): the narrowest batch tile
+  // that holds the batch. Larger ones are tensor-core bound: wgmma on Hopper.
+  if (m <= 8) return FindConfig("mma_w64_b8");
+  if (m <= 16) return FindConfig("mma_w64_b16");
+  if (m <= 32) return FindConfig("mma_w64_b32");
+  if (!wgmma) return FindConfig(m <= 64 ? "mma_w128_b64" : "mma_w128_b128");
+  if (m <= 64) return FindConfig("wgmma_w128_b64");
+  return FindConfig("wgmma_w128_b128");
+}
+
+struct ShapeCheck {
+  int64_t x_stride = 0;
+  int64_t y_stride = 0;
+};
+
+absl::StatusOr<ShapeCheck> CheckArgs(const CudaLinearArgs& args) {
+  if (args.weights == nullptr) return absl::InvalidArgumentError("weights is null");
+  const CudaTernaryWeights& w = *args.weights;
+  if (args.m < 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("m (batch rows) is %d, must be >= 0", args.m));
+  }
+  if (args.m > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("m (batch rows) is %d; at most %d per call", args.m, int64_t{1} << 24));
+  }
+  if (args.act_quant != ActivationQuant::kNone && args.act_quant != ActivationQuant::kInt8) {
+    return absl::InvalidArgumentError("act_quant is not a known value");
+  }
+  switch (args.activation) {
+    case Activation::kIdentity:
+    case Activation::kRelu:
+    case Activation::kGelu:
+    case Activation::kSilu:
+      break;
+    default:
+      return absl::InvalidArgumentError("activation is not a known value");
+  }
+  if (args.x_dtype != CudaDType::kF32 && args.x_dtype != CudaDType::kF16 &&
+      args.x_dtype != CudaDType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "x_dtype is ", std::string(CudaDTypeName(args.x_dtype)), "; expected f32, f16 or bf16"));
+  }
+  if (args.y_dtype != CudaDType::kF32 && args.y_dtype != CudaDType::kF16 &&
+      args.y_dtype != CudaDType::kBF16 && args.y_dtype != CudaDType::kS32) {
+    return absl::InvalidArgumentError("y_dtype is not a known value");
+  }
+  if (args.y_dtype == CudaDType::kS32 && args.act_quant != ActivationQuant::kInt8) {
+    return absl::InvalidArgumentError(
+        "y_dtype s32 (raw int32 accumulators) requires act_quant int8");
+  }
+  if (!w.has_layout(args.act_quant)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weights were created without the execution layout for act_quant ",
+        std::string(ActivationQuantName(args.act_quant)), " (CudaTernaryWeights::Options)"));
+  }
+  ShapeCheck s;
+  s.x_stride = args.x_stride == 0 ? w.cols() : args.x_stride;
+  s.y_stride = args.y_stride == 0 ? w.rows() : args.y_stride;
+  if (s.x_stride < w.cols()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "x_stride is %d; must be >= weights->cols() = %d", s.x_stride, w.cols()));
+  }
+  if (s.y_stride < w.rows()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "y_stride is %d; must be >= weights->rows() = %d", s.y_stride, w.rows()));
+  }
+  if (args.m > 0 && args.x == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat("x is null but m = %d", args.m));
+  }
+  if (args.m > 0 && args.y == nullptr) {
+    return absl::InvalidArgumentError(absl::StrFormat("y is null but m = %d", args.m));
+  }
+  if (args.config != kCudaAutoConfig && (args.config < 0 || args.config >= GemmKernelCount())) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "config is %d; valid ids are 0..%d (CudaKernelConfigs()) or kCudaAutoConfig",
+        args.config, GemmKernelCount() - 1));
+  }
+  if (args.split_k < 0 || args.split_k > w.k_tiles()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "split_k is %d; must be 0 (auto) or 1..%d (K / 128 rounded up)", args.split_k,
+        w.k_tiles()));
+  }
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int device_sm_major,
+                                              int device_sms, bool device_has_wgmma) {
+  absl::StatusOr<ShapeCheck> shape = CheckArgs(args);
+  if (!shape.ok()) return shape.status();
+  const CudaTernaryWeights& w = *args.weights;
+  if (device_sm_major < 8) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "CUDA kernels need compute capability 8.0 or newer; the device has %d.x",
+        device_sm_major));
+  }
+  CudaLaunchPlan plan;
+  plan.config = args.config == kCudaAutoConfig ? AutoConfig(args.m, device_has_wgmma) : args.config;
+  const GemmKernelInfo& kernel = GemmKernel(plan.config);
+  if (kernel.wgmma && !device_has_wgmma) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "configuration ", kernel.name,
+        " needs sm_90a (Hopper) code, which this device or build does not run"));
+  }
+  const MmaType type = MmaTypeFor(args);
+  if (kernel.launch[static_cast<int>(type)] == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("configuration ", kernel.name, " is not compiled for this activation type"));
+  }
+  const int64_t tiles_n = (w.rows() + kernel.weight_rows - 1) / kernel.weight_rows;
+  const int64_t tiles_m = std::max<int64_t>(1, (args.m + kernel.batch_rows - 1) / kernel.batch_rows);
+  if (tiles_m > 65535) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "m = %d needs %d batch tiles of %d rows with configuration %s; at most 65535", args.m,
+        tiles_m, kernel.batch_rows, kernel.name));
+  }
+  const int64_t tiles = tiles_n * tiles_m;
+  int splits = args.split_k;
+  if (splits == 0) {
+    // Enough blocks to cover every SM a few times (memory-bound small tiles
+    // need more blocks in flight than the one-block-per-SM wgmma tiles), but
+    // each split keeps at least 2 k-tiles of work.
+    const int64_t blocks_wanted = kernel.wgmma ? device_sms : 4 * device_sms;
+    const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(16, w.k_tiles() / 2));
+    splits = static_cast<int>(
+        std::clamp<int64_t>((blocks_wanted + tiles - 1) / tiles, 1, max_splits));
+  }
+  // No empty splits.
+  const int64_t kt_per_split = (w.k_tiles() + splits - 1) / splits;
+  splits = static_cast<int>((w.k_tiles() + kt_per_split - 1) / kt_per_split);
+  plan.split_k = splits;
+  plan.prepare_activations = NeedsPrep(args, shape->x_stride);
+  const size_t prep_elem = type == MmaType::kS8 ? 1 : 2;
+  plan.workspace_bytes = Layout(args.m, kernel, tiles, splits, plan.prepare_activations,
+                                prep_elem, w.k_tiles() * kCudaColTile)
+                             .total;
+  return plan;
+}
+
+absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args) {
+  if (args.weights == nullptr) return absl::InvalidArgumentError("weights is null");
+  absl::StatusOr<DeviceInfo> info = GetDeviceInfo(args.weights->device());
+  if (!info.ok()) return info.status();
+  return CudaPlanLinear(args, info->sm_major, info->sms, info->wgmma);
+}
+
+absl::StatusOr<size_t> CudaLinearWorkspaceBytes(const CudaLinearArgs& args) {
+  absl::StatusOr<CudaLaunchPlan> plan = CudaPlanLinear(args);
+  if (!plan.ok()) return plan.status();
+  return plan->workspace_bytes;
+}
+
+absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
+  absl::StatusOr<CudaLaunchPlan> plan = CudaPlanLinear(args);
+  if (!plan.ok()) return plan.status();
+  if (args.m == 0) return absl::OkStatus();
+  if (args.workspace_bytes < plan->workspace_bytes ||
+      (plan->workspace_bytes > 0 && args.workspace == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "workspace is %d bytes; this call needs %d (CudaLinearWorkspaceBytes)",
+        args.workspace_bytes, plan->workspace_bytes));
+  }
+  const CudaTernaryWeights& w = *args.weights;
+  const GemmKernelInfo& kernel = GemmKernel(plan->config);
+  const MmaType type = MmaTypeFor(args);
+  const int64_t x_stride = args.x_stride == 0 ? w.cols() : args.x_stride;
+  const int64_t y_stride = args.y_stride == 0 ? w.rows() : args.y_stride;
+  const int64_t padded_k = w.k_tiles() * kCudaColTile;
+  const int64_t tiles_n = (w.rows() + kernel.weight_rows - 1) / kernel.weight_rows;
+  const int64_t tiles_m = (args.m + kernel.batch_rows - 1) / kernel.batch_rows;
+  const WorkspaceLayout layout =
+      Layout(args.m, kernel, tiles_n * tiles_m, plan->split_k, plan->prepare_activations,
+             type == MmaType::kS8 ? 1 : 2, padded_k);
+
+  DeviceGuard guard(w.device());
+  BITNET_RETURN_IF_ERROR(guard.status());
+  auto s = static_cast<cudaStream_t>(stream);
+  char* ws = static_cast<char*>(args.workspace);
+
+  GemmParams p;
+  p.m = static_cast<int>(args.m);
+  p.n = static_cast<int>(w.rows());
+  p.k_tiles = static_cast<int>(w.k_tiles());
+  p.kt_per_split = static_cast<int>((w.k_tiles() + plan->split_k - 1) / plan->split_k);
+  p.splits = plan->split_k;
+  p.w = static_cast<const uint4*>(w.codes(args.act_quant));
+  p.w_scale = w.scales();
+  p.bias = w.bias();
+  p.act = static_cast<cuda_internal::Act>(static_cast<int>(args.activation));
+  p.y = args.y;
+  p.ldy = y_stride;
+  p.y_type = static_cast<OutType>(static_cast<int>(args.y_dtype));
+  if (plan->split_k > 1) {
+    p.counters = reinterpret_cast<int*>(ws + layout.counters);
+    p.partials = reinterpret_cast<uint32_t*>(ws + layout.partials);
+  }
+  if (plan->prepare_activations) {
+    PrepParams prep;
+    prep.m = p.m;
+    prep.k = static_cast<int>(w.cols());
+    prep.x = args.x;
+    prep.ldx = x_stride;
+    prep.x_type = static_cast<int>(args.x_dtype);
+    prep.out_type = static_cast<int>(type);
+    prep.out = ws + layout.prep;
+    prep.ldo = padded_k;
+    prep.prescale = type != MmaType::kS8 && args.x_dtype == CudaDType::kF32;
+    prep.row_scale = (type == MmaType::kS8 || prep.prescale)
+                         ? reinterpret_cast<float*>(ws + layout.row_scales)
+                         : nullptr;
+    BITNET_CUDA_RETURN_IF_ERROR(cuda_internal::LaunchPrep(prep, s));
+    p.x = prep.out;
+    p.ldx = padded_k;
+    p.x_k_limit = padded_k;
+    p.row_scale = prep.row_scale;
+  } else {
+    p.x = args.x;
+    p.ldx = x_stride;
+    p.x_k_limit = w.cols();
+    p.row_scale = nullptr;
+  }
+  const dim3 grid(static_cast<unsigned>(tiles_n), static_cast<unsigned>(tiles_m),
+                  static_cast<unsigned>(plan->split_k));
+  BITNET_CUDA_RETURN_IF_ERROR(kernel.launch[static_cast<int>(type)](p, grid, s));
+  return absl::OkStatus();
+}
+
+}  // namespace bitnet

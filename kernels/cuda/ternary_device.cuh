@@ -1,0 +1,348 @@
+// Internal device helpers shared by the GEMM kernels: async copies, ldmatrix,
+// the ternary decoders (execution layout -> tensor-core fragments in
+// registers), split-K reduction and the fused epilogue.
+//
+// Execution layouts (built by RepackTernaryForCuda{Fp,Int8}, ternary_repack.cc):
+// the matrix is cut into tiles of 16 rows x 128 columns; a tile is 32 lanes x
+// 16 bytes, lane = 4 * g + t (g = lane / 4, t = lane % 4) as in the PTX
+// fragment tables. A lane's 16 bytes are exactly the A-operand fragments it
+// feeds to the tensor cores for that tile, so one 16-byte load per lane per
+// tile is all the weight traffic, with no shuffles and no decoded weights in
+// shared memory.
+//  * fp layout (mma m16n8k16 / wgmma k16; 8 k-steps of 16 per tile): word w
+//    holds steps 2w and 2w+1. Register p of step s (p = 0..3: rows g, g+8,
+//    g, g+8; columns 2t, 2t+8) is "pair" j = 4 * (s & 1) + p: its low half
+//    (even column) is code q+1 at bits 2j, its high half at bits 16 + 2j.
+//    (w & (3 << 2j) * 0x10001) | 0x64006400 is then the fp16 pair
+//    (1024 + c * 4^j) and one HFMA2 gives c - 1 = q, for j <= 4; pairs 5..7
+//    come from w >> 10. bf16 uses 0x4300 (128.0) and pairs 0..2 per shift.
+//  * int8 layout (mma m16n8k32 / wgmma k32; 4 k-steps of 32 per tile): word s
+//    is step s; register p (rows g, g+8, g, g+8; columns 4t.., 16+4t..) holds
+//    its 4 codes in nibbles: p=0 at bits 4i (i = byte), p=1 at 4i+2, p=2 at
+//    16+4i, p=3 at 18+4i. Codes here are e = 0 for +1, 1 for -1, 2 for 0, so
+//    PRMT(0x0000FF01, 0x000000FF, w & 0x3333) yields the four int8 of p=0 and
+//    the same with mask 0xCCCC (nibble = 4e: byte 0, byte 4 or sign-of-byte-0)
+//    those of p=1: one LOP3 + one PRMT per four weights.
+#ifndef BITNET_KERNELS_CUDA_TERNARY_DEVICE_CUH_
+#define BITNET_KERNELS_CUDA_TERNARY_DEVICE_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/ternary_launch.h"
+
+namespace bitnet::cuda_internal {
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy; zero-fills when !pred (src must still be a
+// valid address).
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool pred) {
+  const int bytes = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ uint4 LdShared128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(addr));
+  return v;
+}
+
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void LdMatrixX2(uint32_t (&r)[2], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(addr));
+}
+
+// ---------------------------------------------------------------------------
+// Decoders. Constants are the fp16/bf16 bit patterns of 4^-j and
+// -(magic * 4^-j + 1), replicated into both halves.
+
+__device__ __forceinline__ uint32_t Lop3AndOr(uint32_t a, uint32_t mask, uint32_t magic) {
+  uint32_t r;
+  // (a & b) | c  ->  immLut = (0xF0 & 0xCC) | 0xAA = 0xEA
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(a), "r"(mask), "r"(magic));
+  return r;
+}
+
+__device__ __forceinline__ uint32_t Hfma2F16(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+__device__ __forceinline__ uint32_t Hfma2BF16(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
+template <int J>
+__device__ __forceinline__ uint32_t DecodePairF16(uint32_t w) {
+  static_assert(J >= 0 && J <= 4, "fp16 mantissa holds pairs 0..4");
+  constexpr uint32_t kMask = (3u << (2 * J)) * 0x10001u;
+  constexpr uint32_t kScale[5] = {0x3c003c00u, 0x34003400u, 0x2c002c00u, 0x24002400u,
+                                  0x1c001c00u};
+  constexpr uint32_t kOffset[5] = {0xe401e401u, 0xdc04dc04u, 0xd410d410u, 0xcc40cc40u,
+                                   0xc500c500u};
+  return Hfma2F16(Lop3AndOr(w, kMask, 0x64006400u), kScale[J], kOffset[J]);
+}
+template <int J>
+__device__ __forceinline__ uint32_t DecodePairBF16(uint32_t w) {
+  static_assert(J >= 0 && J <= 2, "bf16 mantissa holds pairs 0..2");
+  constexpr uint32_t kMask = (3u << (2 * J)) * 0x10001u;
+  constexpr uint32_t kScale[3] = {0x3f803f80u, 0x3e803e80u, 0x3d803d80u};
+  constexpr uint32_t kOffset[3] = {0xc301c301u, 0xc204c204u, 0xc110c110u};
+  return Hfma2BF16(Lop3AndOr(w, kMask, 0x43004300u), kScale[J], kOffset[J]);
+}
+
+// A fragment (4 registers) of k-step `S` (0..7) of the fp layout.
+template <MmaType kType, int S>
+__device__ __forceinline__ void DecodeFpStep(const uint4& v, uint32_t (&a)[4]) {
+  const uint32_t w = (S / 2 == 0) ? v.x : (S / 2 == 1) ? v.y : (S / 2 == 2) ? v.z : v.w;
+  if constexpr (kType == MmaType::kF16) {
+    if constexpr ((S & 1) == 0) {
+      a[0] = DecodePairF16<0>(w);
+      a[1] = DecodePairF16<1>(w);
+      a[2] = DecodePairF16<2>(w);
+      a[3] = DecodePairF16<3>(w);
+    } else {
+      a[0] = DecodePairF16<4>(w);
+      const uint32_t w10 = w >> 10;
+      a[1] = DecodePairF16<0>(w10);
+      a[2] = DecodePairF16<1>(w10);
+      a[3] = DecodePairF16<2>(w10);
+    }
+  } else {
+    // pairs 0..2 direct, 3..5 from w >> 6, 6..7 from w >> 12.
+    if constexpr ((S & 1) == 0) {
+      a[0] = DecodePairBF16<0>(w);
+      a[1] = DecodePairBF16<1>(w);
+      a[2] = DecodePairBF16<2>(w);
+      a[3] = DecodePairBF16<0>(w >> 6);
+    } else {
+      const uint32_t w6 = w >> 6;
+      a[0] = DecodePairBF16<1>(w6);
+      a[1] = DecodePairBF16<2>(w6);
+      const uint32_t w12 = w >> 12;
+      a[2] = DecodePairBF16<0>(w12);
+      a[3] = DecodePairBF16<1>(w12);
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// A fragment (4 registers of 4 int8) of k-step `S` (0..3) of the int8 layout.
+template <int S>
+__device__ __forceinline__ void DecodeInt8Step(const uint4& v, uint32_t (&a)[4]) {
+  const uint32_t w = (S == 0) ? v.x : (S == 1) ? v.y : (S == 2) ? v.z : v.w;
+  const uint32_t hi = w >> 16;
+  a[0] = Prmt(0x0000FF01u, 0x000000FFu, w & 0x3333u);
+  a[1] = Prmt(0x0000FF01u, 0x000000FFu, w & 0xCCCCu);
+  a[2] = Prmt(0x0000FF01u, 0x000000FFu, hi & 0x3333u);
+  a[3] = Prmt(0x0000FF01u, 0x000000FFu, hi & 0xCCCCu);
+}
+
+// ---------------------------------------------------------------------------
+// mma.sync wrappers.
+
+template <MmaType kType>
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (kType == MmaType::kF16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+__device__ __forceinline__ void Mma(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <MmaType kType>
+using AccType = typename std::conditional<kType == MmaType::kS8, int, float>::type;
+
+// ---------------------------------------------------------------------------
+// Split-K: every split block writes its raw accumulators (thread-major, so
+// the writes coalesce); the last block of a tile to arrive sums all splits in
+// split order (deterministic) and runs the epilogue. Counters are reset to 0
+// by that block, so the workspace stays ready for the next launch.
+// Returns false for blocks that must exit without an epilogue.
+template <typename T, int kRegs, int kThreads>
+__device__ __forceinline__ bool SplitKReduce(T (&acc)[kRegs], const GemmParams& p, int tile) {
+  __shared__ int s_last;
+  const int z = blockIdx.z;
+  const int tid = threadIdx.x;
+  uint32_t* base = p.partials + static_cast<int64_t>(tile) * p.splits * kRegs * kThreads;
+  {
+    uint32_t* mine = base + static_cast<int64_t>(z) * kRegs * kThreads;
+#pragma unroll
+    for (int r = 0; r < kRegs; ++r) {
+      uint32_t bits;
+      if constexpr (std::is_same<T, float>::value) {
+        bits = __float_as_uint(acc[r]);
+      } else {
+        bits = static_cast<uint32_t>(acc[r]);
+      }
+      __stcg(mine + r * kThreads + tid, bits);
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const int prev = atomicAdd(p.counters + tile, 1);
+    s_last = (prev == p.splits - 1) ? 1 : 0;
+  }
+  __syncthreads();
+  if (!s_last) return false;
+  __threadfence();
+  if (tid == 0) p.counters[tile] = 0;
+  // Sum every split's partial from memory, in split order, so the result does
+  // not depend on which block arrived last (own partial included: reading it
+  // back costs less than keeping a second copy of the accumulators live).
+#pragma unroll
+  for (int r = 0; r < kRegs; ++r) acc[r] = T(0);
+  for (int s = 0; s < p.splits; ++s) {
+    const uint32_t* part = base + static_cast<int64_t>(s) * kRegs * kThreads;
+#pragma unroll
+    for (int r = 0; r < kRegs; ++r) {
+      const uint32_t bits = __ldcg(part + r * kThreads + tid);
+      if constexpr (std::is_same<T, float>::value) {
+        acc[r] = acc[r] + __uint_as_float(bits);
+      } else {
+        acc[r] = acc[r] + static_cast<T>(bits);
+      }
+    }
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Epilogue.
+
+__device__ __forceinline__ float ApplyAct(Act act, float v) {
+  switch (act) {
+    case Act::kRelu:
+      return v < 0.0f ? 0.0f : v;
+    case Act::kGelu:
+      return v * 0.5f * (1.0f + erff(v * 0.70710678118654752440f));
+    case Act::kSilu:
+      return v / (1.0f + expf(-v));
+    default:
+      return v;
+  }
+}
+
+// Final value of one output element from its accumulator.
+template <typename T>
+__device__ __forceinline__ float EpilogueValue(const GemmParams& p, T acc, int row_m, int col_n) {
+  if (p.y_type == OutType::kS32) return __int_as_float(static_cast<int>(acc));
+  const float ws = p.w_scale[col_n];
+  const float bias = p.bias != nullptr ? p.bias[col_n] : 0.0f;
+  float v;
+  if constexpr (std::is_same<T, int>::value) {
+    // Int8Dequantize (kernels/activation.h), same float operations and order:
+    // float(acc) * weight_scale / row_scale + bias, no contraction.
+    v = __fmul_rn(static_cast<float>(acc), ws);
+    v = __fadd_rn(__fdiv_rn(v, p.row_scale[row_m]), bias);
+  } else {
+    v = acc * ws;
+    if (p.row_scale != nullptr) v *= p.row_scale[row_m];
+    v += bias;
+  }
+  return ApplyAct(p.act, v);
+}
+
+// Stages the block's [batch_rows, weight_rows] tile in shared memory (as
+// final float values, or s32 bits) so that the global stores coalesce.
+// `acc` is [kGroups][kNTiles][4] in mma C-fragment order: element e of
+// (group r, n-tile j) is weight row row_base(r) + g + 8 * (e >> 1) and batch
+// row col_base(j) + 2t + (e & 1) (block-local).
+template <int kBW, int kBB, int kThreads, typename T, int kGroups, int kNTiles, typename RowBase,
+          typename ColBase>
+__device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][kNTiles][4],
+                                         float* smem, int block_w0, int block_b0, RowBase row_base,
+                                         ColBase col_base) {
+  constexpr int kLd = kBW + 4;  // +4 floats: conflict-free fragment writes
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < kGroups; ++r) {
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int wl = row_base(r) + g + 8 * (e >> 1);
+        const int bl = col_base(j) + 2 * t + (e & 1);
+        const int gm = block_b0 + bl;
+        const int gn = block_w0 + wl;
+        float v = 0.0f;
+        if (gm < p.m) v = EpilogueValue(p, acc[r][j][e], gm, gn);
+        smem[bl * kLd + wl] = v;
+      }
+    }
+  }
+  __syncthreads();
+  const int n_valid = min(kBW, p.n - block_w0);
+  const int m_valid = min(kBB, p.m - block_b0);
+  for (int idx = threadIdx.x; idx < kBB * kBW; idx += kThreads) {
+    const int bl = idx / kBW;
+    const int wl = idx - bl * kBW;
+    if (bl >= m_valid || wl >= n_valid) continue;
+    const float v = smem[bl * kLd + wl];
+    const int64_t off = static_cast<int64_t>(block_b0 + bl) * p.ldy + block_w0 + wl;
+    switch (p.y_type) {
+      case OutType::kF32:
+        static_cast<float*>(p.y)[off] = v;
+        break;
+      case OutType::kF16:
+        static_cast<__half*>(p.y)[off] = __float2half_rn(v);
+        break;
+      case OutType::kBF16:
+        static_cast<__nv_bfloat16*>(p.y)[off] = __float2bfloat16_rn(v);
+        break;
+      case OutType::kS32:
+        static_cast<int*>(p.y)[off] = __float_as_int(v);
+        break;
+    }
+  }
+}
+
+}  // namespace bitnet::cuda_internal
+
+#endif  // BITNET_KERNELS_CUDA_TERNARY_DEVICE_CUH_

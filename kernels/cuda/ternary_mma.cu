@@ -1,0 +1,227 @@
+// mma.sync ternary GEMM (sm_80 and newer): weights are the A operand (16
+// weight rows per fragment, decoded from the execution layout in registers),
+// activations the B operand (8 batch rows per fragment, ldmatrix from
+// swizzled shared memory). Both are fed by one cp.async multi-stage pipeline;
+// weights travel packed (2 bits per weight) and are never stored decoded.
+// Split-K over gridDim.z with an in-kernel deterministic reduction.
+//
+// Used for small batches (8..32 batch rows per block: the whole grid streams
+// the packed weights at full bandwidth) and, off Hopper, for large ones.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "kernels/cuda/ternary_device.cuh"
+#include "kernels/cuda/ternary_launch.h"
+
+namespace bitnet::cuda_internal {
+namespace {
+
+template <int I, int N, typename F>
+__device__ __forceinline__ void StaticFor(F&& f) {
+  if constexpr (I < N) {
+    f(std::integral_constant<int, I>{});
+    StaticFor<I + 1, N>(f);
+  }
+}
+
+template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kStages>
+struct MmaTraits {
+  static constexpr int kThreads = kWarpsN * kWarpsM * 32;
+  static constexpr int kBW = kWarpsN * kRG * 16;  // weight rows per block
+  static constexpr int kBB = kWarpsM * kNT * 8;   // batch rows per block
+  static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
+  static constexpr int kElemsPerChunk = 16 / kElemBytes;
+  static constexpr int kRowBytes = 128 * kElemBytes;  // one k-tile of a batch row
+  static constexpr int kChunks = kRowBytes / 16;
+  static constexpr int kActStageBytes = kBB * kRowBytes;
+  static constexpr int kWStageBytes = kBW * 32;  // 16 rows x 128 cols = 512 B
+  static constexpr int kStageBytes = kActStageBytes + kWStageBytes;
+  static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;  // mma k-steps per tile
+  static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+  static_assert(kNT == 1 || kNT % 2 == 0, "n-tiles are loaded in pairs");
+  static_assert(256 % kBW == 0, "block weight rows must divide the row padding (256)");
+};
+
+template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kStages>
+__global__ void __launch_bounds__(kWarpsN* kWarpsM * 32)
+    ternary_mma_kernel(const GemmParams p) {
+  using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kStages>;
+  using T = AccType<kType>;
+  extern __shared__ __align__(128) uint8_t smem[];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int warp_n = warp % kWarpsN;
+  const int warp_m = warp / kWarpsN;
+  const int block_w0 = blockIdx.x * Tr::kBW;
+  const int block_b0 = blockIdx.y * Tr::kBB;
+  const int kt0 = blockIdx.z * p.kt_per_split;
+  const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
+  const uint32_t smem_base = SmemAddr(smem);
+
+  const char* x = static_cast<const char*>(p.x);
+  const uint4* wsrc = p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32;
+
+  auto load_stage = [&](int stage, int kt) {
+    const uint32_t act = smem_base + stage * Tr::kStageBytes;
+    const uint32_t wst = act + Tr::kActStageBytes;
+#pragma unroll
+    for (int i = 0; i < (Tr::kBB * Tr::kChunks + Tr::kThreads - 1) / Tr::kThreads; ++i) {
+      const int idx = tid + i * Tr::kThreads;
+      if (idx < Tr::kBB * Tr::kChunks) {
+        const int r = idx / Tr::kChunks;
+        const int c = idx % Tr::kChunks;
+        const int gm = block_b0 + r;
+        const int64_t kel = static_cast<int64_t>(kt) * 128 + c * Tr::kElemsPerChunk;
+        const bool pred = gm < p.m && kel < p.x_k_limit;
+        const char* src =
+            pred ? x + (static_cast<int64_t>(gm) * p.ldx + kel) * Tr::kElemBytes : x;
+        CpAsync16(act + r * Tr::kRowBytes + ((c ^ (r & 7)) << 4), src, pred);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < (Tr::kBW * 2 + Tr::kThreads - 1) / Tr::kThreads; ++i) {
+      const int idx = tid + i * Tr::kThreads;
+      if (idx < Tr::kBW * 2) {
+        const int gi = idx >> 5;
+        const int li = idx & 31;
+        CpAsync16(wst + idx * 16, wsrc + (static_cast<int64_t>(gi) * p.k_tiles + kt) * 32 + li,
+                  true);
+      }
+    }
+  };
+
+  T acc[kRG][kNT][4];
+#pragma unroll
+  for (int r = 0; r < kRG; ++r)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = T(0);
+
+  const int mi = lane >> 3;  // ldmatrix: which 8x8 matrix this lane addresses
+  const int ri = lane & 7;   // and which of its rows
+
+  auto compute = [&](int stage) {
+    const uint32_t act = smem_base + stage * Tr::kStageBytes;
+    const uint32_t wst = act + Tr::kActStageBytes;
+    uint4 wv[kRG];
+#pragma unroll
+    for (int r = 0; r < kRG; ++r) {
+      wv[r] = LdShared128(wst + ((warp_n * kRG + r) * 32 + lane) * 16);
+    }
+    StaticFor<0, Tr::kSteps>([&](auto s_const) {
+      constexpr int S = decltype(s_const)::value;
+      uint32_t a[kRG][4];
+#pragma unroll
+      for (int r = 0; r < kRG; ++r) {
+        if constexpr (kType == MmaType::kS8) {
+          DecodeInt8Step<S>(wv[r], a[r]);
+        } else {
+          DecodeFpStep<kType, S>(wv[r], a[r]);
+        }
+      }
+      uint32_t b[kNT][2];
+      if constexpr (kNT == 1) {
+        const int row = warp_m * 8 + ri;
+        const int chunk = 2 * S + (mi & 1);
+        uint32_t rr[2];
+        LdMatrixX2(rr, act + row * Tr::kRowBytes + ((chunk ^ ri) << 4));
+        b[0][0] = rr[0];
+        b[0][1] = rr[1];
+      } else {
+#pragma unroll
+        for (int j = 0; j < kNT; j += 2) {
+          const int row = (warp_m * kNT + j + (mi >> 1)) * 8 + ri;
+          const int chunk = 2 * S + (mi & 1);
+          uint32_t rr[4];
+          LdMatrixX4(rr, act + row * Tr::kRowBytes + ((chunk ^ ri) << 4));
+          b[j][0] = rr[0];
+          b[j][1] = rr[1];
+          b[j + 1][0] = rr[2];
+          b[j + 1][1] = rr[3];
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kRG; ++r)
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          if constexpr (kType == MmaType::kS8) {
+            Mma(acc[r][j], a[r], b[j]);
+          } else {
+            Mma<kType>(acc[r][j], a[r], b[j]);
+          }
+        }
+    });
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < nkt) load_stage(s, kt0 + s);
+    CpAsyncCommit();
+  }
+  for (int i = 0; i < nkt; ++i) {
+    CpAsyncWait<kStages - 2>();
+    __syncthreads();
+    const int nx = i + kStages - 1;
+    if (nx < nkt) load_stage(nx % kStages, kt0 + nx);
+    CpAsyncCommit();
+    compute(i % kStages);
+  }
+  CpAsyncWait<0>();
+  __syncthreads();
+
+  if (p.splits > 1) {
+    const int tile = blockIdx.x + gridDim.x * blockIdx.y;
+    constexpr int kRegs = kRG * kNT * 4;
+    if (!SplitKReduce<T, kRegs, Tr::kThreads>(reinterpret_cast<T(&)[kRegs]>(acc), p, tile)) {
+      return;
+    }
+  }
+  Epilogue<Tr::kBW, Tr::kBB, Tr::kThreads>(
+      p, acc, reinterpret_cast<float*>(smem), block_w0, block_b0,
+      [&](int r) { return (warp_n * kRG + r) * 16; },
+      [&](int j) { return (warp_m * kNT + j) * 8; });
+}
+
+template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kStages>
+cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kStages>;
+  auto kernel = ternary_mma_kernel<kType, kWarpsN, kWarpsM, kRG, kNT, kStages>;
+  if (Tr::kSmemBytes > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+    if (e != cudaSuccess) return e;
+  }
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#define BITNET_MMA_CONFIG(name, WN, WM, RG, NT, ST)                                     \
+  GemmKernelInfo {                                                                       \
+    name, WN * RG * 16, WM * NT * 8, WN * WM * 32, false, {                              \
+      &LaunchMma<MmaType::kF16, WN, WM, RG, NT, ST>,                                     \
+          &LaunchMma<MmaType::kBF16, WN, WM, RG, NT, ST>,                                \
+          &LaunchMma<MmaType::kS8, WN, WM, RG, NT, ST>                                   \
+    }                                                                                    \
+  }
+
+}  // namespace
+
+// The mma.sync configurations, in id order (ids 0..kMmaKernelCount-1).
+extern const GemmKernelInfo kMmaKernels[] = {
+    BITNET_MMA_CONFIG("mma_w64_b8", 4, 1, 1, 1, 4),
+    BITNET_MMA_CONFIG("mma_w64_b16", 4, 1, 1, 2, 4),
+    BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 4),
+    BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 3),
+    BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 3),
+};
+extern const int kMmaKernelCount = sizeof(kMmaKernels) / sizeof(kMmaKernels[0]);
+
+}  // namespace bitnet::cuda_internal

@@ -1,0 +1,215 @@
+// Activation preparation, one block per batch row:
+//  * int8 mode: absmax, s = 127 / max(absmax, 1e-5) (IEEE division), then
+//    xq = clamp(rint(x * s), -128, 127) exactly as QuantizeInt8 on the CPU
+//    (kernels/activation.cc), so int32 accumulators match the oracle bit for
+//    bit;
+//  * none mode, fp32 input: conversion to fp16 after an exact power-of-two
+//    per-row prescale (absmax lands in [2^14, 2^15): no overflow, no loss to
+//    subnormals), undone in the GEMM epilogue;
+//  * none mode, fp16/bf16 input whose rows are not 16-byte aligned: a padded
+//    copy.
+// Columns [k, ldo) are zero-filled so the GEMM can read whole 128-column tiles.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/ternary_launch.h"
+
+namespace bitnet::cuda_internal {
+namespace {
+
+constexpr int kPrepThreads = 256;
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+__device__ __forceinline__ int8_t QuantizeInt8(float v, float s) {
+  // Same operations as bitnet::QuantizeInt8: a float multiply, round half to
+  // even, NaN -> -128.
+  const float r = rintf(__fmul_rn(v, s));
+  if (!(r >= -128.0f)) return -128;
+  if (r > 127.0f) return 127;
+  return static_cast<int8_t>(static_cast<int>(r));
+}
+
+__device__ float BlockMax(float v) {
+  __shared__ float s_warp[kPrepThreads / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) s_warp[warp] = v;
+  __syncthreads();
+  float r = s_warp[0];
+#pragma unroll
+  for (int w = 1; w < kPrepThreads / 32; ++w) r = fmaxf(r, s_warp[w]);
+  return r;
+}
+
+template <typename InT, MmaType kOut>
+__global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) {
+  const int row = blockIdx.x;
+  const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
+  float mul = 1.0f;
+  if (kOut == MmaType::kS8 || p.prescale) {
+    float amax = 0.0f;
+    for (int c = threadIdx.x; c < p.k; c += kPrepThreads) {
+      // fmaxf drops NaN like std::max(abs_max, fabs(x)) on the CPU does.
+      amax = fmaxf(amax, fabsf(ToFloat(x[c])));
+    }
+    amax = BlockMax(amax);
+    if constexpr (kOut == MmaType::kS8) {
+      mul = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+      if (threadIdx.x == 0) p.row_scale[row] = mul;
+    } else {
+      int e = 0;
+      if (amax > 0.0f && amax <= 3.4e38f) {
+        int ex = 0;
+        frexpf(amax, &ex);  // amax = f * 2^ex, f in [0.5, 1)
+        e = min(max(15 - ex, -120), 120);
+      }
+      mul = ldexpf(1.0f, e);
+      if (threadIdx.x == 0) p.row_scale[row] = ldexpf(1.0f, -e);
+    }
+  }
+  if constexpr (kOut == MmaType::kS8) {
+    int8_t* out = static_cast<int8_t*>(p.out) + static_cast<int64_t>(row) * p.ldo;
+    for (int c = threadIdx.x; c < p.ldo; c += kPrepThreads) {
+      out[c] = c < p.k ? QuantizeInt8(ToFloat(x[c]), mul) : int8_t{0};
+    }
+  } else if constexpr (kOut == MmaType::kF16) {
+    __half* out = static_cast<__half*>(p.out) + static_cast<int64_t>(row) * p.ldo;
+    for (int c = threadIdx.x; c < p.ldo; c += kPrepThreads) {
+      out[c] = __float2half_rn(c < p.k ? ToFloat(x[c]) * mul : 0.0f);
+    }
+  } else {
+    __nv_bfloat16* out = static_cast<__nv_bfloat16*>(p.out) + static_cast<int64_t>(row) * p.ldo;
+    for (int c = threadIdx.x; c < p.ldo; c += kPrepThreads) {
+      out[c] = __float2bfloat16_rn(c < p.k ? ToFloat(x[c]) * mul : 0.0f);
+    }
+  }
+}
+
+// Vector variant for the common case (k % 8 == 0, rows 16-byte aligned):
+// 8 elements per thread per step.
+template <typename InT, MmaType kOut>
+__global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParams p) {
+  const int row = blockIdx.x;
+  const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
+  const int groups = p.k / 8;
+  auto load8 = [&](int gidx, float (&v)[8]) {
+    if constexpr (sizeof(InT) == 4) {
+      const float4 a = reinterpret_cast<const float4*>(x)[2 * gidx];
+      const float4 b = reinterpret_cast<const float4*>(x)[2 * gidx + 1];
+      v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+      v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+      const uint4 a = reinterpret_cast<const uint4*>(x)[gidx];
+      const InT* h = reinterpret_cast<const InT*>(&a);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = ToFloat(h[i]);
+    }
+  };
+  float mul = 1.0f;
+  if (kOut == MmaType::kS8 || p.prescale) {
+    float amax = 0.0f;
+    for (int gi = threadIdx.x; gi < groups; gi += kPrepThreads) {
+      float v[8];
+      load8(gi, v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+    }
+    amax = BlockMax(amax);
+    if constexpr (kOut == MmaType::kS8) {
+      mul = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
+      if (threadIdx.x == 0) p.row_scale[row] = mul;
+    } else {
+      int e = 0;
+      if (amax > 0.0f && amax <= 3.4e38f) {
+        int ex = 0;
+        frexpf(amax, &ex);
+        e = min(max(15 - ex, -120), 120);
+      }
+      mul = ldexpf(1.0f, e);
+      if (threadIdx.x == 0) p.row_scale[row] = ldexpf(1.0f, -e);
+    }
+  }
+  const int out_groups = static_cast<int>(p.ldo / 8);
+  for (int gi = threadIdx.x; gi < out_groups; gi += kPrepThreads) {
+    float v[8];
+    if (gi < groups) {
+      load8(gi, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+    }
+    if constexpr (kOut == MmaType::kS8) {
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        lo |= static_cast<uint32_t>(static_cast<uint8_t>(QuantizeInt8(v[i], mul))) << (8 * i);
+        hi |= static_cast<uint32_t>(static_cast<uint8_t>(QuantizeInt8(v[i + 4], mul))) << (8 * i);
+      }
+      reinterpret_cast<uint2*>(static_cast<int8_t*>(p.out) + static_cast<int64_t>(row) * p.ldo)[gi] =
+          make_uint2(lo, hi);
+    } else if constexpr (kOut == MmaType::kF16) {
+      __half2 h[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i] * mul, v[2 * i + 1] * mul);
+      reinterpret_cast<uint4*>(static_cast<__half*>(p.out) + static_cast<int64_t>(row) * p.ldo)[gi] =
+          *reinterpret_cast<uint4*>(h);
+    } else {
+      __nv_bfloat162 h[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i] * mul, v[2 * i + 1] * mul);
+      reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p.out) +
+                               static_cast<int64_t>(row) * p.ldo)[gi] = *reinterpret_cast<uint4*>(h);
+    }
+  }
+}
+
+template <typename InT, MmaType kOut>
+cudaError_t LaunchPrepTyped(const PrepParams& p, cudaStream_t stream) {
+  const bool vec = p.k % 8 == 0 && p.ldx % 8 == 0 && p.ldo % 8 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
+  if (vec) {
+    prep_vec8_kernel<InT, kOut><<<p.m, kPrepThreads, 0, stream>>>(p);
+  } else {
+    prep_kernel<InT, kOut><<<p.m, kPrepThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <typename InT>
+cudaError_t LaunchPrepIn(const PrepParams& p, cudaStream_t stream) {
+  switch (static_cast<MmaType>(p.out_type)) {
+    case MmaType::kF16:
+      return LaunchPrepTyped<InT, MmaType::kF16>(p, stream);
+    case MmaType::kBF16:
+      return LaunchPrepTyped<InT, MmaType::kBF16>(p, stream);
+    case MmaType::kS8:
+      return LaunchPrepTyped<InT, MmaType::kS8>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t LaunchPrep(const PrepParams& p, cudaStream_t stream) {
+  if (p.m <= 0) return cudaSuccess;
+  switch (static_cast<OutType>(p.x_type)) {
+    case OutType::kF32:
+      return LaunchPrepIn<float>(p, stream);
+    case OutType::kF16:
+      return LaunchPrepIn<__half>(p, stream);
+    case OutType::kBF16:
+      return LaunchPrepIn<__nv_bfloat16>(p, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace bitnet::cuda_internal

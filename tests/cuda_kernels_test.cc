@@ -1,0 +1,540 @@
+// CUDA ternary kernels (kernels/cuda/ternary_cuda.h) against the CPU oracle
+// (ReferenceTernaryGemm / ReferenceInt8Accumulators), every compiled
+// configuration, both activation modes, every input and output dtype, odd
+// shapes, fresh random data each run (the seed is printed on failure) and
+// outputs poisoned before each run. GPU tests skip without a device.
+//
+// BITNET_CUDA_TEST_QUICK=1 shrinks the grid (for compute-sanitizer runs).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "kernels/activation.h"
+#include "kernels/cuda/ternary_cuda.h"
+#include "kernels/ternary_format.h"
+#include "kernels/ternary_gemm.h"
+
+namespace bitnet {
+namespace {
+
+bool HasGpu() {
+  absl::StatusOr<int> n = CudaDeviceCount();
+  return n.ok() && *n > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!HasGpu()) GTEST_SKIP() << "no CUDA device"
+
+bool QuickMode() {
+  const char* q = std::getenv("BITNET_CUDA_TEST_QUICK");
+  return q != nullptr && std::string(q) == "1";
+}
+
+uint64_t FreshSeed() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+PackedTernaryMatrix RandomWeights(std::mt19937_64& rng, int64_t n, int64_t k,
+                                  ScaleGranularity granularity) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> w(static_cast<size_t>(n * k));
+  for (float& v : w) v = normal(rng);
+  absl::StatusOr<PackedTernaryMatrix> packed = QuantizeAndPack(w, n, k, granularity);
+  EXPECT_TRUE(packed.ok()) << packed.status();
+  return *std::move(packed);
+}
+
+// Host conversions (cuda_fp16.h / cuda_bf16.h host paths, round to nearest).
+uint16_t ToHalfBits(float v) {
+  const __half h = __float2half_rn(v);
+  uint16_t b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+float FromHalfBits(uint16_t b) {
+  __half_raw raw;
+  raw.x = b;
+  return __half2float(__half(raw));
+}
+uint16_t ToBf16Bits(float v) {
+  const __nv_bfloat16 h = __float2bfloat16_rn(v);
+  uint16_t b;
+  std::memcpy(&b, &h, 2);
+  return b;
+}
+float FromBf16Bits(uint16_t b) {
+  __nv_bfloat16_raw raw;
+  raw.x = b;
+  return __bfloat162float(__nv_bfloat16(raw));
+}
+
+// x as the device will see it: bytes of dtype plus the exact float values.
+struct HostInput {
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;  // [m, k] (stride dropped)
+};
+
+HostInput MakeInput(std::mt19937_64& rng, int64_t m, int64_t k, int64_t stride, CudaDType dtype) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> row_mag(-3.0f, 3.0f);
+  HostInput in;
+  const size_t eb = CudaDTypeBytes(dtype);
+  in.bytes.assign(static_cast<size_t>(m * stride) * eb, 0x7F);  // stride gap: garbage
+  in.values.resize(static_cast<size_t>(m * k));
+  for (int64_t i = 0; i < m; ++i) {
+    const float mag = std::pow(10.0f, row_mag(rng));  // rows of very different scales
+    for (int64_t c = 0; c < k; ++c) {
+      float v = normal(rng) * mag;
+      uint8_t* dst = in.bytes.data() + static_cast<size_t>(i * stride + c) * eb;
+      if (dtype == CudaDType::kF16) {
+        const uint16_t b = ToHalfBits(v);
+        v = FromHalfBits(b);
+        std::memcpy(dst, &b, 2);
+      } else if (dtype == CudaDType::kBF16) {
+        const uint16_t b = ToBf16Bits(v);
+        v = FromBf16Bits(b);
+        std::memcpy(dst, &b, 2);
+      } else {
+        std::memcpy(dst, &v, 4);
+      }
+      in.values[static_cast<size_t>(i * k + c)] = v;
+    }
+  }
+  return in;
+}
+
+float OutputAt(const std::vector<uint8_t>& y, CudaDType dtype, int64_t idx) {
+  switch (dtype) {
+    case CudaDType::kF16: {
+      uint16_t b;
+      std::memcpy(&b, y.data() + idx * 2, 2);
+      return FromHalfBits(b);
+    }
+    case CudaDType::kBF16: {
+      uint16_t b;
+      std::memcpy(&b, y.data() + idx * 2, 2);
+      return FromBf16Bits(b);
+    }
+    case CudaDType::kS32: {
+      int32_t v;
+      std::memcpy(&v, y.data() + idx * 4, 4);
+      return static_cast<float>(v);
+    }
+    default: {
+      float v;
+      std::memcpy(&v, y.data() + idx * 4, 4);
+      return v;
+    }
+  }
+}
+
+float RoundTo(CudaDType dtype, float v) {
+  if (dtype == CudaDType::kF16) return FromHalfBits(ToHalfBits(v));
+  if (dtype == CudaDType::kBF16) return FromBf16Bits(ToBf16Bits(v));
+  return v;
+}
+
+// One unit of the grid.
+struct Case {
+  int64_t m, n, k;
+  ActivationQuant mode;
+  CudaDType x_dtype;
+  CudaDType y_dtype;
+  Activation activation;
+  bool bias;
+  ScaleGranularity granularity;
+  int64_t x_pad;  // extra elements per x row (stride = k + x_pad)
+  int64_t y_pad;
+  int split_k;    // 0 = auto
+};
+
+std::string Describe(const Case& c, int config) {
+  return "m=" + std::to_string(c.m) + " n=" + std::to_string(c.n) + " k=" + std::to_string(c.k) +
+         " mode=" + std::string(ActivationQuantName(c.mode)) +
+         " x=" + std::string(CudaDTypeName(c.x_dtype)) +
+         " y=" + std::string(CudaDTypeName(c.y_dtype)) +
+         " act=" + std::string(ActivationName(c.activation)) + " bias=" + std::to_string(c.bias) +
+         " per_tensor=" + std::to_string(c.granularity == ScaleGranularity::kPerTensor) +
+         " x_pad=" + std::to_string(c.x_pad) + " y_pad=" + std::to_string(c.y_pad) +
+         " split_k=" + std::to_string(c.split_k) + " config=" +
+         (config < 0 ? std::string("auto") : CudaKernelConfigs()[config].name);
+}
+
+// Runs `c` on every config in `configs` (kCudaAutoConfig allowed) and checks
+// each against the oracle. Returns the number of configs run.
+int RunCase(const Case& c, const std::vector<int>& configs, bool has_wgmma, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const PackedTernaryMatrix w = RandomWeights(rng, c.n, c.k, c.granularity);
+  std::vector<float> bias;
+  if (c.bias) {
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    bias.resize(static_cast<size_t>(c.n));
+    for (float& b : bias) b = u(rng);
+  }
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+      CudaTernaryWeights::Create(w.view(), c.bias ? bias.data() : nullptr, 0);
+  EXPECT_TRUE(dw.ok()) << dw.status();
+  if (!dw.ok()) return 0;
+
+  const int64_t x_stride = c.k + c.x_pad;
+  const int64_t y_stride = c.n + c.y_pad;
+  const HostInput in = MakeInput(rng, c.m, c.k, x_stride, c.x_dtype);
+
+  // Oracle outputs (float) and, for int8, the accumulators.
+  std::vector<float> ref(static_cast<size_t>(c.m * c.n));
+  TernaryGemmArgs ra;
+  ra.m = c.m;
+  ra.x = in.values.data();
+  ra.weight = w.view();
+  ra.bias = c.bias ? bias.data() : nullptr;
+  ra.act_quant = c.mode;
+  ra.activation = c.activation;
+  ra.y = ref.data();
+  EXPECT_TRUE(ReferenceTernaryGemm(ra).ok());
+  std::vector<int32_t> ref_acc;
+  if (c.y_dtype == CudaDType::kS32) {
+    std::vector<int8_t> xq(static_cast<size_t>(c.m * c.k));
+    std::vector<float> s(static_cast<size_t>(c.m));
+    QuantizeRowsInt8(in.values.data(), c.m, c.k, xq.data(), s.data());
+    ref_acc.resize(static_cast<size_t>(c.m * c.n));
+    ReferenceInt8Accumulators(xq.data(), c.m, w.view(), ref_acc.data());
+  }
+
+  absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
+  EXPECT_TRUE(dx.ok()) << dx.status();
+  EXPECT_TRUE(dx->CopyFromHost(in.bytes.data(), in.bytes.size()).ok());
+  const size_t y_bytes = static_cast<size_t>(c.m * y_stride) * CudaDTypeBytes(c.y_dtype);
+  absl::StatusOr<CudaBuffer> dy = CudaBuffer::Create(y_bytes, 0);
+  EXPECT_TRUE(dy.ok()) << dy.status();
+
+  int ran = 0;
+  for (int config : configs) {
+    if (config >= 0 && CudaKernelConfigs()[config].wgmma && !has_wgmma) continue;
+    SCOPED_TRACE(Describe(c, config) + " seed=" + std::to_string(seed));
+    CudaLinearArgs a;
+    a.m = c.m;
+    a.x = dx->data();
+    a.x_dtype = c.x_dtype;
+    a.x_stride = x_stride;
+    a.weights = dw->get();
+    a.act_quant = c.mode;
+    a.activation = c.activation;
+    a.y = dy->data();
+    a.y_dtype = c.y_dtype;
+    a.y_stride = y_stride;
+    a.config = config;
+    a.split_k = c.split_k;
+    absl::StatusOr<size_t> ws_bytes = CudaLinearWorkspaceBytes(a);
+    EXPECT_TRUE(ws_bytes.ok()) << ws_bytes.status();
+    if (!ws_bytes.ok()) continue;
+    absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(*ws_bytes, 0);
+    EXPECT_TRUE(ws.ok()) << ws.status();
+    EXPECT_TRUE(ws->Fill(0).ok());
+    a.workspace = ws->data();
+    a.workspace_bytes = ws->bytes();
+    // Twice: the second run checks that split-K counters were left at zero.
+    for (int rep = 0; rep < 2; ++rep) {
+      EXPECT_TRUE(dy->Fill(0x7F).ok());  // f32 3.4e38, f16 NaN, s32 2^31-ish
+      const absl::Status st = CudaTernaryLinear(a, nullptr);
+      EXPECT_TRUE(st.ok()) << st;
+      if (!st.ok()) break;
+      std::vector<uint8_t> y(y_bytes);
+      EXPECT_TRUE(dy->CopyToHost(y.data(), y.size()).ok());
+
+      double err2 = 0.0;
+      double ref2 = 0.0;
+      int64_t bad = 0;
+      int64_t first_bad = -1;
+      for (int64_t i = 0; i < c.m; ++i) {
+        for (int64_t j = 0; j < y_stride; ++j) {
+          const int64_t idx = i * y_stride + j;
+          if (j >= c.n) {  // stride gap: must be untouched
+            uint8_t poison[4];
+            std::memset(poison, 0x7F, 4);
+            if (std::memcmp(y.data() + idx * CudaDTypeBytes(c.y_dtype), poison,
+                            CudaDTypeBytes(c.y_dtype)) != 0) {
+              ++bad;
+              if (first_bad < 0) first_bad = idx;
+            }
+            continue;
+          }
+          const float got = OutputAt(y, c.y_dtype, idx);
+          if (c.y_dtype == CudaDType::kS32) {
+            int32_t g;
+            std::memcpy(&g, y.data() + idx * 4, 4);
+            if (g != ref_acc[static_cast<size_t>(i * c.n + j)]) {
+              ++bad;
+              if (first_bad < 0) first_bad = idx;
+            }
+            continue;
+          }
+          const float want = ref[static_cast<size_t>(i * c.n + j)];
+          if (!std::isfinite(got)) {
+            ++bad;
+            if (first_bad < 0) first_bad = idx;
+            continue;
+          }
+          if (c.mode == ActivationQuant::kInt8) {
+            // Accumulators and the float epilogue are identical to the CPU;
+            // only erf/exp (GELU, SiLU) and the output rounding may differ.
+            const float want_r = RoundTo(c.y_dtype, want);
+            float tol = 1e-6f * std::fabs(want) + 1e-30f;
+            if (c.y_dtype != CudaDType::kF32) {
+              // One unit in the last place of the output type.
+              tol = std::fabs(want) * (c.y_dtype == CudaDType::kF16 ? 1.0f / 1024 : 1.0f / 128) +
+                    1e-30f;
+              if (c.activation == Activation::kIdentity || c.activation == Activation::kRelu) {
+                tol = 0.0f;
+              }
+            } else if (c.activation == Activation::kGelu || c.activation == Activation::kSilu) {
+              tol += 1e-6f;  // near zero, erf/exp differences are absolute
+            }
+            if (!(std::fabs(got - want_r) <= tol)) {
+              ++bad;
+              if (first_bad < 0) first_bad = idx;
+            }
+          } else {
+            err2 += static_cast<double>(got - want) * (got - want);
+            ref2 += static_cast<double>(want) * want;
+          }
+        }
+      }
+      if (first_bad >= 0) {
+        const int64_t i = first_bad / y_stride;
+        const int64_t j = first_bad % y_stride;
+        ADD_FAILURE() << bad << " bad outputs; first at row " << i << " col " << j << ": got "
+                      << OutputAt(y, c.y_dtype, first_bad) << " want "
+                      << (j < c.n ? (c.y_dtype == CudaDType::kS32
+                                         ? static_cast<float>(ref_acc[static_cast<size_t>(i * c.n + j)])
+                                         : ref[static_cast<size_t>(i * c.n + j)])
+                                  : 0.0f);
+      }
+      if (c.mode == ActivationQuant::kNone && c.m > 0) {
+        const double rel = std::sqrt(err2 / std::max(ref2, 1e-300));
+        EXPECT_LT(rel, 2e-3) << "relative error";
+      }
+    }
+    ++ran;
+  }
+  return ran;
+}
+
+TEST(CudaRepackTest, LayoutsRoundTripAndPadWithZeros) {
+  // Host only: no GPU needed.
+  std::mt19937_64 rng(FreshSeed());
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {17, 129}, {300, 333}}) {
+    const PackedTernaryMatrix w = RandomWeights(rng, n, k, ScaleGranularity::kPerRow);
+    const std::vector<int8_t> q = UnpackTernary(w.view());
+    const int64_t k_tiles = (k + 127) / 128;
+    const int64_t padded_rows = (n + kCudaRowPad - 1) / kCudaRowPad * kCudaRowPad;
+    const std::vector<uint32_t> fp = RepackTernaryForCudaFp(w.view());
+    const std::vector<uint32_t> i8 = RepackTernaryForCudaInt8(w.view());
+    ASSERT_EQ(fp.size(), static_cast<size_t>(padded_rows / 16 * k_tiles * 128));
+    ASSERT_EQ(i8.size(), fp.size());
+    for (int64_t r = 0; r < padded_rows; r += (r < n + 16 ? 1 : 37)) {
+      for (int64_t c = 0; c < k_tiles * 128; ++c) {
+        const int want = (r < n && c < k) ? q[static_cast<size_t>(r * k + c)] : 0;
+        ASSERT_EQ(DecodeCudaFpLayout(fp, k_tiles, r, c), want) << r << "," << c;
+        ASSERT_EQ(DecodeCudaInt8Layout(i8, k_tiles, r, c), want) << r << "," << c;
+      }
+    }
+  }
+}
+
+TEST(CudaDeviceTest, DeviceCountIsNeverAnErrorWithoutGpu) {
+  absl::StatusOr<int> n = CudaDeviceCount();
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_GE(*n, 0);
+}
+
+std::vector<int> AllConfigs() {
+  std::vector<int> ids;
+  for (const CudaKernelConfig& c : CudaKernelConfigs()) ids.push_back(c.id);
+  ids.push_back(kCudaAutoConfig);
+  return ids;
+}
+
+// Every configuration, both modes, all input dtypes, over odd shapes.
+TEST(CudaKernelsTest, EveryConfigMatchesOracle) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok()) << wg.status();
+  const uint64_t seed = FreshSeed();
+  std::mt19937_64 pick(seed);
+  struct Shape {
+    int64_t m, n, k;
+  };
+  std::vector<Shape> shapes = {{1, 40, 200},   {3, 300, 333},  {8, 129, 1000}, {17, 200, 128},
+                               {33, 77, 519},  {64, 256, 640}, {130, 300, 260}, {300, 180, 1100},
+                               {257, 513, 40}, {2, 1, 1}};
+  if (QuickMode()) shapes = {{3, 300, 333}, {33, 77, 519}, {130, 300, 260}};
+  const std::vector<CudaDType> x_types = {CudaDType::kF32, CudaDType::kF16, CudaDType::kBF16};
+  const std::vector<CudaDType> y_types = {CudaDType::kF32, CudaDType::kF16, CudaDType::kBF16};
+  const std::vector<Activation> acts = {Activation::kIdentity, Activation::kRelu,
+                                        Activation::kGelu, Activation::kSilu};
+  int ran = 0;
+  int case_index = 0;
+  for (const Shape& s : shapes) {
+    for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+      for (CudaDType xt : x_types) {
+        Case c;
+        c.m = s.m;
+        c.n = s.n;
+        c.k = s.k;
+        c.mode = mode;
+        c.x_dtype = xt;
+        c.y_dtype = y_types[case_index % 3];
+        c.activation = acts[case_index % 4];
+        c.bias = case_index % 2 == 0;
+        c.granularity = case_index % 3 == 1 ? ScaleGranularity::kPerTensor : ScaleGranularity::kPerRow;
+        // Aligned and unaligned strides (the latter forces the copy path).
+        c.x_pad = (case_index % 4 == 3) ? 3 : (case_index % 4 == 1 ? 8 : 0);
+        c.y_pad = case_index % 5 == 0 ? 5 : 0;
+        c.split_k = 0;
+        ++case_index;
+        ran += RunCase(c, AllConfigs(), *wg, pick());
+      }
+    }
+  }
+  EXPECT_GT(ran, 0);
+}
+
+// Raw int32 accumulators of int8 mode are bit-identical to the oracle's.
+TEST(CudaKernelsTest, Int8AccumulatorsAreBitIdentical) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok()) << wg.status();
+  std::mt19937_64 pick(FreshSeed());
+  std::vector<std::array<int64_t, 3>> shapes = {{1, 64, 4096}, {19, 333, 1111}, {200, 130, 517}};
+  if (QuickMode()) shapes = {{19, 333, 1111}};
+  for (const auto& s : shapes) {
+    for (CudaDType xt : {CudaDType::kF32, CudaDType::kF16, CudaDType::kBF16}) {
+      Case c{s[0], s[1], s[2], ActivationQuant::kInt8, xt, CudaDType::kS32, Activation::kIdentity,
+             false, ScaleGranularity::kPerRow, 0, 0, 0};
+      RunCase(c, AllConfigs(), *wg, pick());
+    }
+  }
+}
+
+// Forced split-K counts, including uneven ones, on every configuration.
+TEST(CudaKernelsTest, SplitKIsDeterministicAndCorrect) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok()) << wg.status();
+  std::mt19937_64 pick(FreshSeed());
+  for (int split : {1, 3, 7}) {
+    for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+      Case c{21, 200, 1000, mode, CudaDType::kF16, CudaDType::kF32, Activation::kIdentity, true,
+             ScaleGranularity::kPerRow, 0, 0, split};
+      RunCase(c, AllConfigs(), *wg, pick());
+    }
+  }
+}
+
+class CudaErrorsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HasGpu()) GTEST_SKIP() << "no CUDA device";
+    std::mt19937_64 rng(FreshSeed());
+    packed_ = RandomWeights(rng, 64, 256, ScaleGranularity::kPerRow);
+    auto w = CudaTernaryWeights::Create(packed_.view(), nullptr, 0);
+    ASSERT_TRUE(w.ok()) << w.status();
+    weights_ = *std::move(w);
+    auto x = CudaBuffer::Create(4 * 256 * 4, 0);
+    auto y = CudaBuffer::Create(4 * 64 * 4, 0);
+    ASSERT_TRUE(x.ok() && y.ok());
+    x_ = *std::move(x);
+    y_ = *std::move(y);
+    args_.m = 4;
+    args_.x = x_.data();
+    args_.x_dtype = CudaDType::kF16;
+    args_.weights = weights_.get();
+    args_.y = y_.data();
+  }
+  PackedTernaryMatrix packed_;
+  std::unique_ptr<CudaTernaryWeights> weights_;
+  CudaBuffer x_, y_;
+  CudaLinearArgs args_;
+};
+
+TEST_F(CudaErrorsTest, BadArgumentsAreInvalidArgument) {
+  CudaLinearArgs a = args_;
+  a.weights = nullptr;
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.y_dtype = CudaDType::kS32;  // needs int8
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.x_dtype = CudaDType::kS32;
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.x_stride = 100;  // < k
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.config = 1000;
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.x = nullptr;
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.m = -1;
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  a = args_;
+  a.act_quant = ActivationQuant::kInt8;  // needs a workspace
+  const absl::Status st = CudaTernaryLinear(a, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("workspace"), std::string_view::npos) << st;
+  a = args_;
+  a.m = 0;  // nothing to do
+  EXPECT_TRUE(CudaTernaryLinear(a, nullptr).ok());
+}
+
+TEST_F(CudaErrorsTest, MissingLayoutAndUnrunnableConfigAreClear) {
+  CudaTernaryWeights::Options only_fp;
+  only_fp.int8_layout = false;
+  auto w = CudaTernaryWeights::Create(packed_.view(), nullptr, 0, only_fp);
+  ASSERT_TRUE(w.ok());
+  CudaLinearArgs a = args_;
+  a.weights = w->get();
+  a.act_quant = ActivationQuant::kInt8;
+  EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok());
+  if (!*wg) {
+    for (const CudaKernelConfig& c : CudaKernelConfigs()) {
+      if (!c.wgmma) continue;
+      a = args_;
+      a.config = c.id;
+      EXPECT_EQ(CudaTernaryLinear(a, nullptr).code(), absl::StatusCode::kFailedPrecondition);
+    }
+  }
+}
+
+TEST_F(CudaErrorsTest, BadWeightsAreRejected) {
+  PackedTernaryMatrix bad = packed_;
+  bad.words[3] = -1;  // code 3 is not a ternary code
+  EXPECT_EQ(CudaTernaryWeights::Create(bad.view(), nullptr, 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<float> bias(64, 0.0f);
+  bias[7] = std::nanf("");
+  EXPECT_EQ(CudaTernaryWeights::Create(packed_.view(), bias.data(), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CudaTernaryWeights::Create(packed_.view(), nullptr, 999).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace bitnet
