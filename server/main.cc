@@ -8,12 +8,17 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/model/demo_model.h"
 #include "server/model/model_file.h"
@@ -82,6 +87,14 @@ int main(int argc, char** argv) {
       "bitnet.v1.Admin, grpc.health.v1, reflection).\n"
       "Usage: bitnet-server [--flags]; with no flags it serves the demo "
       "model on :50051, metrics on :9090/metrics.");
+  // --help lists the flags of this file (Abseil's default filter expects
+  // the file to be named after the binary).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   absl::ParseCommandLine(argc, argv);
 
   if (const std::string out = absl::GetFlag(FLAGS_write_demo_model);
@@ -155,7 +168,21 @@ int main(int argc, char** argv) {
   sigwait(&signals, &signal_number);
   bitnet::LogEvent(bitnet::LogLevel::kInfo, "signal_received",
                    {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
-  (*server)->Drain();
+  // Drain on a watchdog: a batch stuck on a device would hold gRPC's
+  // shutdown forever, and the process must exit within the grace period.
+  absl::Notification drained;
+  bitnet::InferenceServer* raw = server->get();
+  std::thread drainer([raw, &drained] {
+    raw->Drain();
+    drained.Notify();
+  });
+  const absl::Duration grace = absl::GetFlag(FLAGS_drain_grace_period);
+  if (!drained.WaitForNotificationWithTimeout(grace + absl::Seconds(5))) {
+    bitnet::LogEvent(bitnet::LogLevel::kError, "drain_timeout",
+                     {{"grace_period", absl::FormatDuration(grace)}});
+    std::_Exit(1);
+  }
+  drainer.join();
   server->reset();
   bitnet::LogEvent(bitnet::LogLevel::kInfo, "exited");
   return 0;

@@ -178,6 +178,13 @@ void Metrics::SetQueueRows(std::string_view model, int64_t rows) {
   families_->ForModel(model).queue_rows->Set(static_cast<double>(rows));
 }
 
+void Metrics::InitModel(std::string_view model) {
+  families_->ForModel(model);
+  families_->requests
+      .Add({{"model", std::string(model)}, {"code", "OK"}});
+  families_->finetune_steps.Add({{"model", std::string(model)}});
+}
+
 void Metrics::SetModelLoaded(std::string_view model, uint64_t version,
                              std::string_view backend, bool loaded) {
   const prometheus::Labels labels{{"model", std::string(model)},

@@ -63,6 +63,10 @@ class Metrics {
   // Rows queued for `model` right now.
   void SetQueueRows(std::string_view model, int64_t rows);
 
+  // Creates the per-model series (zero-valued) so that dashboards and alerts
+  // see a model from the moment it is loaded, before its first request.
+  void InitModel(std::string_view model);
+
   // Marks a model version as loaded (gauge 1) or unloaded (series removed).
   void SetModelLoaded(std::string_view model, uint64_t version,
                       std::string_view backend, bool loaded);

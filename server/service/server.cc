@@ -318,11 +318,11 @@ absl::Status InferenceServer::WaitForInitialModels() {
   return initial_load_status_;
 }
 
-void InferenceServer::Drain() { Drain(options_.drain_grace_period); }
+bool InferenceServer::Drain() { return Drain(options_.drain_grace_period); }
 
-void InferenceServer::Drain(absl::Duration grace_period) {
+bool InferenceServer::Drain(absl::Duration grace_period) {
   absl::MutexLock lock(&drain_mu_);
-  if (drained_) return;
+  if (drained_) return true;
   drained_ = true;
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + grace_period;
@@ -339,6 +339,7 @@ void InferenceServer::Drain(absl::Duration grace_period) {
   LogEvent(LogLevel::kInfo, "drain_finished",
            {{"idle_before_deadline", idle ? "true" : "false"},
             {"seconds", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - start))}});
+  return idle;
 }
 
 InferenceServer::~InferenceServer() {

@@ -125,11 +125,14 @@ class InferenceServer {
   absl::Status WaitForInitialModels();
 
   // SIGTERM behaviour: health NOT_SERVING, new calls UNAVAILABLE, queued and
-  // running work completes (up to drain_grace_period, after which what is
-  // left is cancelled), then the gRPC server, the batchers and the metrics
-  // endpoint stop. Returns when done. Idempotent.
-  void Drain();
-  void Drain(absl::Duration grace_period);
+  // running work completes (up to drain_grace_period, after which the gRPC
+  // server cancels the calls still open), then the gRPC server, the batchers
+  // and the metrics endpoint stop. Returns true if all work finished within
+  // the grace period. Idempotent (later calls return true at once).
+  // A batch stuck on a device keeps its call open, and gRPC's shutdown waits
+  // for it: callers that must exit on time (main) run Drain on a watchdog.
+  bool Drain();
+  bool Drain(absl::Duration grace_period);
 
   ServingState& state() { return *state_; }
   Metrics& metrics() { return *metrics_; }

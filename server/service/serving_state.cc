@@ -172,6 +172,7 @@ absl::StatusOr<int64_t> ServingState::LoadModel(std::string_view name,
       health_->SetServingStatus(std::string(name), true);
     }
   }
+  metrics_->InitModel(name);
   RefreshModelGauges();
   LogEvent(LogLevel::kInfo, "model_loaded",
            {{"model", std::string(name)},
