@@ -219,7 +219,8 @@ absl::Status Trainer::Forward(std::span<const float> x, int64_t rows,
 
 absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x,
                                             int64_t rows,
-                                            const Targets& targets) {
+                                            const Targets& targets,
+                                            bool input_gradient) {
   if (absl::Status s = CheckBatch(x, rows); !s.ok()) return s;
   if (rows == 0) {
     return absl::InvalidArgumentError(
@@ -319,7 +320,9 @@ absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x,
     dw.ldc = in;
     if (absl::Status s = backend_->Gemm(dw); !s.ok()) return s;
     // dX [rows, in] = dZ [rows, n] . W_hat [n, in]; through the int8
-    // quantizer unchanged (STE). Layer 0's is the input gradient.
+    // quantizer unchanged (STE). Layer 0's is the input gradient, which a
+    // training step does not need.
+    if (l == 0 && !input_gradient) break;
     std::vector<float> d_in(rows * in);
     GemmArgs dx;
     dx.m = rows;
@@ -334,18 +337,20 @@ absl::StatusOr<Gradients> Trainer::Backprop(std::span<const float> x,
     if (absl::Status s = backend_->Gemm(dx); !s.ok()) return s;
     d_out.swap(d_in);
   }
-  grads.input = std::move(d_out);
+  if (input_gradient) grads.input = std::move(d_out);
   return grads;
 }
 
 absl::StatusOr<Gradients> Trainer::ComputeGradients(
     std::span<const float> x, int64_t rows, std::span<const float> targets) {
-  return Backprop(x, rows, Targets{.values = targets, .labels = {}});
+  return Backprop(x, rows, Targets{.values = targets, .labels = {}},
+                  /*input_gradient=*/true);
 }
 
 absl::StatusOr<Gradients> Trainer::ComputeGradients(
     std::span<const float> x, int64_t rows, std::span<const int32_t> labels) {
-  return Backprop(x, rows, Targets{.values = {}, .labels = labels});
+  return Backprop(x, rows, Targets{.values = {}, .labels = labels},
+                  /*input_gradient=*/true);
 }
 
 absl::StatusOr<StepResult> Trainer::Step(std::span<const float> x, int64_t rows,
@@ -366,7 +371,8 @@ absl::StatusOr<StepResult> Trainer::DoStep(std::span<const float> x,
         "trainer: a previous step failed with an internal error; create a new "
         "trainer");
   }
-  absl::StatusOr<Gradients> grads = Backprop(x, rows, targets);
+  absl::StatusOr<Gradients> grads =
+      Backprop(x, rows, targets, /*input_gradient=*/false);
   if (!grads.ok()) return grads.status();
   if (!std::isfinite(grads->loss)) {
     return absl::FailedPreconditionError(absl::StrFormat(

@@ -64,7 +64,8 @@ struct Gradients {
   int64_t correct = 0;                     // as StepResult::correct
   std::vector<std::vector<float>> weight;  // [layers][out * in]
   std::vector<std::vector<float>> bias;    // [layers][out], empty without bias
-  std::vector<float> input;                // d loss / d x, [rows, in]
+  // d loss / d x, [rows, in]; filled by ComputeGradients only (Step skips it).
+  std::vector<float> input;
 };
 
 class Trainer {
@@ -139,8 +140,10 @@ class Trainer {
   };
   absl::Status CheckBatch(std::span<const float> x, int64_t rows) const;
   absl::Status CheckTargets(const Targets& targets, int64_t rows) const;
+  // `input_gradient`: also compute Gradients::input (one more GEMM).
   absl::StatusOr<Gradients> Backprop(std::span<const float> x, int64_t rows,
-                                     const Targets& targets);
+                                     const Targets& targets,
+                                     bool input_gradient);
   absl::StatusOr<StepResult> DoStep(std::span<const float> x, int64_t rows,
                                     const Targets& targets);
   // Re-quantizes every layer from latent_ into model_ and dequantized_.
