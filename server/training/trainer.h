@@ -43,7 +43,8 @@ struct TrainerOptions {
   // (<= 0: hardware concurrency).
   int num_threads = 1;
   // Optional; shared so one backend (e.g. a CUDA context) can serve several
-  // trainers. Must outlive nothing: the Trainer holds a reference.
+  // trainers; the Trainer keeps its own reference. Must be thread-safe
+  // when shared (TrainingBackend requires it).
   std::shared_ptr<TrainingBackend> backend;
 };
 
