@@ -463,6 +463,47 @@ TEST_F(BatcherTest, CancelledRequestIsDroppedBeforeDispatch) {
   EXPECT_THAT(model_.batches()[0].request_rows, ElementsAre(1));
 }
 
+TEST_F(BatcherTest, CancelledCandidateTakesNoRoomInTheBatch) {
+  Start(Options(/*preferred=*/3, /*max=*/3, absl::Seconds(1)));
+  std::atomic<bool> cancelled{false};
+  ASSERT_TRUE(Send(1, 1).ok());
+  ASSERT_TRUE(
+      Send(2, 1, 0, absl::InfiniteFuture(), [&] { return cancelled.load(); })
+          .ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  cancelled.store(true);
+  ASSERT_TRUE(Send(3, 1).ok());  // 3 rows queued: dispatch
+  results_.AwaitCount(3);
+  EXPECT_EQ(results_.Get(2).status.code(), absl::StatusCode::kCancelled);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 1));
+  ExpectAnswered(1, 1);
+  ExpectAnswered(3, 1);
+}
+
+// Deadlines are honoured even while the worker is busy and the hand-off
+// full (no batch can be formed, yet the expired request is answered).
+TEST_F(BatcherTest, DeadlineAnsweredWhileWorkerIsBusy) {
+  model_.Gate();
+  Start(Options(/*preferred=*/1, /*max=*/4, absl::Seconds(1)));
+  ASSERT_TRUE(Send(1, 1).ok());
+  model_.AwaitBatches(1);
+  ASSERT_TRUE(Send(2, 1).ok());  // into the hand-off
+  batcher_->AwaitDispatcherIdleForTesting();
+  ASSERT_TRUE(Send(3, 1, 0, clock_.Now() + absl::Milliseconds(5)).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(5));
+  results_.AwaitCount(1);
+  EXPECT_EQ(results_.Get(3).status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(model_.batches().size(), 1u) << "worker still inside batch 1";
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  results_.AwaitCount(3);
+  ExpectAnswered(1, 1);
+  ExpectAnswered(2, 1);
+}
+
 TEST_F(BatcherTest, ShutdownDrainsQueuedRequestsAndRejectsNewOnes) {
   model_.Gate();
   Start(Options(/*preferred=*/4, /*max=*/4, absl::Hours(1)));

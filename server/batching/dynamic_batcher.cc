@@ -120,6 +120,9 @@ absl::Status DynamicBatcher::Enqueue(BatchRequest request) {
   }
   queued_rows_ += request.rows;
   queued_rows_by_key_[request.model_version] += request.rows;
+  if (request.deadline != absl::InfiniteFuture()) {
+    deadlines_.insert(request.deadline);
+  }
   queue_.push_back(Pending{std::move(request), now});
   ++enqueue_seq_;
   observer_->OnQueueRows(queued_rows_);
@@ -169,37 +172,55 @@ void DynamicBatcher::AwaitDispatcherIdleForTesting() {
   absl::MutexLock lock(&mu_, absl::Condition(&idle));
 }
 
+absl::Status DynamicBatcher::CheckAlive(const Pending& p,
+                                        absl::Time now) const {
+  if (now >= p.request.deadline) {
+    return absl::DeadlineExceededError(absl::StrFormat(
+        "model '%s': deadline exceeded after %s in the queue", options_.name,
+        absl::FormatDuration(now - p.enqueued)));
+  }
+  if (p.request.is_cancelled && p.request.is_cancelled()) {
+    return absl::CancelledError(absl::StrFormat(
+        "model '%s': request cancelled while queued", options_.name));
+  }
+  return absl::OkStatus();
+}
+
+void DynamicBatcher::Unqueue(const Pending& p) {
+  queued_rows_ -= p.request.rows;
+  auto key = queued_rows_by_key_.find(p.request.model_version);
+  if ((key->second -= p.request.rows) == 0) queued_rows_by_key_.erase(key);
+  if (p.request.deadline != absl::InfiniteFuture()) {
+    deadlines_.erase(deadlines_.find(p.request.deadline));
+  }
+}
+
+DynamicBatcher::Finished DynamicBatcher::Dropped(Pending& p,
+                                                 absl::Status status,
+                                                 absl::Time now) {
+  RequestResult result;
+  result.status = std::move(status);
+  result.queue_seconds = Seconds(now - p.enqueued);
+  observer_->OnRequestQueued(result.queue_seconds);
+  return Finished{std::move(p.request.on_done), std::move(result),
+                  p.request.rows};
+}
+
 void DynamicBatcher::DropDeadRequests(absl::Time now,
                                       std::vector<Finished>* dropped) {
-  const size_t before = queue_.size();
+  if (deadlines_.empty() || *deadlines_.begin() > now) return;
   std::deque<Pending> alive;
   for (Pending& p : queue_) {
-    absl::Status status;
-    if (now >= p.request.deadline) {
-      status = absl::DeadlineExceededError(absl::StrFormat(
-          "model '%s': deadline exceeded after %s in the queue", options_.name,
-          absl::FormatDuration(now - p.enqueued)));
-    } else if (p.request.is_cancelled && p.request.is_cancelled()) {
-      status = absl::CancelledError(absl::StrFormat(
-          "model '%s': request cancelled while queued", options_.name));
-    }
+    absl::Status status = CheckAlive(p, now);
     if (status.ok()) {
       alive.push_back(std::move(p));
       continue;
     }
-    queued_rows_ -= p.request.rows;
-    if ((queued_rows_by_key_[p.request.model_version] -= p.request.rows) == 0) {
-      queued_rows_by_key_.erase(p.request.model_version);
-    }
-    RequestResult result;
-    result.status = std::move(status);
-    result.queue_seconds = Seconds(now - p.enqueued);
-    observer_->OnRequestQueued(result.queue_seconds);
-    dropped->push_back(Finished{std::move(p.request.on_done), std::move(result),
-                                p.request.rows});
+    Unqueue(p);
+    dropped->push_back(Dropped(p, std::move(status), now));
   }
   queue_ = std::move(alive);
-  if (queue_.size() != before) observer_->OnQueueRows(queued_rows_);
+  if (!dropped->empty()) observer_->OnQueueRows(queued_rows_);
 }
 
 bool DynamicBatcher::ShouldDispatch(absl::Time now) const {
@@ -215,8 +236,8 @@ bool DynamicBatcher::ShouldDispatch(absl::Time now) const {
 }
 
 absl::Time DynamicBatcher::NextWakeup() const {
-  absl::Time wakeup = absl::InfiniteFuture();
-  for (const Pending& p : queue_) wakeup = std::min(wakeup, p.request.deadline);
+  absl::Time wakeup =
+      deadlines_.empty() ? absl::InfiniteFuture() : *deadlines_.begin();
   // With the hand-off full the delay cannot trigger a dispatch; only the
   // worker taking the batch (a signal) can.
   if (!handoff_.has_value() && !queue_.empty()) {
@@ -225,7 +246,8 @@ absl::Time DynamicBatcher::NextWakeup() const {
   return wakeup;
 }
 
-std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeBatchRequests() {
+std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeBatchRequests(
+    absl::Time now, std::vector<Finished>* dropped) {
   std::vector<Pending> taken;
   const int64_t key = queue_.front().request.model_version;
   int64_t rows = 0;
@@ -233,11 +255,17 @@ std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeBatchRequests() {
   bool full = false;
   for (Pending& p : queue_) {
     if (!full && p.request.model_version == key) {
+      if (absl::Status status = CheckAlive(p, now); !status.ok()) {
+        Unqueue(p);
+        dropped->push_back(Dropped(p, std::move(status), now));
+        continue;
+      }
       if (rows + p.request.rows > options_.max_batch_rows) {
         // Arrival order within a key: a later, smaller request must not
         // overtake this one, or a large request could starve.
         full = true;
       } else {
+        Unqueue(p);
         rows += p.request.rows;
         taken.push_back(std::move(p));
         continue;
@@ -246,8 +274,6 @@ std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeBatchRequests() {
     rest.push_back(std::move(p));
   }
   queue_ = std::move(rest);
-  queued_rows_ -= rows;
-  if ((queued_rows_by_key_[key] -= rows) == 0) queued_rows_by_key_.erase(key);
   observer_->OnQueueRows(queued_rows_);
   return taken;
 }
@@ -289,12 +315,16 @@ void DynamicBatcher::DispatcherLoop() {
     examined_at_ = now;
     if (draining_ && queue_.empty()) break;
     if (!handoff_.has_value() && ShouldDispatch(now)) {
-      std::vector<Pending> taken = TakeBatchRequests();
+      std::vector<Pending> taken = TakeBatchRequests(now, &dropped);
       mu_.Unlock();
-      AssembledBatch assembled = Assemble(std::move(taken), now);
+      Finish(std::move(dropped));
+      std::optional<AssembledBatch> assembled;
+      if (!taken.empty()) assembled = Assemble(std::move(taken), now);
       mu_.Lock();
-      handoff_ = std::move(assembled);
-      worker_cv_.Signal();
+      if (assembled.has_value()) {
+        handoff_ = std::move(assembled);
+        worker_cv_.Signal();
+      }
       continue;
     }
     dispatcher_blocked_ = true;

@@ -27,8 +27,11 @@
 // Immediately before a request is put into a batch its deadline and its
 // cancellation are checked: expired -> DEADLINE_EXCEEDED, cancelled ->
 // CANCELLED, and it never reaches the run callback. The dispatcher also wakes
-// at the earliest queued deadline so that expired requests are answered
-// promptly.
+// at the earliest queued deadline and then sweeps the whole queue (expired
+// and cancelled requests), so an expired request is answered at its deadline,
+// not when its batch would have left. A cancelled request without a deadline
+// is answered when it would have been batched (or at the next sweep).
+// Cost: O(log n) per Enqueue and wake-up; O(n) per batch and per sweep.
 //
 // Units: rows are matrix rows (one feature vector each); times are absl::Time
 // from the injected Clock; observer durations are seconds (double).
@@ -41,6 +44,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -224,15 +228,25 @@ class DynamicBatcher {
 
   void DispatcherLoop();
   void WorkerLoop();
-  // Removes expired and cancelled requests from the queue into `dropped`.
+  // If some queued deadline has passed, sweeps the whole queue and moves
+  // expired and cancelled requests into `dropped`; otherwise O(1).
   void DropDeadRequests(absl::Time now, std::vector<Finished>* dropped)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why `p` may not be dispatched at `now` (DEADLINE_EXCEEDED / CANCELLED),
+  // or OK.
+  absl::Status CheckAlive(const Pending& p, absl::Time now) const;
+  // Bookkeeping for a request leaving the queue (not the deque itself).
+  void Unqueue(const Pending& p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Finished Dropped(Pending& p, absl::Status status, absl::Time now);
   // When the dispatcher must next look at the queue (absl::InfiniteFuture()
   // if only a new request can change anything).
   absl::Time NextWakeup() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldDispatch(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Removes the requests of the next batch from the queue.
-  std::vector<Pending> TakeBatchRequests() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the requests of the next batch from the queue; candidates found
+  // expired or cancelled go to `dropped` instead (the result may be empty).
+  std::vector<Pending> TakeBatchRequests(absl::Time now,
+                                         std::vector<Finished>* dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Copies their rows into one batch (no lock held: overlaps with compute).
   AssembledBatch Assemble(std::vector<Pending> requests, absl::Time now);
   void RunAndScatter(AssembledBatch assembled);
@@ -250,6 +264,9 @@ class DynamicBatcher {
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int64_t, int64_t> queued_rows_by_key_ ABSL_GUARDED_BY(mu_);
+  // Finite deadlines of queued requests: the earliest one says when the
+  // queue must be swept, without scanning it on every wake-up.
+  std::multiset<absl::Time> deadlines_ ABSL_GUARDED_BY(mu_);
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool dispatcher_exited_ ABSL_GUARDED_BY(mu_) = false;
