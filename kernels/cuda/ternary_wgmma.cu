@@ -244,7 +244,6 @@ cudaError_t ProbeWgmma(int* has_wgmma, cudaStream_t stream) {
 extern const GemmKernelInfo kWgmmaKernels[] = {
     BITNET_WGMMA_CONFIG("wgmma_w128_b64", 64, 4),
     BITNET_WGMMA_CONFIG("wgmma_w128_b128", 128, 4),
-    BITNET_WGMMA_CONFIG("wgmma_w128_b256", 256, 3),
 };
 extern const int kWgmmaKernelCount = sizeof(kWgmmaKernels) / sizeof(kWgmmaKernels[0]);
 

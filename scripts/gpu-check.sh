@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh BUNDLE_DIR [bench args...]
+#
+# One call on the GPU host: SASS summary, the CUDA tests, compute-sanitizer
+# (memcheck + racecheck on a reduced grid), the kernel benchmark and its
+# chart. Expects BUNDLE_DIR made by scripts/make-bundle.sh with
+# cuda_kernels_test and bitnet-bench (cuda_backend_test if present). Writes
+# at most 8 files under $OUT (default ./gpu-out).
+# Environment: STEPS (default "sass tests sanitize bench"), SWEEP=1 adds the
+# per-config sweep CSV.
+set -uo pipefail
+bundle=$(cd "${1:?usage: gpu-check.sh BUNDLE_DIR [bench args...]}" && pwd)
+shift
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$bundle:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+steps=${STEPS:-"sass tests bench sanitize"}
+
+
+note() { echo "$*"; }
+
+note "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader)"
+for step in $steps; do
+  case $step in
+    sass)
+      {
+        echo "# instruction mix of the kernels (cuobjdump -sass)"
+        cuobjdump -sass "$bundle/cuda_kernels_test" | grep -oE '\b(HGMMA|IGMMA|HMMA|IMMA|LDSM|LDGSTS|LDS\.128|PRMT|LOP3\.LUT|HFMA2|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c
+        echo "# resource usage"
+        cuobjdump -res-usage "$bundle/cuda_kernels_test" 2>&1 | grep -E "Function|REG|STACK" | sed 's/_ZN6bitnet13cuda_internal[^ ]*ternary_/ternary_/' | head -80
+      } > "$out/sass.txt" 2>&1
+      note "sass: $(grep -cE 'GMMA|MMA' "$out/sass.txt") mma lines, LDL/STL: $(grep -E ' (LDL|STL)' "$out/sass.txt" | awk '{s+=$1} END {print s+0}')"
+      ;;
+    tests)
+      timeout 150 "$bundle/cuda_kernels_test" 2>&1 | tail -n 200 > "$out/tests.log"
+      note "tests: $(grep -E '^\[  (PASSED|FAILED)  \]|tests? ran' "$out/tests.log" | tr '\n' ' ')"
+      grep -E "FAILED|Failure|bad outputs|relative error" "$out/tests.log" | head -20
+      if [[ -x "$bundle/cuda_backend_test" ]]; then
+        timeout 120 "$bundle/cuda_backend_test" 2>&1 | tail -n 60 >> "$out/tests.log"
+        note "backend tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/tests.log" | tail -2 | tr '\n' ' ')"
+      fi
+      ;;
+    sanitize)
+      {
+        echo "== memcheck"
+        BITNET_CUDA_TEST_QUICK=1 timeout 120 compute-sanitizer --tool memcheck --leak-check full \
+          "$bundle/cuda_kernels_test" --gtest_brief=1 2>&1 | tail -n 30
+        echo "== racecheck"
+        BITNET_CUDA_TEST_QUICK=1 timeout 90 compute-sanitizer --tool racecheck \
+          "$bundle/cuda_kernels_test" --gtest_brief=1 \
+          --gtest_filter='CudaKernelsTest.EveryConfig*' 2>&1 | tail -n 30
+      } > "$out/sanitizer.log" 2>&1
+      note "sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" | tr '\n' ' ')"
+      ;;
+    bench)
+      sweep=()
+      if [[ ${SWEEP:-0} == 1 ]]; then sweep=(--sweep "$out/sweep.csv"); fi
+      timeout 240 "$bundle/bitnet-bench" kernels --csv "$out/kernels.csv" --json "$out/kernels.json" \
+        "${sweep[@]}" "$@" > "$out/bench.log" 2>&1
+      note "bench: exit $?"
+      tail -n 16 "$out/bench.log"
+      python3 benchmarks/plot_kernels.py "$out/kernels.csv" "$out/kernels_speedup.png" 2>&1 | tail -2
+      ;;
+  esac
+done
