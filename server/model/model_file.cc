@@ -22,6 +22,14 @@ using safetensors::SafetensorsFile;
 using safetensors::ShapeString;
 using safetensors::TensorInfo;
 
+// A JSON value for an error message, cut short: a hostile header can hold
+// megabytes in one value.
+std::string Brief(const Json& value) {
+  std::string text = value.dump();
+  if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
+}
+
 constexpr absl::string_view kFormatVersion = "1";
 static_assert(kModelFormatVersion == 1, "update kFormatVersion with model.h");
 
@@ -41,7 +49,7 @@ struct FileLayer {
 absl::StatusOr<int64_t> PositiveInt(const Json& value, absl::string_view what) {
   if (!value.is_number_unsigned() || value.get<uint64_t>() == 0 ||
       value.get<uint64_t>() > (uint64_t{1} << 40)) {
-    return Invalid(absl::StrCat(what, " is ", value.dump(),
+    return Invalid(absl::StrCat(what, " is ", Brief(value),
                                 ", expected a positive integer"));
   }
   return static_cast<int64_t>(value.get<uint64_t>());
@@ -49,7 +57,7 @@ absl::StatusOr<int64_t> PositiveInt(const Json& value, absl::string_view what) {
 
 absl::StatusOr<std::string> StringField(const Json& value, absl::string_view what) {
   if (!value.is_string()) {
-    return Invalid(absl::StrCat(what, " is ", value.dump(), ", expected a string"));
+    return Invalid(absl::StrCat(what, " is ", Brief(value), ", expected a string"));
   }
   return value.get<std::string>();
 }
@@ -62,7 +70,7 @@ absl::StatusOr<std::vector<FileLayer>> ParseLayerList(const std::string& text) {
     return Invalid(absl::StrCat("__metadata__ \"layers\" is not valid JSON: ", e.what()));
   }
   if (!json.is_array() || json.empty()) {
-    return Invalid(absl::StrCat("__metadata__ \"layers\" is ", json.dump().substr(0, 80),
+    return Invalid(absl::StrCat("__metadata__ \"layers\" is ", Brief(json),
                                 ", expected a non-empty JSON array of layer objects"));
   }
   static const std::set<std::string> kKeys = {"in_features", "out_features", "activation",
@@ -72,7 +80,7 @@ absl::StatusOr<std::vector<FileLayer>> ParseLayerList(const std::string& text) {
     const Json& entry = json[i];
     const std::string where = absl::StrCat("__metadata__ layers[", i, "]");
     if (!entry.is_object()) {
-      return Invalid(absl::StrCat(where, " is ", entry.dump(), ", expected an object"));
+      return Invalid(absl::StrCat(where, " is ", Brief(entry), ", expected an object"));
     }
     for (const auto& [key, unused] : entry.items()) {
       if (!kKeys.contains(key)) {
@@ -114,7 +122,7 @@ absl::StatusOr<std::vector<FileLayer>> ParseLayerList(const std::string& text) {
     layer.spec.act_quant = *parsed_quant;
 
     if (!entry["bias"].is_boolean()) {
-      return Invalid(absl::StrCat(where, ".bias is ", entry["bias"].dump(),
+      return Invalid(absl::StrCat(where, ".bias is ", Brief(entry["bias"]),
                                   ", expected true or false"));
     }
     layer.spec.has_bias = entry["bias"].get<bool>();

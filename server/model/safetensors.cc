@@ -32,6 +32,14 @@ struct DTypeEntry {
   int64_t size;
 };
 
+// A JSON value for an error message, cut short: a hostile header can hold
+// megabytes in one value.
+std::string Brief(const Json& value) {
+  std::string text = value.dump();
+  if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
+}
+
 constexpr DTypeEntry kDTypes[] = {
     {DType::kBool, "BOOL", 1}, {DType::kU8, "U8", 1},     {DType::kI8, "I8", 1},
     {DType::kI16, "I16", 2},   {DType::kU16, "U16", 2},   {DType::kF16, "F16", 2},
@@ -77,7 +85,7 @@ struct DuplicateKeyFinder {
 
 absl::StatusOr<int64_t> NonNegativeInt(const Json& value, absl::string_view what) {
   if (!value.is_number_unsigned()) {
-    return Invalid(absl::StrCat(what, " is ", value.dump(),
+    return Invalid(absl::StrCat(what, " is ", Brief(value),
                                 ", expected a non-negative integer"));
   }
   const uint64_t v = value.get<uint64_t>();
@@ -111,7 +119,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name,
 
   const Json& dtype = entry["dtype"];
   if (!dtype.is_string()) {
-    return Invalid(absl::StrCat(tensor, ": dtype is ", dtype.dump(),
+    return Invalid(absl::StrCat(tensor, ": dtype is ", Brief(dtype),
                                 ", expected a string such as \"F32\""));
   }
   absl::StatusOr<DType> parsed = ParseDType(dtype.get<std::string>());
@@ -122,7 +130,7 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name,
 
   const Json& shape = entry["shape"];
   if (!shape.is_array()) {
-    return Invalid(absl::StrCat(tensor, ": shape is ", shape.dump(),
+    return Invalid(absl::StrCat(tensor, ": shape is ", Brief(shape),
                                 ", expected an array of non-negative integers"));
   }
   int64_t elements = 1;
@@ -131,20 +139,20 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name,
         NonNegativeInt(shape[d], absl::StrCat(tensor, ": shape[", d, "]"));
     if (!dim.ok()) return dim.status();
     if (__builtin_mul_overflow(elements, *dim, &elements)) {
-      return Invalid(absl::StrCat(tensor, ": shape ", shape.dump(),
+      return Invalid(absl::StrCat(tensor, ": shape ", Brief(shape),
                                   " has more elements than int64 can count"));
     }
     info.shape.push_back(*dim);
   }
   int64_t expected_bytes = 0;
   if (__builtin_mul_overflow(elements, DTypeSize(info.dtype), &expected_bytes)) {
-    return Invalid(absl::StrCat(tensor, ": shape ", shape.dump(),
+    return Invalid(absl::StrCat(tensor, ": shape ", Brief(shape),
                                 " has more bytes than int64 can count"));
   }
 
   const Json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2) {
-    return Invalid(absl::StrCat(tensor, ": data_offsets is ", offsets.dump(),
+    return Invalid(absl::StrCat(tensor, ": data_offsets is ", Brief(offsets),
                                 ", expected [begin, end]"));
   }
   absl::StatusOr<int64_t> begin =
@@ -295,7 +303,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string bytes) {
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
           return Invalid(absl::StrCat("__metadata__ entry ", Quoted(key), " is ",
-                                      value.dump(), ", expected a string"));
+                                      Brief(value), ", expected a string"));
         }
         file.metadata_[key] = value.get<std::string>();
       }
