@@ -59,11 +59,8 @@ case "$mode" in
   serve)
     install_missing_packages
     build
-    if [[ -x "$BUILD_DIR/server/bitnet-server" ]]; then
-      exec "$BUILD_DIR/server/bitnet-server" "$@"
-    fi
-    # Until the server exists: the demo end to end on the CPU.
-    exec "$BUILD_DIR/tools/bitnet-demo" "$@"
+    # With no flags: the embedded demo model, on the GPU if one is visible.
+    exec "$BUILD_DIR/server/bitnet-server" "$@"
     ;;
   *)
     echo "usage: ./setup.sh serve|test|build [args...]" >&2
