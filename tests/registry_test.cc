@@ -438,21 +438,39 @@ TEST_F(RegistryTest, UnloadingTheModelDrainsItsQueue) {
   EXPECT_TRUE(registry_->List().empty());
 }
 
-TEST_F(RegistryTest, PinnedVersionUnloadedWhileQueuedIsNotFound) {
-  Start(absl::Milliseconds(10), &clock_);
+// Requests pinned to a version that is unloaded (or evicted) while they are
+// queued are still answered by it; new requests for it get NOT_FOUND.
+TEST_F(RegistryTest, PinnedRequestsQueuedBeforeUnloadStillComplete) {
+  Start(absl::Milliseconds(10), &clock_, /*max_versions=*/2);
   ASSERT_TRUE(registry_->Load("m", model1_, "v1").ok());
   ASSERT_TRUE(registry_->Load("m", model2_, "v2").ok());
-  Reply pinned, current;
-  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(1, 1, &pinned, 1)).ok());
-  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(2, 1, &current)).ok());
+  Reply pinned1, pinned2, current, late;
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(1, 1, &pinned1, 1)).ok());
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(2, 2, &pinned2, 2)).ok());
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(3, 1, &current)).ok());
   ASSERT_TRUE(registry_->Unload("m", 1).ok());
+  ASSERT_TRUE(registry_->Load("m", model3_, "v3").ok());
+  const Model model4 = MakeModel(4);
+  ASSERT_TRUE(registry_->Load("m", model4, "v4").ok());  // evicts v2
+  EXPECT_EQ(registry_->Enqueue("m", MakeRequest(4, 1, &late, 1)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry_->Enqueue("m", MakeRequest(4, 1, &late, 2)).code(),
+            absl::StatusCode::kNotFound);
+
   clock_.Advance(absl::Milliseconds(10));
-  RequestResult rp = pinned.Await();
-  EXPECT_EQ(rp.status.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(rp.status.message(), HasSubstr("version 1 is not loaded"));
+  RequestResult r1 = pinned1.Await();
+  ASSERT_TRUE(r1.status.ok()) << r1.status;
+  EXPECT_EQ(r1.model_version, 1);
+  EXPECT_EQ(r1.output, Oracle(model1_, MakeInput(1, 1)));
+  RequestResult r2 = pinned2.Await();
+  ASSERT_TRUE(r2.status.ok()) << r2.status;
+  EXPECT_EQ(r2.model_version, 2);
+  EXPECT_EQ(r2.output, Oracle(model2_, MakeInput(2, 2)));
   RequestResult rc = current.Await();
   ASSERT_TRUE(rc.status.ok()) << rc.status;
-  EXPECT_EQ(rc.model_version, 2);
+  EXPECT_EQ(rc.model_version, 4) << "unpinned: the current version at dispatch";
+  EXPECT_EQ(rc.output, Oracle(model4, MakeInput(3, 1)));
+  EXPECT_FALSE(late.Done());
 }
 
 TEST_F(RegistryTest, DrainAndShutdownRejectNewWorkButFinishQueued) {

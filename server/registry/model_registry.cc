@@ -20,6 +20,11 @@ struct ModelRegistry::Entry {
   mutable absl::Mutex mu;
   std::map<int64_t, std::shared_ptr<const ModelVersion>> versions
       ABSL_GUARDED_BY(mu);
+  // Unloaded or evicted versions that queued pinned requests may still
+  // need; those requests hold the shared_ptr, so an expired entry means
+  // nobody does.
+  std::map<int64_t, std::weak_ptr<const ModelVersion>> retired
+      ABSL_GUARDED_BY(mu);
 
   std::unique_ptr<BatcherObserver> observer;
   std::unique_ptr<DynamicBatcher> batcher;
@@ -28,6 +33,11 @@ struct ModelRegistry::Entry {
   std::shared_ptr<const ModelVersion> Current() const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     return versions.empty() ? nullptr : versions.rbegin()->second;
+  }
+  void Retire(std::shared_ptr<const ModelVersion> version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::erase_if(retired, [](const auto& r) { return r.second.expired(); });
+    retired[version->version()] = version;
   }
   std::string LoadedVersionList() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     std::vector<int64_t> numbers;
@@ -107,14 +117,19 @@ absl::StatusOr<BatchResult> ModelRegistry::RunBatch(Entry* entry,
             "model '%s' has no loaded version", entry->name));
       }
     } else {
-      auto it = entry->versions.find(batch.model_version);
-      if (it == entry->versions.end()) {
-        return absl::NotFoundError(absl::StrFormat(
-            "model '%s' version %d is not loaded (unloaded while the request "
-            "was queued; loaded: %s)",
-            entry->name, batch.model_version, entry->LoadedVersionList()));
+      if (auto it = entry->versions.find(batch.model_version);
+          it != entry->versions.end()) {
+        version = it->second;
+      } else if (auto r = entry->retired.find(batch.model_version);
+                 r != entry->retired.end()) {
+        version = r->second.lock();
       }
-      version = it->second;
+      if (version == nullptr) {
+        // Not expected: every queued pinned request holds its version.
+        return absl::NotFoundError(absl::StrFormat(
+            "model '%s' version %d is not loaded (loaded: %s)", entry->name,
+            batch.model_version, entry->LoadedVersionList()));
+      }
     }
   }
   BatchResult result;
@@ -247,6 +262,7 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
   while (static_cast<int>(entry.versions.size()) > options_.max_loaded_versions) {
     evicted = std::move(entry.versions.begin()->second);
     entry.versions.erase(entry.versions.begin());
+    entry.Retire(evicted);
   }
   return version;
 }
@@ -273,6 +289,7 @@ absl::Status ModelRegistry::Unload(std::string_view name, int64_t version) {
       if (entry.versions.size() > 1) {
         unloaded = std::move(v->second);
         entry.versions.erase(v);
+        entry.Retire(unloaded);
         return absl::OkStatus();
       }
     }
@@ -348,12 +365,22 @@ absl::Status ModelRegistry::Enqueue(std::string_view name,
         request.model_version));
   }
   if (request.model_version != 0) {
-    absl::MutexLock entry_lock(&entry->mu);
-    if (!entry->versions.contains(request.model_version)) {
-      return absl::NotFoundError(absl::StrFormat(
-          "model '%s' has no loaded version %d (loaded: %s)", name,
-          request.model_version, entry->LoadedVersionList()));
+    std::shared_ptr<const ModelVersion> pinned;
+    {
+      absl::MutexLock entry_lock(&entry->mu);
+      auto it = entry->versions.find(request.model_version);
+      if (it == entry->versions.end()) {
+        return absl::NotFoundError(absl::StrFormat(
+            "model '%s' has no loaded version %d (loaded: %s)", name,
+            request.model_version, entry->LoadedVersionList()));
+      }
+      pinned = it->second;
     }
+    // The request keeps its version alive until answered, so unloading the
+    // version while the request is queued does not strand it.
+    request.on_done = [pinned = std::move(pinned),
+                       on_done = std::move(request.on_done)](
+                          RequestResult result) { on_done(std::move(result)); };
   }
   // Outside the registry lock: a full or draining batcher answers by itself.
   return entry->batcher->Enqueue(std::move(request));

@@ -96,8 +96,9 @@ struct ModelRegistryOptions {
   // unloads the oldest; in-flight batches on it still finish.
   int max_loaded_versions = 2;
   // Optional: an observer per model (e.g. Prometheus series labelled with
-  // the model name). Called once when a model name is first loaded; the
-  // registry owns the result.
+  // the model name). Called once when a model name is first loaded (again
+  // after it was unloaded completely), with the registry's lock held: it
+  // must not call back into the registry. The registry owns the result.
   std::function<std::unique_ptr<BatcherObserver>(std::string_view model_name)>
       observer_factory;
 };
@@ -147,8 +148,9 @@ class ModelRegistry {
   // Queues `request` on the model's batcher (request.model_version: 0 =
   // current at dispatch, N = pinned). Errors: NOT_FOUND (model, or a pinned
   // version not loaded), else as DynamicBatcher::Enqueue (INVALID_ARGUMENT,
-  // DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAVAILABLE). A pinned version
-  // unloaded while the request is queued answers it NOT_FOUND.
+  // DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAVAILABLE). A request pinned
+  // to a version that is unloaded (or evicted) while it is queued is still
+  // answered by that version: the request keeps it alive until it is done.
   absl::Status Enqueue(std::string_view name, BatchRequest request);
 
   // Stops every batcher from accepting (UNAVAILABLE) and lets queued work
