@@ -119,9 +119,10 @@ struct BatchResult {
 using RunBatchFn = std::function<absl::StatusOr<BatchResult>(const Batch&)>;
 
 // Metrics hook (the service wires it to Prometheus). Methods are called from
-// the batcher's threads and from Enqueue() callers, possibly concurrently:
-// implementations must be thread-safe and fast. Default implementations do
-// nothing.
+// the batcher's threads and from Enqueue() callers, possibly concurrently,
+// and OnQueueRows / OnRequestQueued sometimes with the batcher's lock held:
+// implementations must be thread-safe, fast, and must not call back into
+// the batcher. Default implementations do nothing.
 class BatcherObserver {
  public:
   virtual ~BatcherObserver() = default;
