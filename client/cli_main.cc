@@ -2,7 +2,7 @@
 //
 //   bitnet-cli [--address host:port] health [--service NAME]
 //   bitnet-cli [--address host:port] models
-//   bitnet-cli [--address host:port] infer --model NAME [--version N]
+//   bitnet-cli [--address host:port] infer --model NAME [--model_version N]
 //       [--input FILE.csv|FILE.json|-] [--random N [--seed S]]
 //       [--output csv|json]
 //
@@ -42,7 +42,7 @@ ABSL_FLAG(std::string, address, "localhost:50051", "server host:port");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "deadline of each call");
 ABSL_FLAG(std::string, service, "", "health: service to check (\"\" = server, or a model name)");
 ABSL_FLAG(std::string, model, "", "infer: model name");
-ABSL_FLAG(uint64_t, version, 0, "infer: model version (0 = latest)");
+ABSL_FLAG(uint64_t, model_version, 0, "infer: model version (0 = latest)");
 ABSL_FLAG(std::string, input, "", "infer: rows from FILE.csv, FILE.json or - (stdin)");
 ABSL_FLAG(int64_t, random, 0, "infer: send N random rows instead of --input");
 ABSL_FLAG(uint64_t, seed, 1, "infer: seed of --random");
@@ -62,7 +62,7 @@ constexpr char kUsageText[] =
     "commands:\n"
     "  health [--service NAME]          grpc.health.v1 status of the server or a model\n"
     "  models                           list loaded models\n"
-    "  infer --model NAME [--version N] [--input FILE.csv|FILE.json|-]\n"
+    "  infer --model NAME [--model_version N] [--input FILE.csv|FILE.json|-]\n"
     "        [--random N [--seed S]] [--output csv|json]\n"
     "flags: --tls_ca, --tls_cert, --tls_key for TLS/mTLS\n"
     "exit codes: 0 ok, 1 RPC error, 2 usage or input error\n";
@@ -229,7 +229,7 @@ int RunInfer(bitnet::Client& client) {
   Rows rows;
   if (random_rows > 0) {
     // The row width comes from the model's description.
-    auto info = client.GetModel(model, absl::GetFlag(FLAGS_version));
+    auto info = client.GetModel(model, absl::GetFlag(FLAGS_model_version));
     if (!info.ok()) return RpcError(info.status());
     if (info->input_shape_size() != 2) {
       return RpcError(absl::InternalError("GetModel: input_shape is not 2-D"));
@@ -246,7 +246,7 @@ int RunInfer(bitnet::Client& client) {
     rows = *std::move(parsed);
   }
   auto result =
-      client.Infer(model, rows.values, rows.cols, absl::GetFlag(FLAGS_version));
+      client.Infer(model, rows.values, rows.cols, absl::GetFlag(FLAGS_model_version));
   if (!result.ok()) return RpcError(result.status());
   if (output == "json") {
     nlohmann::json doc;

@@ -1,7 +1,8 @@
 # gRPC server: unit tests of the service helpers, in-process integration
 # tests (ephemeral ports, real channels), the batching load test, and the
 # Python client test.
-if(TARGET bitnet_server_lib AND TARGET bitnet_client AND TARGET bitnet-server)
+if(TARGET bitnet_server_lib AND TARGET bitnet_client AND TARGET bitnet-server
+   AND TARGET bitnet-cli)
   find_package(PkgConfig REQUIRED)
   pkg_check_modules(BITNET_TEST_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
@@ -28,7 +29,7 @@ if(TARGET bitnet_server_lib AND TARGET bitnet_client AND TARGET bitnet-server)
       COMMAND ${BITNET_SYSTEM_PYTHON3}
         ${CMAKE_CURRENT_SOURCE_DIR}/python/test_python_client.py)
     set_tests_properties(server_python_client PROPERTIES
-      ENVIRONMENT "BITNET_SERVER=$<TARGET_FILE:bitnet-server>;BITNET_PROTO_DIR=${PROJECT_SOURCE_DIR}/proto"
+      ENVIRONMENT "BITNET_SERVER=$<TARGET_FILE:bitnet-server>;BITNET_CLI=$<TARGET_FILE:bitnet-cli>;BITNET_PROTO_DIR=${PROJECT_SOURCE_DIR}/proto"
       SKIP_RETURN_CODE 77
       TIMEOUT 300)
   endif()

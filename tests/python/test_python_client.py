@@ -15,7 +15,8 @@ protobuf (Debian: python3-grpcio, python3-protobuf):
      float32 arithmetic emulated exactly, so the comparison is bit-exact;
   4. scrapes /metrics, sends SIGTERM and checks the drain and the exit code.
 
-Environment: BITNET_SERVER (path of bitnet-server, required),
+Environment: BITNET_SERVER (path of bitnet-server, required), BITNET_CLI
+(path of bitnet-cli: also checks the CLI against the same server),
 BITNET_PROTO_DIR (default: ../../proto next to this file).
 Exit codes: 0 pass, 1 fail, 77 skipped (grpc/protobuf or a proto compiler
 missing). The last line printed is a summary.
@@ -208,6 +209,44 @@ def start_server(server, model_path, log_path):
     return proc, ports
 
 
+def check_cli(c, cli, port, rows, want, tmp):
+    """bitnet-cli: commands, input formats, output formats and exit codes."""
+    address = f"--address=127.0.0.1:{port}"
+
+    def run(*args, stdin=None):
+        return subprocess.run([cli, address, "--timeout=20s", *args], input=stdin,
+                              capture_output=True, text=True)
+
+    r = run("health")
+    c.check(r.returncode == 0 and r.stdout.strip() == "SERVING", f"cli health: {r}")
+    r = run("models")
+    c.check(r.returncode == 0 and "\ndemo\t1\t1\tcpu\t" in r.stdout, f"cli models: {r}")
+    csv_path = os.path.join(tmp, "rows.csv")
+    with open(csv_path, "w") as f:
+        f.write("# two rows\n")
+        for row in rows[:2]:
+            f.write(",".join(repr(v) for v in row) + "\n")
+    r = run("infer", "--model=demo", f"--input={csv_path}", "--output=csv")
+    got = [[f32(float(v)) for v in line.split(",")] for line in r.stdout.split()]
+    c.check(r.returncode == 0 and got == want[:2], f"cli infer CSV -> CSV equals the oracle: {r.stderr}")
+    r = run("infer", "--model=demo", "--input=-", "--output=json",
+            stdin=json.dumps({"rows": rows[2:4]}))
+    ok = r.returncode == 0 and json.loads(r.stdout)["outputs"] == want[2:4]
+    c.check(ok, f"cli infer JSON stdin -> JSON equals the oracle: {r.stderr}")
+    r = run("infer", "--model=demo", "--random=3", "--output=json")
+    c.check(r.returncode == 0 and json.loads(r.stdout)["shape"] == [3, len(want[0])],
+            f"cli infer --random: {r.stderr}")
+    r = run("infer", "--model=nope", "--random=1")
+    c.check(r.returncode == 1 and "NOT_FOUND" in r.stderr, f"cli RPC error exits 1: {r}")
+    r = run("infer", "--model=demo", "--input=-", stdin="1,2,3\n")
+    c.check(r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr and "input.shape" in r.stderr,
+            f"cli wrong width exits 1 with the server's message: {r}")
+    for args in (["frobnicate"], ["infer"], ["infer", "--model=demo"], ["--no_such_flag", "health"],
+                 ["infer", "--model=demo", "--random=x"]):
+        r = run(*args)
+        c.check(r.returncode == 2, f"cli usage error {args} exits 2, got {r.returncode}")
+
+
 def main():
     server = os.environ.get("BITNET_SERVER")
     proto_dir = os.environ.get("BITNET_PROTO_DIR",
@@ -332,6 +371,11 @@ def main():
                 f"bitnet_requests_total OK = 5 (2 Infer + 3 stream), got {m and m.group(1)}")
         c.check("bitnet_batch_rows_bucket" in text and "grpc_server_handled_total" in text,
                 "metrics carry the fixed names")
+
+        # bitnet-cli against the same server (when CTest gives its path).
+        cli = os.environ.get("BITNET_CLI")
+        if cli and os.path.exists(cli):
+            check_cli(c, cli, port, rows, want, tmp)
 
         # SIGTERM: drains and exits 0 well within the grace period.
         channel.close()
