@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -761,6 +762,63 @@ TEST_F(ServerTest, MetricsOverHttpShowTheFixedNames) {
   EXPECT_GE(MetricValue(text, "bitnet_batch_rows_count{model=\"demo\"}"), 1);
   EXPECT_EQ(MetricValue(text, "bitnet_queue_rows{model=\"demo\"}"), 0);
   EXPECT_EQ(http.Get("/nope")->status, 404);
+}
+
+// TLS and mTLS with certificates made by the openssl CLI at test time.
+TEST_F(ServerTest, TlsAndMutualTls) {
+  if (std::system("openssl version > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "openssl CLI not found";
+  }
+  std::string tmpl = ::testing::TempDir() + "/bitnet_tls_test_XXXXXX";
+  const std::string dir = mkdtemp(tmpl.data());
+  const std::string script =
+      "cd " + dir + " && "
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+      "-subj /CN=test-ca && "
+      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr "
+      "-subj /CN=localhost && "
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf && "
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "-out server.pem -days 1 -extfile ext.cnf && "
+      "openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=client && "
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "-out client.pem -days 1";
+  ASSERT_EQ(std::system((script + " > /dev/null 2>&1").c_str()), 0) << script;
+
+  auto client_with = [&](int port, bool ca, bool cert) {
+    ClientOptions c;
+    c.address = "127.0.0.1:" + std::to_string(port);
+    c.timeout = absl::Seconds(5);
+    if (ca) c.tls_ca = dir + "/ca.pem";
+    if (cert) {
+      c.tls_cert = dir + "/client.pem";
+      c.tls_key = dir + "/client.key";
+    }
+    return *Client::Create(c);
+  };
+  for (bool mutual : {false, true}) {
+    ServerOptions o = TestOptions();
+    o.tls_cert = dir + "/server.pem";
+    o.tls_key = dir + "/server.key";
+    if (mutual) o.tls_ca = dir + "/ca.pem";
+    auto server = InferenceServer::Create(o);
+    ASSERT_TRUE(server.ok()) << server.status();
+    const int port = (*server)->port();
+    auto verified = client_with(port, true, mutual);
+    auto health = verified->Health("");
+    ASSERT_TRUE(health.ok()) << "mutual=" << mutual << ": " << health.status();
+    EXPECT_EQ(*health, "SERVING");
+    EXPECT_TRUE(verified->Infer("demo", RandomRows(1, 64, 1), 64).ok());
+    EXPECT_EQ(client_with(port, false, false)->Health("").status().code(),
+              absl::StatusCode::kUnavailable)
+        << "plaintext client, mutual=" << mutual;
+    if (mutual) {
+      EXPECT_EQ(client_with(port, true, false)->Health("").status().code(),
+                absl::StatusCode::kUnavailable)
+          << "mTLS server accepted a client without a certificate";
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(ServerTest, StartupErrorsNameTheFlag) {
