@@ -383,6 +383,33 @@ TEST_F(BatcherTest, AssemblesNextBatchWhileWorkerComputes) {
   for (int id = 1; id <= 11; ++id) ExpectAnswered(id, 1);
 }
 
+TEST_F(BatcherTest, DelayDoesNotSplitTheQueueWhileWorkerComputes) {
+  model_.Gate();
+  Start(Options(/*preferred=*/4, /*max=*/8, absl::Milliseconds(10)));
+  ASSERT_TRUE(Send(1, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(10));  // idle worker: the delay sends 1 row
+  model_.AwaitBatches(1);
+
+  ASSERT_TRUE(Send(2, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(50));  // far past the delay, worker busy
+  ASSERT_TRUE(Send(3, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_EQ(batcher_->queued_rows(), 2)
+      << "a partial batch must keep filling while the worker computes";
+
+  model_.ReleaseThrough(1);  // worker idle again: the overdue rows go at once
+  model_.AwaitBatches(2);
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  results_.AwaitCount(3);
+  std::vector<Batch> batches = model_.batches();
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(1));
+  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 1));
+}
+
 TEST_F(BatcherTest, QueueFullIsResourceExhaustedWithRowsAndLimit) {
   model_.Gate();
   Start(Options(/*preferred=*/4, /*max=*/4, absl::Seconds(1),

@@ -232,15 +232,19 @@ bool DynamicBatcher::ShouldDispatch(absl::Time now) const {
       it->second >= options_.preferred_batch_rows) {
     return true;
   }
-  return now - oldest.enqueued >= options_.max_queue_delay;
+  // The delay only sends a partial batch to an idle worker: while the worker
+  // computes, a partial batch would sit in the hand-off anyway, and leaving
+  // its requests queued lets later arrivals join them (under load, batches
+  // grow towards preferred_batch_rows instead of splitting in two).
+  return !worker_busy_ && now - oldest.enqueued >= options_.max_queue_delay;
 }
 
 absl::Time DynamicBatcher::NextWakeup() const {
   absl::Time wakeup =
       deadlines_.empty() ? absl::InfiniteFuture() : *deadlines_.begin();
-  // With the hand-off full the delay cannot trigger a dispatch; only the
-  // worker taking the batch (a signal) can.
-  if (!handoff_.has_value() && !queue_.empty()) {
+  // With the hand-off full or the worker busy the delay cannot trigger a
+  // dispatch; only the worker taking the batch or finishing (a signal) can.
+  if (!handoff_.has_value() && !worker_busy_ && !queue_.empty()) {
     wakeup = std::min(wakeup, queue_.front().enqueued + options_.max_queue_delay);
   }
   return wakeup;
@@ -347,6 +351,7 @@ void DynamicBatcher::WorkerLoop() {
       if (!handoff_.has_value()) return;  // dispatcher gone, nothing left
       assembled = std::move(handoff_);
       handoff_.reset();
+      worker_busy_ = true;
       dispatcher_cv_.Signal();  // the slot is free for batch i+1
     }
     RunAndScatter(std::move(*assembled));
@@ -359,6 +364,14 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
   absl::StatusOr<BatchResult> result = run_(batch);
   const absl::Time end = clock_->Now();
   observer_->OnBatch(batch.rows, Seconds(end - start));
+  {
+    // Computing is over: a delayed partial batch may be dispatched now, even
+    // while this batch's answers are being delivered.
+    absl::MutexLock lock(&mu_);
+    worker_busy_ = false;
+    ++enqueue_seq_;  // a change the dispatcher must examine (tests wait on it)
+    dispatcher_cv_.Signal();
+  }
 
   const int64_t out_features = options_.output_features;
   if (result.ok() &&

@@ -19,7 +19,8 @@
 // Dispatch policy. With Q = rows queued for the key of the oldest request
 // (see BatchRequest::model_version), a batch is formed when
 //   Q >= preferred_batch_rows, or
-//   the oldest queued request has waited >= max_queue_delay, or
+//   the oldest queued request has waited >= max_queue_delay and the worker
+//     is idle (while it computes, the queue keeps filling instead), or
 //   the batcher is draining (Shutdown/BeginDrain) and anything is queued;
 // it takes whole requests of that key in arrival order while the total stays
 // <= max_batch_rows (a request is never split; the first request that does not
@@ -270,6 +271,8 @@ class DynamicBatcher {
   std::multiset<absl::Time> deadlines_ ABSL_GUARDED_BY(mu_);
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // The worker is running a batch through the run callback.
+  bool worker_busy_ ABSL_GUARDED_BY(mu_) = false;
   bool dispatcher_exited_ ABSL_GUARDED_BY(mu_) = false;
   // For AwaitDispatcherIdleForTesting().
   uint64_t enqueue_seq_ ABSL_GUARDED_BY(mu_) = 0;
