@@ -9,7 +9,9 @@
 //
 // Method (ARCHITECTURE.md "Performance method"): CUDA events around each run,
 // warm-up, median of --reps runs (default 200), the L2 flushed before every
-// run by writing a buffer of 2x the L2 size, fresh random data (never zeros).
+// run by reading a buffer of 2x the L2 size (a read leaves no dirty lines to
+// write back), then a 20 us device spin so that host enqueue time never
+// lands inside the timed region; fresh random data (never zeros).
 // Our outputs are checked against cuBLAS on the same data before timing.
 //
 // Options: --csv FILE --json FILE --reps N --warmup N --m 1,16,... --n 4096,...
@@ -72,6 +74,7 @@ struct Options {
   std::string csv;
   std::string json;
   std::string sweep;
+  bool ceilings = true;  // --no-ceilings: skip the copy / 8192^3 measurements
   int reps = 200;
   int warmup = 20;
   int device = 0;
@@ -130,10 +133,13 @@ bool ParseOptions(int argc, char** argv, Options* o) {
     } else if (a == "--k") {
       if ((v = value("--k")) == nullptr) return false;
       o->k = std::atoll(v);
+    } else if (a == "--no-ceilings") {
+      o->ceilings = false;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "bitnet-bench kernels [--csv FILE] [--json FILE] [--sweep FILE] [--reps N]\n"
-          "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n");
+          "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n"
+          "  [--no-ceilings]\n");
       std::exit(0);
     } else {
       std::fprintf(stderr, "kernels bench: unknown option %s\n", a.c_str());
@@ -143,20 +149,51 @@ bool ParseOptions(int argc, char** argv, Options* o) {
   return !o->ms.empty() && !o->ns.empty() && o->k > 0;
 }
 
+// Reads the whole buffer (16-byte loads) so that L2 ends up holding clean
+// lines of it: unlike a memset, no dirty lines are left for the timed kernel
+// to write back.
+__global__ void flush_l2_kernel(const uint4* p, size_t n, unsigned* sink) {
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x) {
+    const uint4 v = __ldcg(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9E3779B9u) *sink = acc;  // practically never; keeps the loads
+}
+
+// Spins for `ns` nanoseconds: queued before the start event, it gives the
+// host time to enqueue the timed work, so host-side launch cost never shows
+// up as a gap inside the timed region.
+__global__ void spin_kernel(unsigned long long ns) {
+  unsigned long long t0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  for (;;) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    if (t - t0 >= ns) break;
+  }
+}
+
+__global__ void empty_kernel() {}
+
 // Times `run` (which enqueues work on `stream`) with the L2 flushed before
 // each repetition; returns the median in microseconds.
 class Timer {
  public:
-  bool Init(cudaStream_t stream, size_t l2_bytes) {
+  bool Init(cudaStream_t stream, size_t l2_bytes, int sms) {
     stream_ = stream;
+    sms_ = sms;
     flush_bytes_ = std::max<size_t>(2 * l2_bytes, 64 << 20);
     BENCH_CHECK_CUDA(cudaMalloc(&flush_, flush_bytes_));
+    BENCH_CHECK_CUDA(cudaMemset(flush_, 0x5A, flush_bytes_));
+    BENCH_CHECK_CUDA(cudaMalloc(&sink_, sizeof(unsigned)));
     BENCH_CHECK_CUDA(cudaEventCreate(&start_));
     BENCH_CHECK_CUDA(cudaEventCreate(&stop_));
     return true;
   }
   ~Timer() {
     if (flush_ != nullptr) cudaFree(flush_);
+    if (sink_ != nullptr) cudaFree(sink_);
     if (start_ != nullptr) cudaEventDestroy(start_);
     if (stop_ != nullptr) cudaEventDestroy(stop_);
   }
@@ -167,7 +204,10 @@ class Timer {
     }
     std::vector<float> t(static_cast<size_t>(reps));
     for (int i = 0; i < reps; ++i) {
-      BENCH_CHECK_CUDA(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_, stream_));
+      flush_l2_kernel<<<4 * sms_, 512, 0, stream_>>>(static_cast<const uint4*>(flush_),
+                                                       flush_bytes_ / 16, sink_);
+      spin_kernel<<<1, 1, 0, stream_>>>(20000);
+      BENCH_CHECK_CUDA(cudaGetLastError());
       BENCH_CHECK_CUDA(cudaEventRecord(start_, stream_));
       if (!run()) return false;
       BENCH_CHECK_CUDA(cudaEventRecord(stop_, stream_));
@@ -181,7 +221,9 @@ class Timer {
 
  private:
   cudaStream_t stream_ = nullptr;
+  int sms_ = 1;
   void* flush_ = nullptr;
+  unsigned* sink_ = nullptr;
   size_t flush_bytes_ = 0;
   cudaEvent_t start_ = nullptr;
   cudaEvent_t stop_ = nullptr;
@@ -296,7 +338,9 @@ bool Run(const Options& o) {
   BENCH_CHECK_CUBLAS(cublasCreate(&h));
   BENCH_CHECK_CUBLAS(cublasSetStream(h, stream));
   Timer timer;
-  if (!timer.Init(stream, static_cast<size_t>(prop.l2CacheSize))) return false;
+  if (!timer.Init(stream, static_cast<size_t>(prop.l2CacheSize), prop.multiProcessorCount)) {
+    return false;
+  }
 
   char date[32];
   const std::time_t now = std::time(nullptr);
@@ -305,9 +349,26 @@ bool Run(const Options& o) {
               prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize >> 20,
               *has_wgmma ? "yes" : "no", date);
   Ceilings ceil;
-  if (!MeasureCeilings(h, stream, timer, &ceil)) return false;
-  std::printf("# measured: copy %.0f GB/s (read+write), cuBLAS fp16 %.0f TFLOP/s, int8 %.0f TOP/s\n",
-              ceil.bandwidth_gbs, ceil.fp16_tflops, ceil.int8_tops);
+  if (o.ceilings) {
+    if (!MeasureCeilings(h, stream, timer, &ceil)) return false;
+  } else {
+    // H100 SXM values measured by this benchmark (benchmarks/RESULTS.md);
+    // used only for the floor columns when --no-ceilings (e.g. under ncu).
+    ceil = {3000, 750, 1400};
+  }
+  double empty_us = 0;
+  if (!timer.Median(
+          [&] {
+            empty_kernel<<<1, 32, 0, stream>>>();
+            return cudaGetLastError() == cudaSuccess;
+          },
+          5, 100, &empty_us)) {
+    return false;
+  }
+  std::printf(
+      "# measured: copy %.0f GB/s (read+write), cuBLAS fp16 %.0f TFLOP/s, int8 %.0f TOP/s, "
+      "empty kernel %.2f us (timing floor)\n",
+      ceil.bandwidth_gbs, ceil.fp16_tflops, ceil.int8_tops, empty_us);
 
   std::FILE* sweep = nullptr;
   if (!o.sweep.empty()) {
@@ -422,7 +483,9 @@ bool Run(const Options& o) {
         for (const auto& cfg : bitnet::CudaKernelConfigs()) {
           if (cfg.wgmma && !*has_wgmma) continue;
           for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+            if (mode == ActivationQuant::kNone ? !cfg.fp : !cfg.int8) continue;
             for (int split : {0, 1, 2, 4, 8}) {
+              if (split > 1 && !cfg.split_k) continue;
               double us = 0, err = 0;
               if (!time_ours(mode, cfg.id, split, 3, 30, &us, &err, nullptr, nullptr)) {
                 us = NAN;
@@ -520,9 +583,10 @@ bool Run(const Options& o) {
     std::fprintf(f,
                  "{\n  \"card\": \"%s\",\n  \"date\": \"%s\",\n  \"sms\": %d,\n"
                  "  \"copy_bandwidth_gbs\": %.1f,\n  \"cublas_fp16_tflops\": %.1f,\n"
-                 "  \"cublas_int8_tops\": %.1f,\n  \"reps\": %d,\n  \"results\": [\n",
+                 "  \"cublas_int8_tops\": %.1f,\n  \"empty_kernel_us\": %.2f,\n"
+                 "  \"reps\": %d,\n  \"results\": [\n",
                  JsonEscape(prop.name).c_str(), date, prop.multiProcessorCount,
-                 ceil.bandwidth_gbs, ceil.fp16_tflops, ceil.int8_tops, o.reps);
+                 ceil.bandwidth_gbs, ceil.fp16_tflops, ceil.int8_tops, empty_us, o.reps);
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::fprintf(f,

@@ -26,8 +26,10 @@ for step in $steps; do
       {
         echo "# instruction mix of the kernels (cuobjdump -sass)"
         cuobjdump -sass "$bundle/cuda_kernels_test" | grep -oE '\b(HGMMA|IGMMA|HMMA|IMMA|LDSM|LDGSTS|LDS\.128|PRMT|LOP3\.LUT|HFMA2|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c
+        echo "# wgmma issue pattern (first HGMMA block; WARPGROUP.DEPBAR between HGMMAs = serialized)"
+        cuobjdump -sass "$bundle/cuda_kernels_test" | grep -E 'HGMMA|IGMMA|WARPGROUP|BAR.SYNC|LDGDEPBAR|DEPBAR' | head -60
         echo "# resource usage"
-        cuobjdump -res-usage "$bundle/cuda_kernels_test" 2>&1 | grep -E "Function|REG|STACK" | sed 's/_ZN6bitnet13cuda_internal[^ ]*ternary_/ternary_/' | head -80
+        cuobjdump -res-usage "$bundle/cuda_kernels_test" 2>&1 | grep -E "Function|REG|STACK" | sed 's/_ZN6bitnet13cuda_internal[^ ]*ternary_/ternary_/' | head -120
       } > "$out/sass.txt" 2>&1
       note "sass: $(grep -cE 'GMMA|MMA' "$out/sass.txt") mma lines, LDL/STL: $(grep -E ' (LDL|STL)' "$out/sass.txt" | awk '{s+=$1} END {print s+0}')"
       ;;
@@ -51,6 +53,16 @@ for step in $steps; do
           --gtest_filter='CudaKernelsTest.EveryConfig*' 2>&1 | tail -n 30
       } > "$out/sanitizer.log" 2>&1
       note "sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" | tr '\n' ' ')"
+      ;;
+    ncu)
+      # Per-kernel device time and speed-of-light numbers for a few shapes
+      # (ours and cuBLAS), no clock control (METHOD.md: leave clocks alone).
+      timeout 240 ncu --clock-control none --csv \
+        --kernel-name regex:'ternary|prep_|gemm|cutlass|xmma|sm90' \
+        --section SpeedOfLight --metrics gpu__time_duration.sum,launch__registers_per_thread,launch__grid_size,sm__warps_active.avg.pct_of_peak_sustained_active \
+        "$bundle/bitnet-bench" kernels --no-ceilings --m ${NCU_M:-1,128,2048} --n 4096 --reps 1 --warmup 0 \
+        > "$out/ncu.csv" 2>&1
+      note "ncu: exit $?, $(wc -l < "$out/ncu.csv") lines"
       ;;
     bench)
       sweep=()

@@ -462,7 +462,17 @@ const std::vector<CudaKernelConfig>& CudaKernelConfigs() {
     auto* v = new std::vector<CudaKernelConfig>;
     for (int id = 0; id < GemmKernelCount(); ++id) {
       const GemmKernelInfo& k = GemmKernel(id);
-      v->push_back({id, k.name, k.weight_rows, k.batch_rows, k.wgmma});
+      CudaKernelConfig c;
+      c.id = id;
+      c.name = k.name;
+      c.weight_rows = k.weight_rows;
+      c.batch_rows = k.batch_rows;
+      c.wgmma = k.wgmma;
+      c.fp = k.launch[static_cast<int>(MmaType::kF16)] != nullptr &&
+             k.launch[static_cast<int>(MmaType::kBF16)] != nullptr;
+      c.int8 = k.launch[static_cast<int>(MmaType::kS8)] != nullptr;
+      c.split_k = !k.gemv;
+      v->push_back(c);
     }
     return v;
   }();
@@ -524,14 +534,18 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
   return l;
 }
 
-int AutoConfig(int64_t m, bool wgmma) {
-  // Small batches stream the weights (memory-bound): the narrowest batch tile
-  // that holds the batch. Larger ones are tensor-core bound: wgmma on Hopper.
-  if (m <= 8) return FindConfig("mma_w64_b8");
-  if (m <= 16) return FindConfig("mma_w64_b16");
-  if (m <= 32) return FindConfig("mma_w64_b32");
-  if (!wgmma) return FindConfig(m <= 64 ? "mma_w128_b64" : "mma_w128_b128");
-  if (m <= 64) return FindConfig("wgmma_w128_b64");
+int AutoConfig(int64_t m, MmaType type, bool wgmma) {
+  // Small batches stream the weights (memory-bound): one-latency gemv
+  // kernels. Larger ones are tensor-core bound: wgmma on Hopper. Thresholds
+  // from bitnet-bench kernels --sweep (benchmarks/NOTES-kernels.md).
+  if (m <= 8) return FindConfig("gemv_w32_b8");
+  if (m <= 16) return FindConfig("gemv_w32_b16");
+  if (!wgmma) {
+    if (m <= 32) return FindConfig("mma_w64_b32");
+    return FindConfig(m <= 64 ? "mma_w128_b64" : "mma_w128_b128");
+  }
+  if (m <= 256) return FindConfig("wgmma_w128_b64");
+  if (type == MmaType::kS8 && m >= 1024) return FindConfig("wgmma_w128_b256");
   return FindConfig("wgmma_w128_b128");
 }
 
@@ -623,17 +637,24 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
         device_sm_major));
   }
   CudaLaunchPlan plan;
-  plan.config = args.config == kCudaAutoConfig ? AutoConfig(args.m, device_has_wgmma) : args.config;
+  const MmaType type = MmaTypeFor(args);
+  plan.config =
+      args.config == kCudaAutoConfig ? AutoConfig(args.m, type, device_has_wgmma) : args.config;
   const GemmKernelInfo& kernel = GemmKernel(plan.config);
   if (kernel.wgmma && !device_has_wgmma) {
     return absl::FailedPreconditionError(absl::StrCat(
         "configuration ", kernel.name,
         " needs sm_90a (Hopper) code, which this device or build does not run"));
   }
-  const MmaType type = MmaTypeFor(args);
   if (kernel.launch[static_cast<int>(type)] == nullptr) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("configuration ", kernel.name, " is not compiled for this activation type"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "configuration ", kernel.name, " is not compiled for act_quant ",
+        std::string(ActivationQuantName(args.act_quant)), " (see CudaKernelConfigs())"));
+  }
+  if (kernel.gemv && args.split_k > 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "split_k is %d but configuration %s splits K inside the block; use 0 or 1",
+        args.split_k, kernel.name));
   }
   const int64_t tiles_n = (w.rows() + kernel.weight_rows - 1) / kernel.weight_rows;
   const int64_t tiles_m = std::max<int64_t>(1, (args.m + kernel.batch_rows - 1) / kernel.batch_rows);
@@ -643,7 +664,7 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
         tiles_m, kernel.batch_rows, kernel.name));
   }
   const int64_t tiles = tiles_n * tiles_m;
-  int splits = args.split_k;
+  int splits = kernel.gemv ? 1 : args.split_k;
   if (splits == 0) {
     // Enough blocks to cover every SM a few times (memory-bound small tiles
     // need more blocks in flight than the one-block-per-SM wgmma tiles), but

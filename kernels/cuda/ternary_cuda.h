@@ -241,6 +241,9 @@ struct CudaKernelConfig {
   int weight_rows = 0;  // block tile along N (weight rows)
   int batch_rows = 0;   // block tile along M (batch rows)
   bool wgmma = false;   // sm_90a warpgroup MMA (Hopper only)
+  bool fp = true;       // compiled for ActivationQuant::kNone (fp16/bf16)
+  bool int8 = true;     // compiled for ActivationQuant::kInt8
+  bool split_k = true;  // accepts split_k > 1 (gemv configs split K in-block)
 };
 const std::vector<CudaKernelConfig>& CudaKernelConfigs();
 
@@ -266,7 +269,9 @@ struct CudaLinearArgs {
   // kCudaAutoConfig: chosen by shape and mode. Otherwise an id from
   // CudaKernelConfigs() (benchmarks and tests force each one).
   int config = kCudaAutoConfig;
-  int split_k = 0;  // 0: chosen automatically; else 1..k_tiles
+  // 0: chosen automatically; else 1..K/128. > 1 is INVALID_ARGUMENT for a
+  // configuration with split_k == false.
+  int split_k = 0;
 };
 
 // What CudaTernaryLinear will run for `args`.

@@ -287,6 +287,23 @@ __device__ __forceinline__ float EpilogueValue(const GemmParams& p, T acc, int r
   return ApplyAct(p.act, v);
 }
 
+__device__ __forceinline__ void StoreOutput(const GemmParams& p, int64_t off, float v) {
+  switch (p.y_type) {
+    case OutType::kF32:
+      static_cast<float*>(p.y)[off] = v;
+      break;
+    case OutType::kF16:
+      static_cast<__half*>(p.y)[off] = __float2half_rn(v);
+      break;
+    case OutType::kBF16:
+      static_cast<__nv_bfloat16*>(p.y)[off] = __float2bfloat16_rn(v);
+      break;
+    case OutType::kS32:
+      static_cast<int*>(p.y)[off] = __float_as_int(v);
+      break;
+  }
+}
+
 // Stages the block's [batch_rows, weight_rows] tile in shared memory (as
 // final float values, or s32 bits) so that the global stores coalesce.
 // `acc` is [kGroups][kNTiles][4] in mma C-fragment order: element e of
@@ -324,22 +341,8 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
     const int bl = idx / kBW;
     const int wl = idx - bl * kBW;
     if (bl >= m_valid || wl >= n_valid) continue;
-    const float v = smem[bl * kLd + wl];
-    const int64_t off = static_cast<int64_t>(block_b0 + bl) * p.ldy + block_w0 + wl;
-    switch (p.y_type) {
-      case OutType::kF32:
-        static_cast<float*>(p.y)[off] = v;
-        break;
-      case OutType::kF16:
-        static_cast<__half*>(p.y)[off] = __float2half_rn(v);
-        break;
-      case OutType::kBF16:
-        static_cast<__nv_bfloat16*>(p.y)[off] = __float2bfloat16_rn(v);
-        break;
-      case OutType::kS32:
-        static_cast<int*>(p.y)[off] = __float_as_int(v);
-        break;
-    }
+    StoreOutput(p, static_cast<int64_t>(block_b0 + bl) * p.ldy + block_w0 + wl,
+                smem[bl * kLd + wl]);
   }
 }
 

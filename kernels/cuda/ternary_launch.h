@@ -7,6 +7,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 namespace bitnet::cuda_internal {
@@ -65,6 +66,21 @@ struct PrepParams {
 
 cudaError_t LaunchPrep(const PrepParams& p, cudaStream_t stream);
 
+// Raises a kernel's dynamic shared memory limit once per device: the call
+// costs microseconds of host time, which would otherwise be paid per launch.
+template <auto kKernel>
+cudaError_t EnsureDynamicSmem(int bytes) {
+  static std::atomic<uint64_t> done{0};  // bit d: done on device d (d < 64)
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) done.fetch_or(bit, std::memory_order_acq_rel);
+  return e;
+}
+
 // One entry per compiled GEMM kernel configuration.
 struct GemmKernelInfo {
   const char* name;
@@ -72,6 +88,7 @@ struct GemmKernelInfo {
   int batch_rows;    // block tile along m
   int threads;
   bool wgmma;
+  bool gemv;  // no split-K: K is split across the block's warps instead
   // Per MmaType launcher; nullptr when not compiled for that type.
   cudaError_t (*launch[3])(const GemmParams&, dim3 grid, cudaStream_t);
 };

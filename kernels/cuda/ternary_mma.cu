@@ -27,7 +27,7 @@ __device__ __forceinline__ void StaticFor(F&& f) {
   }
 }
 
-template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kStages>
+template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kSmemBudget>
 struct MmaTraits {
   static constexpr int kThreads = kWarpsN * kWarpsM * 32;
   static constexpr int kBW = kWarpsN * kRG * 16;  // weight rows per block
@@ -39,6 +39,11 @@ struct MmaTraits {
   static constexpr int kActStageBytes = kBB * kRowBytes;
   static constexpr int kWStageBytes = kBW * 32;  // 16 rows x 128 cols = 512 B
   static constexpr int kStageBytes = kActStageBytes + kWStageBytes;
+  // As many stages as the budget holds (3..12): the deeper the pipeline, the
+  // more bytes in flight to cover L2/DRAM latency.
+  static constexpr int kStages = kSmemBudget / kStageBytes < 3    ? 3
+                                 : kSmemBudget / kStageBytes > 12 ? 12
+                                                                  : kSmemBudget / kStageBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;  // mma k-steps per tile
   static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
   static constexpr int kPipeBytes = kStages * kStageBytes;
@@ -47,10 +52,11 @@ struct MmaTraits {
   static_assert(256 % kBW == 0, "block weight rows must divide the row padding (256)");
 };
 
-template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kStages>
+template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kSmemBudget>
 __global__ void __launch_bounds__(kWarpsN* kWarpsM * 32)
     ternary_mma_kernel(const GemmParams p) {
-  using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kStages>;
+  using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kSmemBudget>;
+  constexpr int kStages = Tr::kStages;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
 
@@ -190,22 +196,210 @@ __global__ void __launch_bounds__(kWarpsN* kWarpsM * 32)
       [&](int j) { return (warp_m * kNT + j) * 8; });
 }
 
-template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kStages>
+template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kSmemBudget>
 cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kStages>;
-  auto kernel = ternary_mma_kernel<kType, kWarpsN, kWarpsM, kRG, kNT, kStages>;
+  using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kSmemBudget>;
+  constexpr auto kernel = ternary_mma_kernel<kType, kWarpsN, kWarpsM, kRG, kNT, kSmemBudget>;
   if (Tr::kSmemBytes > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+    const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
     if (e != cudaSuccess) return e;
   }
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
+
+// ---------------------------------------------------------------------------
+// Small batches (M <= 8 * kNT per block row): one memory latency, not a
+// pipeline. Each block owns 32 weight rows (2 row groups) and the whole K;
+// its 8 warps split K (warp w takes k-tiles w, w + 8, ...). Every warp first
+// issues all its weight loads for a pass of 32 k-tiles straight from global
+// memory into registers (8 x LDG.128 per lane: the whole matrix is in flight
+// at once across the grid), the block stages the activations for those
+// k-tiles in swizzled shared memory meanwhile, then each warp decodes and
+// runs its mma.syncs; partial sums are reduced across warps in shared memory
+// (fixed order: deterministic) and the epilogue stores directly. No split-K
+// round trips through global memory.
+template <MmaType kType, int kNT>
+struct GemvTraits {
+  static constexpr int kWarps = 8;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kRG = 2;  // 16-row groups per block
+  static constexpr int kBW = kRG * 16;
+  static constexpr int kBB = kNT * 8;
+  static constexpr int kKtPerWarp = 4;  // weight tiles held in registers per pass
+  static constexpr int kPassKt = kWarps * kKtPerWarp;
+  static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
+  static constexpr int kElemsPerChunk = 16 / kElemBytes;
+  static constexpr int kRowBytes = 128 * kElemBytes;  // one k-tile of a batch row
+  static constexpr int kChunks = kRowBytes / 16;
+  // Stage the whole pass when it fits in 64 KB, else half of it at a time.
+  static constexpr int kChunkKt = kBB * kRowBytes * kPassKt <= 64 * 1024 ? kPassKt : kPassKt / 2;
+  static constexpr int kXRowStride = kChunkKt * kRowBytes;
+  static constexpr int kXBytes = kBB * kXRowStride;
+  static constexpr int kRegs = kRG * kNT * 4;
+  static constexpr int kRedBytes = kWarps * kRegs * 32 * 4;
+  static constexpr int kSmemBytes = kXBytes > kRedBytes ? kXBytes : kRedBytes;
+  static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
+};
+
+template <MmaType kType, int kNT>
+__global__ void __launch_bounds__(256) ternary_gemv_kernel(const GemmParams p) {
+  using Tr = GemvTraits<kType, kNT>;
+  using T = AccType<kType>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int block_w0 = blockIdx.x * Tr::kBW;
+  const int block_b0 = blockIdx.y * Tr::kBB;
+  const uint32_t smem_base = SmemAddr(smem);
+  const char* x = static_cast<const char*>(p.x);
+  const uint4* wrow = p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32 + lane;
+  const int mi = lane >> 3;
+  const int ri = lane & 7;
+
+  T acc[Tr::kRG][kNT][4];
+#pragma unroll
+  for (int r = 0; r < Tr::kRG; ++r)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = T(0);
+
+  for (int pass_kt0 = 0; pass_kt0 < p.k_tiles; pass_kt0 += Tr::kPassKt) {
+    uint4 wv[Tr::kRG][Tr::kKtPerWarp];
+#pragma unroll
+    for (int i = 0; i < Tr::kKtPerWarp; ++i) {
+      const int kt = pass_kt0 + warp + Tr::kWarps * i;
+#pragma unroll
+      for (int r = 0; r < Tr::kRG; ++r) {
+        wv[r][i] = kt < p.k_tiles
+                       ? __ldg(wrow + (static_cast<int64_t>(r) * p.k_tiles + kt) * 32)
+                       : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int chunk = 0; chunk < Tr::kPassKt / Tr::kChunkKt; ++chunk) {
+      const int ckt0 = pass_kt0 + chunk * Tr::kChunkKt;
+      if (ckt0 >= p.k_tiles) break;
+      __syncthreads();  // the previous chunk's shared memory reads are done
+      for (int idx = tid; idx < Tr::kBB * Tr::kChunkKt * Tr::kChunks; idx += Tr::kThreads) {
+        const int r = idx / (Tr::kChunkKt * Tr::kChunks);
+        const int rem = idx - r * (Tr::kChunkKt * Tr::kChunks);  // = ktl * kChunks + c
+        const int ktl = rem / Tr::kChunks;
+        const int c = rem - ktl * Tr::kChunks;
+        const int gm = block_b0 + r;
+        const int kt = ckt0 + ktl;
+        const int64_t kel = static_cast<int64_t>(kt) * 128 + c * Tr::kElemsPerChunk;
+        const bool pred = gm < p.m && kt < p.k_tiles && kel < p.x_k_limit;
+        const char* src =
+            pred ? x + (static_cast<int64_t>(gm) * p.ldx + kel) * Tr::kElemBytes : x;
+        CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4), src, pred);
+      }
+      CpAsyncCommit();
+      CpAsyncWait<0>();
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < Tr::kKtPerWarp; ++i) {
+        // k-tile warp + 8 i lies in this chunk iff i / (kChunkKt / 8) == chunk.
+        if (i / (Tr::kChunkKt / Tr::kWarps) != chunk) continue;
+        const int kt = pass_kt0 + warp + Tr::kWarps * i;
+        if (kt >= p.k_tiles) continue;
+        const int ktl = kt - ckt0;
+        StaticFor<0, Tr::kSteps>([&](auto s_const) {
+          constexpr int S = decltype(s_const)::value;
+          uint32_t a[Tr::kRG][4];
+#pragma unroll
+          for (int r = 0; r < Tr::kRG; ++r) {
+            if constexpr (kType == MmaType::kS8) {
+              DecodeInt8Step<S>(wv[r][i], a[r]);
+            } else {
+              DecodeFpStep<kType, S>(wv[r][i], a[r]);
+            }
+          }
+          uint32_t b[kNT][2];
+          const int chunk16 = ktl * Tr::kChunks + 2 * S + (mi & 1);
+          if constexpr (kNT == 1) {
+            uint32_t rr[2];
+            LdMatrixX2(rr, smem_base + ri * Tr::kXRowStride + ((chunk16 ^ ri) << 4));
+            b[0][0] = rr[0];
+            b[0][1] = rr[1];
+          } else {
+#pragma unroll
+            for (int j = 0; j < kNT; j += 2) {
+              const int row = (j + (mi >> 1)) * 8 + ri;
+              uint32_t rr[4];
+              LdMatrixX4(rr, smem_base + row * Tr::kXRowStride + ((chunk16 ^ ri) << 4));
+              b[j][0] = rr[0];
+              b[j][1] = rr[1];
+              b[j + 1][0] = rr[2];
+              b[j + 1][1] = rr[3];
+            }
+          }
+#pragma unroll
+          for (int r = 0; r < Tr::kRG; ++r)
+#pragma unroll
+            for (int j = 0; j < kNT; ++j) {
+              if constexpr (kType == MmaType::kS8) {
+                Mma(acc[r][j], a[r], b[j]);
+              } else {
+                Mma<kType>(acc[r][j], a[r], b[j]);
+              }
+            }
+        });
+      }
+    }
+  }
+
+  // Cross-warp reduction in shared memory, in warp order (deterministic).
+  __syncthreads();
+  T* red = reinterpret_cast<T*>(smem);
+  const T* flat = &acc[0][0][0];
+#pragma unroll
+  for (int r = 0; r < Tr::kRegs; ++r) red[(warp * Tr::kRegs + r) * 32 + lane] = flat[r];
+  __syncthreads();
+  for (int idx = tid; idx < Tr::kRegs * 32; idx += Tr::kThreads) {
+    const int reg = idx >> 5;
+    const int ln = idx & 31;
+    T sum = T(0);
+#pragma unroll
+    for (int w = 0; w < Tr::kWarps; ++w) sum = sum + red[(w * Tr::kRegs + reg) * 32 + ln];
+    // reg = (r * kNT + j) * 4 + e, lane ln = 4 g + t (mma C-fragment order).
+    const int e = reg & 3;
+    const int j = (reg >> 2) % kNT;
+    const int r = (reg >> 2) / kNT;
+    const int gn = block_w0 + r * 16 + (ln >> 2) + 8 * (e >> 1);
+    const int gm = block_b0 + j * 8 + 2 * (ln & 3) + (e & 1);
+    if (gm < p.m && gn < p.n) {
+      StoreOutput(p, static_cast<int64_t>(gm) * p.ldy + gn, EpilogueValue(p, sum, gm, gn));
+    }
+  }
+}
+
+template <MmaType kType, int kNT>
+cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  using Tr = GemvTraits<kType, kNT>;
+  constexpr auto kernel = ternary_gemv_kernel<kType, kNT>;
+  if (Tr::kSmemBytes > 48 * 1024) {
+    const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
+    if (e != cudaSuccess) return e;
+  }
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#define BITNET_GEMV_CONFIG(name, NT)                                                       \
+  GemmKernelInfo {                                                                        \
+    name, 32, NT * 8, 256, false, true, {                                                 \
+      &LaunchGemv<MmaType::kF16, NT>, &LaunchGemv<MmaType::kBF16, NT>,                    \
+          &LaunchGemv<MmaType::kS8, NT>                                                   \
+    }                                                                                     \
+  }
+
 #define BITNET_MMA_CONFIG(name, WN, WM, RG, NT, ST)                                     \
   GemmKernelInfo {                                                                       \
-    name, WN * RG * 16, WM * NT * 8, WN * WM * 32, false, {                              \
+    name, WN * RG * 16, WM * NT * 8, WN * WM * 32, false, false, {                       \
       &LaunchMma<MmaType::kF16, WN, WM, RG, NT, ST>,                                     \
           &LaunchMma<MmaType::kBF16, WN, WM, RG, NT, ST>,                                \
           &LaunchMma<MmaType::kS8, WN, WM, RG, NT, ST>                                   \
@@ -215,12 +409,14 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 }  // namespace
 
 // The mma.sync configurations, in id order (ids 0..kMmaKernelCount-1).
+// The last argument is the shared-memory budget of the cp.async pipeline
+// (bytes; stages = budget / stage size). All stay under sm_80's 163 KB.
 extern const GemmKernelInfo kMmaKernels[] = {
-    BITNET_MMA_CONFIG("mma_w64_b8", 4, 1, 1, 1, 4),
-    BITNET_MMA_CONFIG("mma_w64_b16", 4, 1, 1, 2, 4),
-    BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 4),
-    BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 3),
-    BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 3),
+    BITNET_GEMV_CONFIG("gemv_w32_b8", 1),
+    BITNET_GEMV_CONFIG("gemv_w32_b16", 2),
+    BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
+    BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
+    BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
 };
 extern const int kMmaKernelCount = sizeof(kMmaKernels) / sizeof(kMmaKernels[0]);
 

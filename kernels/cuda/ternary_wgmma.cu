@@ -21,7 +21,7 @@
 namespace bitnet::cuda_internal {
 namespace {
 
-template <MmaType kType, int kBN, int kStages>
+template <MmaType kType, int kBN, int kSmemBudget>
 struct WgmmaTraits {
   static constexpr int kThreads = 256;  // 2 warpgroups
   static constexpr int kBW = 128;       // weight rows per block
@@ -34,12 +34,17 @@ struct WgmmaTraits {
   static constexpr int kActStageBytes = kColBlocks * kColBlockBytes;
   static constexpr int kWStageBytes = kBW * 32;
   static constexpr int kStageBytes = kActStageBytes + kWStageBytes;
+  // As many stages as the budget holds (3..12): bytes in flight hide latency.
+  static constexpr int kStages = kSmemBudget / kStageBytes < 3    ? 3
+                                 : kSmemBudget / kStageBytes > 12 ? 12
+                                                                  : kSmemBudget / kStageBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
   static constexpr int kAccRegs = kBN / 2;  // m64 x kBN over 128 threads
   static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kSmemBytes = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;
   static_assert(kStageBytes % 1024 == 0, "swizzle atoms need 1024-byte alignment");
+  static_assert(kStages >= 3, "the pipeline keeps one tile of wgmmas in flight");
 };
 
 #ifdef BITNET_WGMMA_ENABLED
@@ -71,6 +76,14 @@ __device__ __forceinline__ void Wgmma(AccType<kType> (&d)[kBN / 2], const uint32
   }
 }
 
+template <int kSteps>
+__device__ __forceinline__ void FenceRegs(uint32_t (&a)[kSteps][4]) {
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[s][j])::"memory");
+}
+
 template <int I, int N, typename F>
 __device__ __forceinline__ void StaticFor(F&& f) {
   if constexpr (I < N) {
@@ -79,10 +92,11 @@ __device__ __forceinline__ void StaticFor(F&& f) {
   }
 }
 
-template <MmaType kType, int kBN, int kStages>
+template <MmaType kType, int kBN, int kSmemBudget>
 __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams p) {
 #ifdef BITNET_WGMMA_ENABLED
-  using Tr = WgmmaTraits<kType, kBN, kStages>;
+  using Tr = WgmmaTraits<kType, kBN, kSmemBudget>;
+  constexpr int kStages = Tr::kStages;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem_raw[];
   // Swizzle atoms must sit on 1024-byte boundaries.
@@ -137,13 +151,28 @@ __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams 
 #pragma unroll
   for (int i = 0; i < Tr::kAccRegs; ++i) acc[i] = T(0);
 
-  auto compute = [&](int stage) {
-    const uint32_t act = smem_base + stage * Tr::kStageBytes;
+  // Software pipeline: cp.async runs kStages - 2 tiles ahead; the wgmmas of
+  // tile i stay in flight while tile i + 1 is waited for and decoded (A
+  // fragments double-buffered in registers), so the tensor cores are not
+  // idle during barriers and decoding. Stage slot (i - 2) % kStages is
+  // refilled at tile i: every warpgroup has retired tile i - 2's wgmmas
+  // (wait_group 1 at the end of tile i - 1) before the barrier of tile i.
+  uint32_t a_even[Tr::kSteps][4] = {};
+  uint32_t a_odd[Tr::kSteps][4] = {};
+  auto tile_step = [&](int i, uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4]) {
+    CpAsyncWait<kStages - 3>();
+    // cp.async wrote through the generic proxy; wgmma reads through the
+    // async proxy.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    const int nx = i + kStages - 2;
+    if (nx < nkt) load_stage(nx % kStages, kt0 + nx);
+    CpAsyncCommit();
+    const uint32_t act = smem_base + (i % kStages) * Tr::kStageBytes;
     const uint32_t wst = act + Tr::kActStageBytes;
-    // Warp w of the block owns weight rows 16w..16w+15 (warpgroup w / 4 owns
-    // 64w/4..): exactly the rows of its wgmma A fragment.
+    // Warp w owns weight rows 16w..16w+15 of the block (warpgroup w / 4 owns
+    // 64 rows): exactly the rows of its wgmma A fragment.
     const uint4 wv = LdShared128(wst + (warp * 32 + lane) * 16);
-    uint32_t a[Tr::kSteps][4];
     StaticFor<0, Tr::kSteps>([&](auto s_const) {
       constexpr int S = decltype(s_const)::value;
       if constexpr (kType == MmaType::kS8) {
@@ -160,26 +189,27 @@ __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams 
       Wgmma<kType, kBN>(acc, a[S], MakeSw128Desc(addr));
     });
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    WgmmaFenceOperand(acc);
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    // Tile i - 1's wgmmas are done: its A registers may now be reused. Keep
+    // them live until here so the compiler cannot reuse them earlier.
+    FenceRegs(a_prev);
   };
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kStages - 2; ++s) {
     if (s < nkt) load_stage(s, kt0 + s);
     CpAsyncCommit();
   }
-  for (int i = 0; i < nkt; ++i) {
-    CpAsyncWait<kStages - 2>();
-    // cp.async wrote through the generic proxy; wgmma reads through the async
-    // proxy.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncthreads();
-    const int nx = i + kStages - 1;
-    if (nx < nkt) load_stage(nx % kStages, kt0 + nx);
-    CpAsyncCommit();
-    compute(i % kStages);
+  int i = 0;
+  for (; i + 1 < nkt; i += 2) {
+    tile_step(i, a_even, a_odd);
+    tile_step(i + 1, a_odd, a_even);
   }
+  if (i < nkt) tile_step(i, a_even, a_odd);
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  FenceRegs(a_even);
+  FenceRegs(a_odd);
+  WgmmaFenceOperand(acc);
   CpAsyncWait<0>();
   __syncthreads();
 
@@ -193,19 +223,18 @@ __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams 
       p, acc3, reinterpret_cast<float*>(smem), block_w0, block_b0,
       [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
 #else
-  using Tr = WgmmaTraits<kType, kBN, kStages>;
+  using Tr = WgmmaTraits<kType, kBN, kSmemBudget>;
   static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0 && Tr::kChunks > 0 && Tr::kElemsPerChunk > 0,
                 "traits are used by the sm_90a body");
   __trap();  // never launched: the host checks CudaDeviceHasWgmma first
 #endif
 }
 
-template <MmaType kType, int kBN, int kStages>
+template <MmaType kType, int kBN, int kSmemBudget>
 cudaError_t LaunchWgmma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = WgmmaTraits<kType, kBN, kStages>;
-  auto kernel = ternary_wgmma_kernel<kType, kBN, kStages>;
-  const cudaError_t e =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  using Tr = WgmmaTraits<kType, kBN, kSmemBudget>;
+  constexpr auto kernel = ternary_wgmma_kernel<kType, kBN, kSmemBudget>;
+  const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
@@ -221,10 +250,16 @@ __global__ void probe_wgmma_kernel(int* out) {
 
 #define BITNET_WGMMA_CONFIG(name, BN, ST)                                                    \
   GemmKernelInfo {                                                                            \
-    name, 128, BN, 256, true, {                                                               \
+    name, 128, BN, 256, true, false, {                                                        \
       &LaunchWgmma<MmaType::kF16, BN, ST>, &LaunchWgmma<MmaType::kBF16, BN, ST>,              \
           &LaunchWgmma<MmaType::kS8, BN, ST>                                                  \
     }                                                                                         \
+  }
+// int8 only: the fp16/bf16 flavours of this tile need more registers than
+// the accumulators leave (they spill).
+#define BITNET_WGMMA_INT8_CONFIG(name, BN, ST)                                               \
+  GemmKernelInfo {                                                                            \
+    name, 128, BN, 256, true, false, { nullptr, nullptr, &LaunchWgmma<MmaType::kS8, BN, ST> } \
   }
 
 }  // namespace
@@ -241,9 +276,12 @@ cudaError_t ProbeWgmma(int* has_wgmma, cudaStream_t stream) {
   return e;
 }
 
+// The last argument is the pipeline's shared-memory budget (bytes): ~110 KB
+// lets two blocks share an SM, ~220 KB gives one block a deep pipeline.
 extern const GemmKernelInfo kWgmmaKernels[] = {
-    BITNET_WGMMA_CONFIG("wgmma_w128_b64", 64, 4),
-    BITNET_WGMMA_CONFIG("wgmma_w128_b128", 128, 4),
+    BITNET_WGMMA_CONFIG("wgmma_w128_b64", 64, 110 * 1024),
+    BITNET_WGMMA_CONFIG("wgmma_w128_b128", 128, 220 * 1024),
+    BITNET_WGMMA_INT8_CONFIG("wgmma_w128_b256", 256, 220 * 1024),
 };
 extern const int kWgmmaKernelCount = sizeof(kWgmmaKernels) / sizeof(kWgmmaKernels[0]);
 
