@@ -64,6 +64,12 @@ class Optimizer {
   // Create's, or a gradient is not finite (naming the slot and element).
   absl::Status Step(std::span<const ParameterSlot> slots);
 
+  // A deep copy (options, step count and every moment buffer): the copy
+  // continues exactly as this one would.
+  std::unique_ptr<Optimizer> Clone() const {
+    return std::unique_ptr<Optimizer>(new Optimizer(*this));
+  }
+
   // Completed steps (t of the last update).
   int64_t steps() const { return steps_; }
   const OptimizerOptions& options() const { return options_; }
@@ -72,6 +78,7 @@ class Optimizer {
 
  private:
   Optimizer(const OptimizerOptions& options, std::vector<int64_t> sizes);
+  Optimizer(const Optimizer&) = default;
 
   OptimizerOptions options_;
   std::vector<int64_t> sizes_;

@@ -123,6 +123,17 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
                   *std::move(optimizer)));
 }
 
+std::unique_ptr<Trainer> Trainer::Clone(
+    std::shared_ptr<TrainingBackend> backend) const {
+  TrainerOptions options = options_;
+  if (backend == nullptr) backend = backend_;
+  options.backend = backend;
+  auto clone = std::unique_ptr<Trainer>(new Trainer(
+      model_, std::move(options), std::move(backend), optimizer_->Clone()));
+  clone->broken_ = broken_;
+  return clone;
+}
+
 void Trainer::RefreshDequantized(size_t layer) {
   dequantized_[layer] = Dequantize(model_.layers[layer].weight.view());
 }

@@ -125,6 +125,15 @@ class Trainer {
   // first layer that differs; `model` is untouched then.
   absl::Status UpdateModel(Model* model) const;
 
+  // A deep copy: latents, packed weights, optimizer moments and step count
+  // are copied, so the clone continues exactly as this trainer would while
+  // this one stays untouched. The fine-tune service trains a clone and keeps
+  // it only if the whole run succeeds. The clone uses `backend` (must be
+  // thread-safe if shared), or this trainer's backend when null. Costs about
+  // (2 + optimizer buffers) x the latent weights in memory.
+  std::unique_ptr<Trainer> Clone(
+      std::shared_ptr<TrainingBackend> backend = nullptr) const;
+
   int64_t steps() const { return optimizer_->steps(); }
   const TrainerOptions& options() const { return options_; }
   // For schedules; INVALID_ARGUMENT unless finite and > 0.
