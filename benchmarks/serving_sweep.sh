@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Serving benchmark: single-row requests, closed loop, concurrency swept, on
+# one host (bitnet-server and bitnet-load side by side, loopback). Prints a
+# markdown table: rows/s, p50, p99, the server's mean batch rows, the
+# model's batched forward rows/s at that batch size (bitnet-bench serving,
+# run after the server has stopped) and serving efficiency = end-to-end
+# rows/s / forward rows/s.
+#
+#   benchmarks/serving_sweep.sh                      # GPU host: cuda:0, large demo model
+#   DEVICE=cpu DEMO_MODEL=small benchmarks/serving_sweep.sh   # the CPU sweep
+#
+# Environment (defaults in brackets):
+#   BUILD_DIR [build]        where bitnet-server, bitnet-load, bitnet-bench are
+#   DEVICE [cuda:0]          --device of the server and of the forward benchmark
+#   DEMO_MODEL [large]       large (4096->11008->4096) or small (64->128->32)
+#   CONCURRENCY [1:1024:*4]  bitnet-load sweep (1,4,16,64,256,1024)
+#   DURATION [5s] WARMUP [1s] per point
+#   CONNECTIONS [4]          gRPC connections of bitnet-load
+#   CPU_THREADS [0]          server CPU backend threads (0 = all cores)
+#   SERVER_FLAGS []          extra bitnet-server flags, e.g.
+#                            "--preferred_batch_rows=256 --max_queue_delay=5ms"
+#   OUT_DIR [serving-<device>-<model>-<date>]  JSON, CSV, chart, server log
+# Needs python3 (standard library only) to join the results.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BUILD_DIR="${BUILD_DIR:-build}"
+DEVICE="${DEVICE:-cuda:0}"
+DEMO_MODEL="${DEMO_MODEL:-large}"
+CONCURRENCY="${CONCURRENCY:-1:1024:*4}"
+DURATION="${DURATION:-5s}"
+WARMUP="${WARMUP:-1s}"
+CONNECTIONS="${CONNECTIONS:-4}"
+CPU_THREADS="${CPU_THREADS:-0}"
+SERVER_FLAGS="${SERVER_FLAGS:-}"
+OUT_DIR="${OUT_DIR:-serving-${DEVICE//:/}-${DEMO_MODEL}-$(date +%Y%m%d-%H%M%S)}"
+
+server_bin="$BUILD_DIR/server/bitnet-server"
+load_bin="$BUILD_DIR/client/bitnet-load"
+bench_bin="$BUILD_DIR/benchmarks/bitnet-bench"
+for b in "$server_bin" "$load_bin" "$bench_bin"; do
+  [[ -x "$b" ]] || { echo "serving_sweep: $b not built (cmake --build $BUILD_DIR)" >&2; exit 2; }
+done
+command -v python3 > /dev/null || { echo "serving_sweep: python3 is needed" >&2; exit 2; }
+mkdir -p "$OUT_DIR"
+
+server_pid=
+cleanup() {
+  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2> /dev/null; then
+    kill -TERM "$server_pid"; wait "$server_pid" || true
+  fi
+}
+trap cleanup EXIT
+
+echo "serving_sweep: starting bitnet-server --device=$DEVICE --demo_model=$DEMO_MODEL $SERVER_FLAGS" >&2
+# shellcheck disable=SC2086  # SERVER_FLAGS is a list of flags
+"$server_bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
+  --device="$DEVICE" --demo_model="$DEMO_MODEL" --cpu_threads="$CPU_THREADS" \
+  --max_queue_rows=65536 $SERVER_FLAGS > "$OUT_DIR/server.log" 2>&1 &
+server_pid=$!
+port= metrics_port=
+for _ in $(seq 1 1200); do  # the large demo model takes a few seconds to generate
+  if grep -q "event=serving" "$OUT_DIR/server.log"; then
+    port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\1/p' "$OUT_DIR/server.log")
+    metrics_port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\2/p' "$OUT_DIR/server.log")
+    break
+  fi
+  kill -0 "$server_pid" 2> /dev/null || break
+  sleep 0.1
+done
+if [[ -z "$port" ]]; then
+  echo "serving_sweep: bitnet-server did not start:" >&2; cat "$OUT_DIR/server.log" >&2; exit 1
+fi
+preferred=$(sed -n 's/.*event=server_started .* preferred_batch_rows=\([0-9]*\).*/\1/p' "$OUT_DIR/server.log")
+
+"$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$CONCURRENCY" \
+  --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
+  --rows_per_request=1 --metrics_url="http://127.0.0.1:$metrics_port/metrics" \
+  --preferred_batch_rows="${preferred:-128}" --max_error_rate=1 \
+  --json="$OUT_DIR/load.json" --csv="$OUT_DIR/load.csv" --chart="$OUT_DIR/latency.png" >&2
+
+kill -TERM "$server_pid"; wait "$server_pid" || true
+server_pid=
+
+# Forward rows/s at each point's mean batch size (rounded), with the server
+# stopped so that nothing else competes for the device.
+batches=$(python3 - "$OUT_DIR/load.json" <<'PY'
+import json, sys
+points = json.load(open(sys.argv[1]))["points"]
+sizes = sorted({max(1, round(p["mean_batch_rows"])) for p in points if p["mean_batch_rows"]})
+print(",".join(str(s) for s in sizes) or "1")
+PY
+)
+"$bench_bin" serving --device="$DEVICE" --demo_model="$DEMO_MODEL" \
+  --cpu_threads="$CPU_THREADS" --batches="$batches" --min_time=2 \
+  --json="$OUT_DIR/forward.json" >&2
+
+python3 - "$OUT_DIR/load.json" "$OUT_DIR/forward.json" <<'PY'
+import json, sys
+load = json.load(open(sys.argv[1]))
+forward = json.load(open(sys.argv[2]))
+by_batch = {p["batch"]: p["rows_per_second"] for p in forward["points"]}
+print(f"model demo:{forward['model'].split(':')[-1]} ({forward['input_features']} -> ... -> "
+      f"{forward['output_features']}), device {forward['device']}, single-row requests, "
+      f"closed loop, {load['config']['connections']} connections, "
+      f"{load['config']['duration_seconds']:g} s per point\n")
+print("| concurrency | rows/s | p50 ms | p99 ms | mean batch rows | forward rows/s at that batch | efficiency | errors |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for p in load["points"]:
+    mb = p["mean_batch_rows"]
+    b = max(1, round(mb)) if mb else None
+    fwd = by_batch.get(b)
+    eff = p["rows_per_second"] / fwd if fwd else None
+    print(f"| {p['concurrency']:g} | {p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
+          f"{p['latency_ms']['p99']:.2f} | {mb:.1f} | "
+          f"{'%.0f' % fwd if fwd else 'n/a'} (B={b}) | "
+          f"{'%.0f%%' % (eff * 100) if eff else 'n/a'} | {p['errors']} |"
+          if mb else
+          f"| {p['concurrency']:g} | {p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
+          f"{p['latency_ms']['p99']:.2f} | n/a | n/a | n/a | {p['errors']} |")
+PY
+echo "serving_sweep: results in $OUT_DIR (load.json, load.csv, forward.json, latency.png, server.log)" >&2
