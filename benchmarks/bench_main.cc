@@ -1,11 +1,13 @@
 // bitnet-bench: one binary, one subcommand per benchmark family.
 //   bitnet-bench cpu [--threads=N] [google benchmark flags]
 //   bitnet-bench kernels [...]   (CUDA builds only)
+//   bitnet-bench train [--device=cuda|cpu|both] [--rows=256] ...
 // Each subcommand receives argv shifted by one (argv[0] is the subcommand).
 #include <cstdio>
 #include <cstring>
 
 int RunCpuBenchmarks(int argc, char** argv);
+int RunTrainBenchmarks(int argc, char** argv);
 #ifdef BITNET_HAVE_CUDA
 int RunKernelBenchmarks(int argc, char** argv);
 #endif
@@ -21,6 +23,8 @@ void PrintUsage(const char* program) {
 #else
                "  kernels   (not built: this binary has no CUDA support)\n"
 #endif
+               "  train     STE training steps/s (--device=cuda|cpu|both, --rows, "
+               "--in, --hidden, --out, --act_quant, --optimizer, --steps)\n"
                "Options after the family are passed to it (Google Benchmark flags "
                "included, e.g. --benchmark_filter=int8).\n",
                program);
@@ -34,6 +38,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::strcmp(argv[1], "cpu") == 0) return RunCpuBenchmarks(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "train") == 0) return RunTrainBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "kernels") == 0) {
 #ifdef BITNET_HAVE_CUDA
     return RunKernelBenchmarks(argc - 1, argv + 1);

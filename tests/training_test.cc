@@ -1034,5 +1034,58 @@ TEST(TrainerTest, DivergenceIsReportedAndLeavesTheModelUnchanged) {
             model.layers[0].weight.words);
 }
 
+// Clone (used by the fine-tune service to train on a copy that is kept only
+// if the whole run succeeds): the clone continues exactly as the original
+// would (latents and optimizer moments copied), and training the clone
+// leaves the original untouched.
+TEST(TrainerTest, CloneContinuesExactlyAndLeavesTheOriginalUntouched) {
+  const Model model =
+      MakeMlp({.widths = {12, 20, 5},
+               .activations = {Activation::kSilu, Activation::kIdentity},
+               .act_quant = ActivationQuant::kInt8},
+              61);
+  for (OptimizerKind kind : {OptimizerKind::kAdamW, OptimizerKind::kSgd}) {
+    OptimizerOptions optimizer;
+    optimizer.kind = kind;
+    optimizer.learning_rate = 0.02f;
+    optimizer.weight_decay = 0.01f;
+    std::unique_ptr<Trainer> original =
+        MakeTrainer(model, Options(LossKind::kMeanSquaredError, optimizer));
+    ASSERT_NE(original, nullptr);
+    DemoRandom rng(62);
+    const std::vector<float> x = RandomVector(9 * 12, 1.0, rng);
+    const std::vector<float> t = RandomVector(9 * 5, 1.0, rng);
+    // Two steps so the moments are non-trivial before cloning.
+    for (int s = 0; s < 2; ++s) ASSERT_TRUE(original->Step(x, 9, t).ok());
+    const Model before = original->ExportModel();
+    std::unique_ptr<Trainer> clone = original->Clone();
+    EXPECT_EQ(clone->steps(), 2);
+    for (int s = 0; s < 3; ++s) ASSERT_TRUE(clone->Step(x, 9, t).ok());
+    // The original did not move.
+    EXPECT_EQ(original->steps(), 2);
+    for (size_t l = 0; l < before.layers.size(); ++l) {
+      EXPECT_EQ(original->model().layers[l].latent, before.layers[l].latent);
+      EXPECT_EQ(original->model().layers[l].weight.words,
+                before.layers[l].weight.words);
+    }
+    // The original, stepped the same way, lands exactly where the clone is.
+    for (int s = 0; s < 3; ++s) ASSERT_TRUE(original->Step(x, 9, t).ok());
+    for (size_t l = 0; l < before.layers.size(); ++l) {
+      EXPECT_TRUE(BitEqual(original->model().layers[l].latent,
+                           clone->model().layers[l].latent))
+          << OptimizerKindName(kind) << " layer " << l;
+      EXPECT_TRUE(BitEqual(original->model().layers[l].bias,
+                           clone->model().layers[l].bias));
+    }
+    // A clone on another backend object computes the same.
+    std::shared_ptr<TrainingBackend> other = *CreateCpuTrainingBackend();
+    std::unique_ptr<Trainer> moved = original->Clone(other);
+    std::vector<float> a(9 * 5), b(9 * 5);
+    ASSERT_TRUE(original->Forward(x, 9, a).ok());
+    ASSERT_TRUE(moved->Forward(x, 9, b).ok());
+    EXPECT_TRUE(BitEqual(a, b));
+  }
+}
+
 }  // namespace
 }  // namespace bitnet::training

@@ -99,13 +99,13 @@ absl::StatusOr<const CublasApi*> LoadCublas() {
   return *result;
 }
 
-absl::Status CudaError(cudaError_t err, std::string_view what) {
+absl::Status CudaError(cudaError_t err, const char* what) {
   return absl::InternalError(
       absl::StrCat("cuda training backend: ", what, ": ",
                    cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
 }
 
-absl::Status CublasError(cublasStatus_t status, std::string_view what) {
+absl::Status CublasError(cublasStatus_t status, const char* what) {
   return absl::InternalError(absl::StrCat("cuda training backend: ", what,
                                           ": cuBLAS status ",
                                           static_cast<int>(status)));
