@@ -26,8 +26,10 @@ for step in $steps; do
       {
         echo "# instruction mix of the kernels (cuobjdump -sass)"
         cuobjdump -sass "$bundle/cuda_kernels_test" | grep -oE '\b(HGMMA|IGMMA|HMMA|IMMA|LDSM|LDGSTS|LDS\.128|PRMT|LOP3\.LUT|HFMA2|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c
-        echo "# wgmma issue pattern (first HGMMA block; WARPGROUP.DEPBAR between HGMMAs = serialized)"
-        cuobjdump -sass "$bundle/cuda_kernels_test" | grep -E 'HGMMA|IGMMA|WARPGROUP|BAR.SYNC|LDGDEPBAR|DEPBAR' | head -60
+        echo "# wgmma issue pattern of the fp16 128x128 kernel (WARPGROUP.DEPBAR between HGMMAs = serialized)"
+        cuobjdump -sass "$bundle/cuda_kernels_test" |
+          awk '/Function : /{p = ($0 ~ /ternary_wgmma_kernel/ && $0 ~ /MmaTypeE0ELi128/)} p' |
+          grep -E 'HGMMA|WARPGROUP|BAR.SYNC|DEPBAR|LDS.128|ARRIVES|SYNCS' | head -80
         echo "# resource usage"
         cuobjdump -res-usage "$bundle/cuda_kernels_test" 2>&1 | grep -E "Function|REG|STACK" | sed 's/_ZN6bitnet13cuda_internal[^ ]*ternary_/ternary_/' | head -120
       } > "$out/sass.txt" 2>&1
@@ -63,6 +65,18 @@ for step in $steps; do
         "$bundle/bitnet-bench" kernels --no-ceilings --m ${NCU_M:-1,128,2048} --n 4096 --reps 1 --warmup 0 \
         > "$out/ncu.csv" 2>&1
       note "ncu: exit $?, $(wc -l < "$out/ncu.csv") lines"
+      ;;
+    prof)
+      # Stall reasons of the small-batch and large-batch kernels.
+      {
+        timeout 120 ncu --clock-control none --section WarpStateStats --section SpeedOfLight \
+          --section Occupancy --section LaunchStats --kernel-name regex:'ternary_(gemv|wgmma)' \
+          --launch-count 1 "$bundle/bitnet-bench" kernels --no-ceilings --m 1 --n 11008 --reps 1 --warmup 0
+        timeout 120 ncu --clock-control none --section WarpStateStats --section SpeedOfLight \
+          --section Occupancy --kernel-name regex:'ternary_wgmma' \
+          --launch-count 1 "$bundle/bitnet-bench" kernels --no-ceilings --m 2048 --n 4096 --reps 1 --warmup 0
+      } > "$out/prof.txt" 2>&1
+      note "prof: $(grep -c 'Stall' "$out/prof.txt") stall lines"
       ;;
     bench)
       sweep=()

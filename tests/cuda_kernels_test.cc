@@ -338,7 +338,12 @@ int RunCase(const Case& c, const std::vector<int>& configs, bool has_wgmma, uint
       }
       if (c.mode == ActivationQuant::kNone && c.m > 0) {
         const double rel = std::sqrt(err2 / std::max(ref2, 1e-300));
-        EXPECT_LT(rel, 2e-3) << "relative error";
+        // 2e-3 for the computation, plus the rounding of a 16-bit output
+        // (bf16 keeps 8 significant bits: up to 2^-9 relative per element).
+        const double out_rounding = c.y_dtype == CudaDType::kBF16  ? 4e-3
+                                    : c.y_dtype == CudaDType::kF16 ? 5e-4
+                                                                   : 0.0;
+        EXPECT_LT(rel, 2e-3 + out_rounding) << "relative error";
       }
     }
     ++ran;

@@ -200,10 +200,10 @@ template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kSmemBu
 cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   using Tr = MmaTraits<kType, kWarpsN, kWarpsM, kRG, kNT, kSmemBudget>;
   constexpr auto kernel = ternary_mma_kernel<kType, kWarpsN, kWarpsM, kRG, kNT, kSmemBudget>;
-  if (Tr::kSmemBytes > 48 * 1024) {
-    const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
-    if (e != cudaSuccess) return e;
-  }
+  // Always (cached per device): dynamic plus static shared memory may cross
+  // the 48 KB default even when the dynamic part alone does not.
+  const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
+  if (e != cudaSuccess) return e;
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
@@ -222,12 +222,15 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // round trips through global memory.
 template <MmaType kType, int kNT>
 struct GemvTraits {
-  static constexpr int kWarps = 8;
+  // 4 warps holding 8 weight tiles each (64 registers) rather than 8 x 4:
+  // the same bytes in flight per block with half the per-thread overhead, so
+  // 3 blocks fit an SM and N = 11008 runs in one wave.
+  static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kRG = 2;  // 16-row groups per block
   static constexpr int kBW = kRG * 16;
   static constexpr int kBB = kNT * 8;
-  static constexpr int kKtPerWarp = 4;  // weight tiles held in registers per pass
+  static constexpr int kKtPerWarp = 8;  // weight tiles held in registers per pass
   static constexpr int kPassKt = kWarps * kKtPerWarp;
   static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
   static constexpr int kElemsPerChunk = 16 / kElemBytes;
@@ -239,12 +242,13 @@ struct GemvTraits {
   static constexpr int kXBytes = kBB * kXRowStride;
   static constexpr int kRegs = kRG * kNT * 4;
   static constexpr int kRedBytes = kWarps * kRegs * 32 * 4;
+  static_assert(kChunkKt % kWarps == 0, "each chunk holds whole rounds of k-tiles");
   static constexpr int kSmemBytes = kXBytes > kRedBytes ? kXBytes : kRedBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
 };
 
 template <MmaType kType, int kNT>
-__global__ void __launch_bounds__(256) ternary_gemv_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(128, 3) ternary_gemv_kernel(const GemmParams p) {
   using Tr = GemvTraits<kType, kNT>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -259,13 +263,19 @@ __global__ void __launch_bounds__(256) ternary_gemv_kernel(const GemmParams p) {
   const int mi = lane >> 3;
   const int ri = lane & 7;
 
+  // Two accumulator sets (even / odd k-tile of the warp) halve the chain of
+  // dependent MMAs.
   T acc[Tr::kRG][kNT][4];
+  T acc2[Tr::kRG][kNT][4];
 #pragma unroll
   for (int r = 0; r < Tr::kRG; ++r)
 #pragma unroll
     for (int j = 0; j < kNT; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[r][j][e] = T(0);
+      for (int e = 0; e < 4; ++e) {
+        acc[r][j][e] = T(0);
+        acc2[r][j][e] = T(0);
+      }
 
   for (int pass_kt0 = 0; pass_kt0 < p.k_tiles; pass_kt0 += Tr::kPassKt) {
     uint4 wv[Tr::kRG][Tr::kKtPerWarp];
@@ -341,16 +351,23 @@ __global__ void __launch_bounds__(256) ternary_gemv_kernel(const GemmParams p) {
           for (int r = 0; r < Tr::kRG; ++r)
 #pragma unroll
             for (int j = 0; j < kNT; ++j) {
+              auto& c = (i & 1) ? acc2[r][j] : acc[r][j];
               if constexpr (kType == MmaType::kS8) {
-                Mma(acc[r][j], a[r], b[j]);
+                Mma(c, a[r], b[j]);
               } else {
-                Mma<kType>(acc[r][j], a[r], b[j]);
+                Mma<kType>(c, a[r], b[j]);
               }
             }
         });
       }
     }
   }
+#pragma unroll
+  for (int r = 0; r < Tr::kRG; ++r)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = acc[r][j][e] + acc2[r][j][e];
 
   // Cross-warp reduction in shared memory, in warp order (deterministic).
   __syncthreads();
@@ -381,17 +398,15 @@ template <MmaType kType, int kNT>
 cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   using Tr = GemvTraits<kType, kNT>;
   constexpr auto kernel = ternary_gemv_kernel<kType, kNT>;
-  if (Tr::kSmemBytes > 48 * 1024) {
-    const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
-    if (e != cudaSuccess) return e;
-  }
+  const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
+  if (e != cudaSuccess) return e;
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
 #define BITNET_GEMV_CONFIG(name, NT)                                                       \
   GemmKernelInfo {                                                                        \
-    name, 32, NT * 8, 256, false, true, {                                                 \
+    name, 32, NT * 8, 128, false, true, {                                                 \
       &LaunchGemv<MmaType::kF16, NT>, &LaunchGemv<MmaType::kBF16, NT>,                    \
           &LaunchGemv<MmaType::kS8, NT>                                                   \
     }                                                                                     \
