@@ -892,6 +892,26 @@ TEST_F(FineTuneTest, SaveModelChecksPathsAndVersions) {
             grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// The server never loads cuBLAS for CPU work (it is dlopen'ed by the first
+// GPU fine-tune only): libcublasLt's large static TLS must not be in a
+// process that did not ask for it. Meaningful in CUDA builds.
+TEST_F(FineTuneTest, CublasIsNotLoadedByServingOrCpuFineTuning) {
+  const std::vector<float> x = RandomRows(8, 16, 3), t = RandomRows(8, 8, 4);
+  v1::FineTuneConfig config;
+  config.set_model("small");
+  config.set_loss("mse");
+  config.set_steps(2);
+  FineTuneRun run = FineTune(
+      config, {{.x = x.data(), .rows = 8, .in = 16, .targets = t.data(), .out = 8}});
+  ASSERT_TRUE(run.status.ok()) << run.status.error_message();
+  std::ifstream maps("/proc/self/maps");
+  std::stringstream text;
+  text << maps.rdbuf();
+  ASSERT_FALSE(text.str().empty());
+  EXPECT_EQ(text.str().find("libcublas"), std::string::npos)
+      << "cuBLAS is mapped into the process";
+}
+
 // ------------------------------------------------ the writer, crash safety
 
 class SaveModelFileTest : public ::testing::Test {
