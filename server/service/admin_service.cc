@@ -348,6 +348,11 @@ class FineTuneReactor final
                    : LogLevel::kInfo,
                "finetune_failed", {{"error", status.ToString()}});
     }
+    // Release the model's claim before the client can see the status, so
+    // that a retry right after an error is not refused as "another
+    // fine-tune is running". (A started job has released it already; it is
+    // done by now.)
+    job_.reset();
     Finish(grpc_status);
   }
 
