@@ -49,6 +49,7 @@
 #include "server/model/model_file.h"
 #include "server/model/reference_forward.h"
 #include "server/model/safetensors.h"
+#include "server/registry/model_registry.h"
 #include "server/service/finetune_save.h"
 #include "server/service/server.h"
 #include "server/training/trainer.h"
@@ -825,6 +826,42 @@ TEST_F(FineTuneTest, OneFineTunePerModelAtATime) {
   first.join();
   EXPECT_EQ(first_run.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_EQ(LatestVersion("digits"), 1u);
+}
+
+// SIGTERM while a fine-tune runs: the drain does not wait for the whole
+// run; the fine-tune ends with UNAVAILABLE and publishes nothing.
+TEST_F(FineTuneTest, DrainStopsARunningFineTune) {
+  const Split train = LoadDigits("train");
+  v1::FineTuneConfig slow = DigitsConfig();
+  slow.set_epochs(0);
+  slow.set_steps(1000000);
+  slow.set_report_interval(1);
+  std::atomic<bool> started{false};
+  FineTuneRun run;
+  std::thread client([&] {
+    run = FineTune(slow, Chunks(train, 512),
+                   [&](const v1::FineTuneProgress&, grpc::ClientContext*) {
+                     started.store(true);
+                   });
+  });
+  while (!started.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(server_->Drain(absl::Seconds(20)));
+  const double seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - start)
+                             .count();
+  client.join();
+  EXPECT_LT(seconds, 10.0) << "the drain waited for the fine-tune";
+  EXPECT_EQ(run.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << run.status.error_message();
+  EXPECT_FALSE(run.has_result);
+  // The registry is shut down after the drain; the metrics still say which
+  // versions were ever loaded.
+  const std::string text = Metrics();
+  EXPECT_NE(text.find("model=\"digits\",version=\"1\""), std::string::npos);
+  EXPECT_EQ(text.find("model=\"digits\",version=\"2\""), std::string::npos);
 }
 
 // SaveModel: confinement, errors, and versions without host weights.

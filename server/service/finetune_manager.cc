@@ -338,6 +338,13 @@ absl::StatusOr<FineTuneOutcome> FineTuneJob::Run(
           "fine-tune of \"%s\" cancelled after %d of %d steps; no new version",
           spec_.model, s, total));
     }
+    if (state.draining()) {
+      // A fine-tune can run for hours: do not hold the drain's grace period.
+      return absl::UnavailableError(absl::StrFormat(
+          "the server is shutting down: fine-tune of \"%s\" stopped after %d "
+          "of %d steps; no new version",
+          spec_.model, s, total));
+    }
     const int64_t pass = s / steps_per_pass;
     const int64_t begin = (s % steps_per_pass) * batch;
     const int64_t rows = std::min(batch, n - begin);

@@ -23,7 +23,9 @@
 //      through ServingState::LoadModel (atomic swap; in-flight batches finish
 //      on the old version) and the trainer becomes the model's resident one.
 //      On any error or cancellation nothing is published and the resident
-//      trainer is unchanged (training ran on a clone).
+//      trainer is unchanged (training ran on a clone). A server that starts
+//      draining stops its fine-tunes at the next step (UNAVAILABLE) rather
+//      than hold the drain for the whole grace period.
 //
 // Thread-safety: all public methods may be called from any thread. A
 // FineTuneJob's AddExamples/Start must be called by one thread at a time
