@@ -15,8 +15,10 @@
 //
 // Retries: idempotent calls (Infer, ListModels, GetModel, Admin.GetStats) are
 // retried by gRPC itself (service-config retry policy, gRFC A6) on UNAVAILABLE
-// and RESOURCE_EXHAUSTED with exponential backoff and full jitter: attempt n
-// waits uniform(0, min(initial_backoff * multiplier^(n-1), max_backoff)).
+// and RESOURCE_EXHAUSTED with exponential backoff and jitter: before attempt
+// n+1 gRPC 1.51 waits min(initial_backoff * multiplier^(n-1), max_backoff)
+// times uniform(0.8, 1.2) (measured by client_test; gRFC A6 describes full
+// jitter, uniform(0, bound), which other gRPC versions may use).
 // Streams (InferStream, FineTune), health checks and the admin calls that
 // change the server (LoadModel, UnloadModel, SaveModel) are never retried.
 //
