@@ -2,12 +2,14 @@
 //   bitnet-bench cpu [--threads=N] [google benchmark flags]
 //   bitnet-bench kernels [...]   (CUDA builds only)
 //   bitnet-bench train [--device=cuda|cpu|both] [--rows=256] ...
+//   bitnet-bench serving [--device=cpu|cuda:0] [--demo_model=small|large] ...
 // Each subcommand receives argv shifted by one (argv[0] is the subcommand).
 #include <cstdio>
 #include <cstring>
 
 int RunCpuBenchmarks(int argc, char** argv);
 int RunTrainBenchmarks(int argc, char** argv);
+int RunServingBenchmarks(int argc, char** argv);
 #ifdef BITNET_HAVE_CUDA
 int RunKernelBenchmarks(int argc, char** argv);
 #endif
@@ -25,6 +27,8 @@ void PrintUsage(const char* program) {
 #endif
                "  train     STE training steps/s (--device=cuda|cpu|both, --rows, "
                "--in, --hidden, --out, --act_quant, --optimizer, --steps)\n"
+               "  serving   batched forward rows/s through the Backend (--device, "
+               "--demo_model, --model_file, --batches=1,2,4,..., --json)\n"
                "Options after the family are passed to it (Google Benchmark flags "
                "included, e.g. --benchmark_filter=int8).\n",
                program);
@@ -39,6 +43,7 @@ int main(int argc, char** argv) {
   }
   if (std::strcmp(argv[1], "cpu") == 0) return RunCpuBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "train") == 0) return RunTrainBenchmarks(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "serving") == 0) return RunServingBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "kernels") == 0) {
 #ifdef BITNET_HAVE_CUDA
     return RunKernelBenchmarks(argc - 1, argv + 1);
