@@ -19,7 +19,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
-  python3-grpcio python3-protobuf python3-yaml prometheus yamllint docker-compose
+  python3-grpcio python3-protobuf python3-yaml prometheus yamllint docker-compose clang-14 libclang-rt-14-dev
 )
 
 install_missing_packages() {

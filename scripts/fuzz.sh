@@ -44,7 +44,7 @@ configure() {
   # (x86-64 since 2013); the normal g++ build keeps its run-time dispatch.
   cmake -S "$repo" -B "$dir" -G Ninja \
     -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
-    -DCMAKE_CXX_COMPILER="$cxx" -DBITNET_CUDA=OFF -DBITNET_FUZZ=ON \
+    -DCMAKE_CXX_COMPILER="$cxx" -DBITNET_CUDA=OFF -DBITNET_FUZZ=ON -DBITNET_NESTED_BUILD=ON \
     -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -mavx2 -mfma" \
     >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log" >&2; die "configure failed"; }
 }
