@@ -2,9 +2,9 @@
 # Serving benchmark: single-row requests, closed loop, concurrency swept, on
 # one host (bitnet-server and bitnet-load side by side, loopback). Prints a
 # markdown table: rows/s, p50, p99, the server's mean batch rows, the
-# model's batched forward rows/s at that batch size (bitnet-bench serving,
-# run after the server has stopped) and serving efficiency = end-to-end
-# rows/s / forward rows/s.
+# model's batched forward rows/s at that batch size rounded (bitnet-bench
+# serving, best of two runs after the server has stopped) and serving
+# efficiency = end-to-end rows/s / forward rows/s.
 #
 #   benchmarks/serving_sweep.sh                      # GPU host: cuda:0, large demo model
 #   DEVICE=cpu DEMO_MODEL=small benchmarks/serving_sweep.sh   # the CPU sweep
@@ -91,16 +91,30 @@ sizes = sorted({max(1, round(p["mean_batch_rows"])) for p in points if p["mean_b
 print(",".join(str(s) for s in sizes) or "1")
 PY
 )
-"$bench_bin" serving --device="$DEVICE" --demo_model="$DEMO_MODEL" \
-  --cpu_threads="$CPU_THREADS" --batches="$batches" --min_time=2 \
-  --json="$OUT_DIR/forward.json" >&2
+# Two runs, best per batch size: a forward measurement slowed by something
+# else on the host would flatter the efficiency.
+for run in 1 2; do
+  "$bench_bin" serving --device="$DEVICE" --demo_model="$DEMO_MODEL" \
+    --cpu_threads="$CPU_THREADS" --batches="$batches" --min_time=2 \
+    --json="$OUT_DIR/forward$run.json" >&2
+done
+python3 - "$OUT_DIR/forward1.json" "$OUT_DIR/forward2.json" > "$OUT_DIR/forward.json" <<'PY'
+import json, sys
+runs = [json.load(open(p)) for p in sys.argv[1:]]
+best = runs[0]
+for run in runs[1:]:
+    for mine, other in zip(best["points"], run["points"]):
+        if other["rows_per_second"] > mine["rows_per_second"]:
+            mine.update(other)
+print(json.dumps(best))
+PY
 
 python3 - "$OUT_DIR/load.json" "$OUT_DIR/forward.json" <<'PY'
 import json, sys
 load = json.load(open(sys.argv[1]))
 forward = json.load(open(sys.argv[2]))
 by_batch = {p["batch"]: p["rows_per_second"] for p in forward["points"]}
-print(f"model demo:{forward['model'].split(':')[-1]} ({forward['input_features']} -> ... -> "
+print(f"model {forward['model']} ({forward['input_features']} -> ... -> "
       f"{forward['output_features']}), device {forward['device']}, single-row requests, "
       f"closed loop, {load['config']['connections']} connections, "
       f"{load['config']['duration_seconds']:g} s per point\n")
@@ -114,7 +128,7 @@ for p in load["points"]:
     print(f"| {p['concurrency']:g} | {p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
           f"{p['latency_ms']['p99']:.2f} | {mb:.1f} | "
           f"{'%.0f' % fwd if fwd else 'n/a'} (B={b}) | "
-          f"{'%.0f%%' % (eff * 100) if eff else 'n/a'} | {p['errors']} |"
+          f"{'%.3g%%' % (eff * 100) if eff else 'n/a'} | {p['errors']} |"
           if mb else
           f"| {p['concurrency']:g} | {p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
           f"{p['latency_ms']['p99']:.2f} | n/a | n/a | n/a | {p['errors']} |")
