@@ -18,7 +18,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git python3 curl openssl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev zlib1g-dev
   python3-grpcio python3-protobuf python3-yaml prometheus yamllint docker-compose clang-14 libclang-rt-14-dev
 )
 
