@@ -43,6 +43,11 @@ for b in "$server_bin" "$load_bin" "$bench_bin"; do
 done
 command -v python3 > /dev/null || { echo "serving_sweep: python3 is needed" >&2; exit 2; }
 mkdir -p "$OUT_DIR"
+# Report the card by name (compare only numbers taken on the same card).
+if [[ "$DEVICE" == cuda* ]] && command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader \
+    | tee "$OUT_DIR/gpu.txt" | sed 's/^/serving_sweep: GPU /' >&2
+fi
 
 server_pid=
 cleanup() {
@@ -114,8 +119,17 @@ import json, sys
 load = json.load(open(sys.argv[1]))
 forward = json.load(open(sys.argv[2]))
 by_batch = {p["batch"]: p["rows_per_second"] for p in forward["points"]}
+import os
+gpu = os.path.join(os.path.dirname(sys.argv[1]), "gpu.txt")
+card = ""
+if forward["device"].startswith("cuda") and os.path.exists(gpu):
+    index = forward["device"].split(":")[-1]
+    for line in open(gpu):
+        fields = [f.strip() for f in line.split(",")]
+        if fields[0] == index:
+            card = f" ({fields[1]})"
 print(f"model {forward['model']} ({forward['input_features']} -> ... -> "
-      f"{forward['output_features']}), device {forward['device']}, single-row requests, "
+      f"{forward['output_features']}), device {forward['device']}{card}, single-row requests, "
       f"closed loop, {load['config']['connections']} connections, "
       f"{load['config']['duration_seconds']:g} s per point\n")
 print("| concurrency | rows/s | p50 ms | p99 ms | mean batch rows | forward rows/s at that batch | efficiency | errors |")
