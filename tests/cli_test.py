@@ -11,8 +11,10 @@ file, then checks:
     fixture with the loss curve written as CSV and PNG;
   - bitnet-load: closed and open loop smoke runs of a few hundred requests
     whose JSON/CSV output is parsed and checked for consistent counts (also
-    against the server's own /metrics), a sweep with a PNG chart, several
-    addresses, and usage errors.
+    against the server's own /metrics), several rows per request, Poisson
+    arrivals, a sweep with a PNG chart, several addresses, and usage errors;
+  - TLS: both tools with --tls_ca and --tls_server_name against a second,
+    TLS-only server (certificates made with the openssl CLI).
 
 Environment: BITNET_SERVER, BITNET_CLI, BITNET_LOAD (binaries),
 BITNET_TEST_DATA_DIR (tests/fixtures). Exit 0 = pass, 1 = fail, 77 = skip.
@@ -347,6 +349,21 @@ def check_load(c, load, port, metrics_port, tmp):
             f"sweep 1:4:*2 over two addresses: {r.stderr[-300:]!r}")
     c.check(is_png(chart), "sweep chart PNG written")
 
+    # Several rows per request; Poisson arrivals.
+    r = run("--concurrency=4", "--requests=60", "--rows_per_request=4", "--warmup=0s",
+            metrics_url, "--json=-")
+    doc = json.loads(r.stdout) if r.returncode == 0 else {"points": [{}]}
+    p = doc["points"][0]
+    c.check(p.get("ok") == 60 and p.get("rows_per_request") == 4 and
+            abs(p["rows_per_second"] - 4 * p["requests_per_second"]) < 1e-6 * p["rows_per_second"] and
+            p.get("mean_batch_rows") is not None and 4 <= p["mean_batch_rows"] <= 16,
+            f"4 rows per request: rows/s = 4 x req/s, mean batch in [4, 16]: {p.get('mean_batch_rows')}")
+    r = run("--rate=300", "--arrivals=poisson", "--requests=150", "--warmup=0s", "--json=-")
+    doc = json.loads(r.stdout) if r.returncode == 0 else {"points": [{}]}
+    p = doc["points"][0]
+    c.check(p.get("ok") == 150 and p.get("arrivals") == "poisson",
+            f"open loop with Poisson arrivals: {r.stderr[-200:]!r}")
+
     # The warning when batches stay far below preferred_batch_rows.
     r = run("--concurrency=2", "--requests=50", "--warmup=0s", metrics_url)
     c.check(r.returncode == 0 and "far below preferred_batch_rows=128" in r.stderr,
@@ -366,6 +383,64 @@ def check_load(c, load, port, metrics_port, tmp):
         r = run(*args)
         c.check(r.returncode == 2 and needle in r.stderr,
                 f"bitnet-load usage error {args} exits 2: rc={r.returncode} {r.stderr[:150]!r}")
+
+
+def check_tls(c, server, cli, load, tmp):
+    """--tls_ca / --tls_server_name of both tools against a TLS server whose
+    certificate names only DNS:localhost (so 127.0.0.1 needs the override)."""
+    if shutil.which("openssl") is None:
+        print("SKIP TLS: no openssl CLI")
+        return
+    d = os.path.join(tmp, "tls")
+    os.mkdir(d)
+    script = (
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+        "-subj /CN=test-ca && "
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr "
+        "-subj /CN=localhost && "
+        "printf 'subjectAltName=DNS:localhost\\n' > ext.cnf && "
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out server.pem -days 1 -extfile ext.cnf")
+    r = subprocess.run(script, shell=True, cwd=d, capture_output=True, text=True)
+    if not c.check(r.returncode == 0, f"openssl made a CA and a server certificate: {r.stderr[-300:]!r}"):
+        return
+    log_path = os.path.join(d, "server.log")
+    proc = subprocess.Popen(
+        [server, "--port=0", "--metrics_port=-1", "--address=127.0.0.1", "--device=cpu",
+         "--cpu_threads=1", "--demo_model=small", f"--tls_cert={d}/server.pem",
+         f"--tls_key={d}/server.key"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    try:
+        port = None
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and port is None:
+            m = re.search(r"event=serving port=(\d+)", open(log_path).read())
+            port = int(m.group(1)) if m else None
+            time.sleep(0.05)
+        if not c.check(port is not None, "TLS server started"):
+            return
+        base = [f"--address=127.0.0.1:{port}", "--timeout=20s"]
+        r = subprocess.run([cli, *base, f"--tls_ca={d}/ca.pem", "--tls_server_name=localhost",
+                            "infer", "--model=demo", "--random=2"], capture_output=True, text=True)
+        c.check(r.returncode == 0 and len(r.stdout.split()) == 2,
+                f"cli over TLS with --tls_server_name: {r.stderr[-200:]!r}")
+        r = subprocess.run([cli, *base, f"--tls_ca={d}/ca.pem", "health"],
+                           capture_output=True, text=True)
+        c.check(r.returncode == 1 and "UNAVAILABLE" in r.stderr,
+                "cli over TLS to 127.0.0.1 without the name override fails (name mismatch)")
+        r = subprocess.run([cli, *base, "health"], capture_output=True, text=True)
+        c.check(r.returncode == 1 and "UNAVAILABLE" in r.stderr, "plaintext cli to a TLS server fails")
+        r = subprocess.run([cli, *base, f"--tls_ca={d}/missing.pem", "health"],
+                           capture_output=True, text=True)
+        c.check(r.returncode == 2 and "tls_ca" in r.stderr, "unreadable --tls_ca exits 2")
+        r = subprocess.run([load, *base[:1], "--model=demo", f"--tls_ca={d}/ca.pem",
+                            "--tls_server_name=localhost", "--concurrency=4", "--requests=50",
+                            "--warmup=0s", "--json=-"], capture_output=True, text=True, timeout=120)
+        doc = json.loads(r.stdout) if r.returncode == 0 else {"points": [{}]}
+        c.check(doc["points"][0].get("ok") == 50, f"bitnet-load over TLS: {r.stderr[-200:]!r}")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def main():
@@ -397,6 +472,7 @@ def main():
             return 1
         check_cli(c, cli, port, tmp, token_file, fixtures)
         check_load(c, load, port, metrics_port, tmp)
+        check_tls(c, server, cli, load, tmp)
         proc.send_signal(signal.SIGTERM)
         c.check(proc.wait(timeout=30) == 0, "server drained and exited 0")
         proc = None
