@@ -197,6 +197,89 @@ template <MmaType kType>
 using AccType = typename std::conditional<kType == MmaType::kS8, int, float>::type;
 
 // ---------------------------------------------------------------------------
+// Per-thread cp.async plans. Computing addresses per chunk per k-tile (index
+// divisions, 64-bit multiplies) cost ~400 instructions per warp per tile,
+// three times the tensor work: the SASS showed it. With kThreads a multiple
+// of the chunks per row, a thread's chunk column is fixed and its rows step
+// by kThreads / kChunks, so every address is a base plus constant strides and
+// a k-tile offset, computed once.
+
+// Activation tile: kRows batch rows x kChunks 16-byte chunks per k-tile.
+// DstOf(r, c) is the shared-memory byte offset of chunk c of row r.
+template <int kRows, int kChunks, int kThreads, int kElemBytes>
+struct ActCopyPlan {
+  static constexpr int kRowsPerStep = kThreads / kChunks;
+  static constexpr int kSteps = (kRows + kRowsPerStep - 1) / kRowsPerStep;
+  static_assert(kThreads % kChunks == 0, "a thread's chunk column must be fixed");
+  static_assert(kSteps <= 32, "row mask is 32 bits");
+  const char* base = nullptr;  // x (source for zero-filled chunks)
+  const char* src = nullptr;   // (row r0, chunk c) at k-tile 0
+  int64_t src_step = 0;        // bytes between a thread's successive rows
+  uint32_t dst = 0;            // shared offset of (r0, c) within a stage
+  uint32_t dst_step = 0;
+  uint32_t row_ok = 0;         // bit s: row r0 + s * kRowsPerStep is < m
+  int r0 = 0;
+  int k_elem = 0;              // first element of the thread's chunk in a k-tile
+
+  template <typename DstOf>
+  __device__ __forceinline__ ActCopyPlan(const GemmParams& p, int block_b0, int tid, DstOf dst_of) {
+    const int c = tid % kChunks;
+    r0 = tid / kChunks;
+    k_elem = c * (16 / kElemBytes);
+    base = static_cast<const char*>(p.x);
+    src = base + (static_cast<int64_t>(block_b0 + r0) * p.ldx + k_elem) * kElemBytes;
+    src_step = static_cast<int64_t>(kRowsPerStep) * p.ldx * kElemBytes;
+    dst = dst_of(r0, c);
+    dst_step = kSteps > 1 ? dst_of(r0 + kRowsPerStep, c) - dst : 0;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int r = r0 + s * kRowsPerStep;
+      if (r < kRows && block_b0 + r < p.m) row_ok |= 1u << s;
+    }
+  }
+
+  __device__ __forceinline__ void Load(uint32_t stage, int kt, int64_t x_k_limit) const {
+    const bool k_ok = static_cast<int64_t>(kt) * 128 + k_elem < x_k_limit;
+    const char* s0 = src + static_cast<int64_t>(kt) * (128 * kElemBytes);
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      if (kRows % kRowsPerStep == 0 || r0 + s * kRowsPerStep < kRows) {
+        const bool pred = k_ok && ((row_ok >> s) & 1u);
+        CpAsync16(stage + dst + s * dst_step, pred ? s0 + s * src_step : base, pred);
+      }
+    }
+  }
+};
+
+// Packed weight tile: kBW rows = kBW / 16 groups of 512 bytes per k-tile,
+// stored contiguously in shared memory.
+template <int kBW, int kThreads>
+struct WeightCopyPlan {
+  static constexpr int kChunks = kBW * 2;  // 16-byte chunks per stage
+  static constexpr int kSteps = (kChunks + kThreads - 1) / kThreads;
+  const uint4* src[kSteps];
+
+  __device__ __forceinline__ WeightCopyPlan(const GemmParams& p, int block_w0, int tid) {
+    const uint4* w = p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int idx = tid + s * kThreads;
+      src[s] = w + static_cast<int64_t>(idx >> 5) * p.k_tiles * 32 + (idx & 31);
+    }
+  }
+
+  __device__ __forceinline__ void Load(uint32_t stage, int kt, int tid) const {
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int idx = tid + s * kThreads;
+      if (kChunks % kThreads == 0 || idx < kChunks) {
+        CpAsync16(stage + idx * 16, src[s] + kt * 32, true);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------
 // Split-K: every split block writes its raw accumulators (thread-major, so
 // the writes coalesce); the last block of a tile to arrive sums all splits in
 // split order (deterministic) and runs the epilogue. Counters are reset to 0

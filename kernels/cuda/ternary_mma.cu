@@ -33,7 +33,6 @@ struct MmaTraits {
   static constexpr int kBW = kWarpsN * kRG * 16;  // weight rows per block
   static constexpr int kBB = kWarpsM * kNT * 8;   // batch rows per block
   static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
-  static constexpr int kElemsPerChunk = 16 / kElemBytes;
   static constexpr int kRowBytes = 128 * kElemBytes;  // one k-tile of a batch row
   static constexpr int kChunks = kRowBytes / 16;
   static constexpr int kActStageBytes = kBB * kRowBytes;
@@ -71,36 +70,14 @@ __global__ void __launch_bounds__(kWarpsN* kWarpsM * 32)
   const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
   const uint32_t smem_base = SmemAddr(smem);
 
-  const char* x = static_cast<const char*>(p.x);
-  const uint4* wsrc = p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32;
-
+  const ActCopyPlan<Tr::kBB, Tr::kChunks, Tr::kThreads, Tr::kElemBytes> act_plan(
+      p, block_b0, tid,
+      [](int r, int c) { return static_cast<uint32_t>(r * Tr::kRowBytes + ((c ^ (r & 7)) << 4)); });
+  const WeightCopyPlan<Tr::kBW, Tr::kThreads> w_plan(p, block_w0, tid);
   auto load_stage = [&](int stage, int kt) {
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
-    const uint32_t wst = act + Tr::kActStageBytes;
-#pragma unroll
-    for (int i = 0; i < (Tr::kBB * Tr::kChunks + Tr::kThreads - 1) / Tr::kThreads; ++i) {
-      const int idx = tid + i * Tr::kThreads;
-      if (idx < Tr::kBB * Tr::kChunks) {
-        const int r = idx / Tr::kChunks;
-        const int c = idx % Tr::kChunks;
-        const int gm = block_b0 + r;
-        const int64_t kel = static_cast<int64_t>(kt) * 128 + c * Tr::kElemsPerChunk;
-        const bool pred = gm < p.m && kel < p.x_k_limit;
-        const char* src =
-            pred ? x + (static_cast<int64_t>(gm) * p.ldx + kel) * Tr::kElemBytes : x;
-        CpAsync16(act + r * Tr::kRowBytes + ((c ^ (r & 7)) << 4), src, pred);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < (Tr::kBW * 2 + Tr::kThreads - 1) / Tr::kThreads; ++i) {
-      const int idx = tid + i * Tr::kThreads;
-      if (idx < Tr::kBW * 2) {
-        const int gi = idx >> 5;
-        const int li = idx & 31;
-        CpAsync16(wst + idx * 16, wsrc + (static_cast<int64_t>(gi) * p.k_tiles + kt) * 32 + li,
-                  true);
-      }
-    }
+    act_plan.Load(act, kt, p.x_k_limit);
+    w_plan.Load(act + Tr::kActStageBytes, kt, tid);
   };
 
   T acc[kRG][kNT][4];
@@ -247,8 +224,11 @@ struct GemvTraits {
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
 };
 
+// 3 blocks per SM (<= 170 registers); the int8 16-row variant needs more
+// registers than that without spilling, so it settles for 2.
 template <MmaType kType, int kNT>
-__global__ void __launch_bounds__(128, 3) ternary_gemv_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(128, (kType == MmaType::kS8 && kNT == 2) ? 2 : 3)
+    ternary_gemv_kernel(const GemmParams p) {
   using Tr = GemvTraits<kType, kNT>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -294,18 +274,34 @@ __global__ void __launch_bounds__(128, 3) ternary_gemv_kernel(const GemmParams p
       const int ckt0 = pass_kt0 + chunk * Tr::kChunkKt;
       if (ckt0 >= p.k_tiles) break;
       __syncthreads();  // the previous chunk's shared memory reads are done
-      for (int idx = tid; idx < Tr::kBB * Tr::kChunkKt * Tr::kChunks; idx += Tr::kThreads) {
-        const int r = idx / (Tr::kChunkKt * Tr::kChunks);
-        const int rem = idx - r * (Tr::kChunkKt * Tr::kChunks);  // = ktl * kChunks + c
-        const int ktl = rem / Tr::kChunks;
-        const int c = rem - ktl * Tr::kChunks;
-        const int gm = block_b0 + r;
-        const int kt = ckt0 + ktl;
-        const int64_t kel = static_cast<int64_t>(kt) * 128 + c * Tr::kElemsPerChunk;
-        const bool pred = gm < p.m && kt < p.k_tiles && kel < p.x_k_limit;
-        const char* src =
-            pred ? x + (static_cast<int64_t>(gm) * p.ldx + kel) * Tr::kElemBytes : x;
-        CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4), src, pred);
+      {
+        // Thread tid stages chunk (tid % kChunks) of k-tiles tid / kChunks +
+        // j * (kThreads / kChunks) of every valid row: addresses are a row
+        // base plus constants. Rows past the batch are not staged: they only
+        // feed accumulator columns that are never stored.
+        constexpr int kCols = Tr::kChunkKt * Tr::kChunks;
+        constexpr int kKtPerSweep = Tr::kThreads / Tr::kChunks;
+        static_assert(kCols % Tr::kThreads == 0, "whole sweeps per staged row");
+        const int c = tid % Tr::kChunks;
+        const int kt_of_tid = tid / Tr::kChunks;
+        const int64_t c_elem = c * Tr::kElemsPerChunk;
+#pragma unroll
+        for (int r = 0; r < Tr::kBB; ++r) {
+          if (block_b0 + r >= p.m) break;
+          const char* row =
+              x + (static_cast<int64_t>(block_b0 + r) * p.ldx + static_cast<int64_t>(ckt0) * 128 +
+                   c_elem) * Tr::kElemBytes;
+#pragma unroll
+          for (int j = 0; j < kCols / Tr::kThreads; ++j) {
+            const int ktl = kt_of_tid + j * kKtPerSweep;
+            const int kt = ckt0 + ktl;
+            const bool pred =
+                kt < p.k_tiles && static_cast<int64_t>(kt) * 128 + c_elem < p.x_k_limit;
+            const int rem = ktl * Tr::kChunks + c;
+            CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4),
+                      pred ? row + static_cast<int64_t>(ktl) * 128 * Tr::kElemBytes : x, pred);
+          }
+        }
       }
       CpAsyncCommit();
       CpAsyncWait<0>();

@@ -113,38 +113,16 @@ __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams 
   const int kt0 = blockIdx.z * p.kt_per_split;
   const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
 
-  const char* x = static_cast<const char*>(p.x);
-  const uint4* wsrc = p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32;
-
+  const ActCopyPlan<Tr::kBB, Tr::kChunks, Tr::kThreads, Tr::kElemBytes> act_plan(
+      p, block_b0, tid, [](int r, int c) {
+        return static_cast<uint32_t>((c >> 3) * Tr::kColBlockBytes + r * 128 +
+                                     (((c & 7) ^ (r & 7)) << 4));
+      });
+  const WeightCopyPlan<Tr::kBW, Tr::kThreads> w_plan(p, block_w0, tid);
   auto load_stage = [&](int stage, int kt) {
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
-    const uint32_t wst = act + Tr::kActStageBytes;
-#pragma unroll
-    for (int i = 0; i < (Tr::kBB * Tr::kChunks + Tr::kThreads - 1) / Tr::kThreads; ++i) {
-      const int idx = tid + i * Tr::kThreads;
-      if (idx < Tr::kBB * Tr::kChunks) {
-        const int r = idx / Tr::kChunks;
-        const int c = idx % Tr::kChunks;
-        const int gm = block_b0 + r;
-        const int64_t kel = static_cast<int64_t>(kt) * 128 + c * Tr::kElemsPerChunk;
-        const bool pred = gm < p.m && kel < p.x_k_limit;
-        const char* src =
-            pred ? x + (static_cast<int64_t>(gm) * p.ldx + kel) * Tr::kElemBytes : x;
-        const int cb = c >> 3;
-        const int cc = c & 7;
-        CpAsync16(act + cb * Tr::kColBlockBytes + r * 128 + ((cc ^ (r & 7)) << 4), src, pred);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < (Tr::kBW * 2 + Tr::kThreads - 1) / Tr::kThreads; ++i) {
-      const int idx = tid + i * Tr::kThreads;
-      if (idx < Tr::kBW * 2) {
-        const int gi = idx >> 5;
-        const int li = idx & 31;
-        CpAsync16(wst + idx * 16, wsrc + (static_cast<int64_t>(gi) * p.k_tiles + kt) * 32 + li,
-                  true);
-      }
-    }
+    act_plan.Load(act, kt, p.x_k_limit);
+    w_plan.Load(act + Tr::kActStageBytes, kt, tid);
   };
 
   T acc[Tr::kAccRegs];
