@@ -13,8 +13,8 @@
 // Deadlines: every call gets `ClientOptions::timeout` (streams: the timeout
 // passed to Open*), counted once for the whole call, retries included.
 //
-// Retries: idempotent calls (Infer, ListModels, GetModel, Admin.GetStats) are
-// retried by gRPC itself (service-config retry policy, gRFC A6) on UNAVAILABLE
+// Retries (ClientOptions::retry, off unless enabled): idempotent calls
+// (Infer, ListModels, GetModel, Admin.GetStats) are retried by gRPC itself (service-config retry policy, gRFC A6) on UNAVAILABLE
 // and RESOURCE_EXHAUSTED with exponential backoff and jitter: before attempt
 // n+1 gRPC 1.51 waits min(initial_backoff * multiplier^(n-1), max_backoff)
 // times uniform(0.8, 1.2) (measured by client_test; gRFC A6 describes full
@@ -57,8 +57,11 @@ namespace bitnet {
 
 // gRPC retry policy of the idempotent calls (see the file comment).
 struct RetryOptions {
-  // false: no call is retried.
-  bool enabled = true;
+  // Off by default: a retry changes what the caller observes (a load test,
+  // or a test of the server's own RESOURCE_EXHAUSTED/UNAVAILABLE answers,
+  // wants the first status as it is). Applications turn it on; bitnet-cli
+  // does (--retries, default 4 attempts).
+  bool enabled = false;
   // Attempts in total, the first included: 2..5 (gRPC caps attempts at 5).
   int max_attempts = 4;
   // Upper bound of the first backoff; > 0.

@@ -147,6 +147,7 @@ ClientOptions FastRetries(const std::string& address) {
   ClientOptions o;
   o.address = address;
   o.timeout = absl::Seconds(20);
+  o.retry.enabled = true;
   o.retry.initial_backoff = absl::Milliseconds(5);
   o.retry.max_backoff = absl::Milliseconds(20);
   return o;
@@ -188,8 +189,18 @@ TEST(ChannelTargetTest, BadListsNameTheEntry) {
   EXPECT_FALSE(ChannelTarget("1.2.3.400:1,1.2.3.4:2").ok());
 }
 
+TEST(ServiceConfigTest, RetriesAreOffByDefault) {
+  ClientOptions o;
+  auto json = ServiceConfigJson(o);
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_THAT(*json, ::testing::Not(HasSubstr("retryPolicy")));
+  o.retry.max_attempts = 99;  // not validated while retries are off
+  EXPECT_TRUE(ServiceConfigJson(o).ok());
+}
+
 TEST(ServiceConfigTest, RetryPolicyAndBalancing) {
   ClientOptions o;
+  o.retry.enabled = true;
   auto json = ServiceConfigJson(o);
   ASSERT_TRUE(json.ok()) << json.status();
   EXPECT_THAT(*json, HasSubstr("\"maxAttempts\":4"));
@@ -207,6 +218,7 @@ TEST(ServiceConfigTest, RetryPolicyAndBalancing) {
 TEST(ServiceConfigTest, BadOptionsNameTheField) {
   auto message = [](auto mutate) {
     ClientOptions o;
+    o.retry.enabled = true;
     mutate(o);
     return std::string(ServiceConfigJson(o).status().message());
   };
@@ -234,6 +246,7 @@ TEST(ClientCreateTest, BadOptionsAreInvalidArgument) {
   o.tls_cert = "cert.pem";
   EXPECT_THAT(std::string(Client::Create(o).status().message()), HasSubstr("tls_key"));
   o = ClientOptions();
+  o.retry.enabled = true;
   o.retry.max_attempts = 9;
   EXPECT_EQ(Client::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -345,6 +358,14 @@ TEST(ClientRetryTest, DisabledRetriesMakeOneAttempt) {
   o.retry.enabled = false;
   auto client = MustCreate(o);
   EXPECT_EQ(client->Infer("m", kRow, 4).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(server.inference.calls.load(), 1);
+  // The default options make one attempt too.
+  server.inference.calls = 0;
+  server.inference.failures = 1;
+  ClientOptions defaults;
+  defaults.address = server.address();
+  auto plain = MustCreate(defaults);
+  EXPECT_EQ(plain->Infer("m", kRow, 4).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(server.inference.calls.load(), 1);
 }
 
