@@ -534,19 +534,20 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
   return l;
 }
 
-int AutoConfig(int64_t m, MmaType type, bool wgmma) {
-  // Small batches stream the weights (memory-bound): one-latency gemv
-  // kernels. Larger ones are tensor-core bound: wgmma on Hopper. Thresholds
-  // from bitnet-bench kernels --sweep (benchmarks/NOTES-kernels.md).
-  if (m <= 8) return FindConfig("gemv_w32_b8");
-  if (m <= 16) return FindConfig("gemv_w32_b16");
+int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
+  // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md).
+  // Small batches stream the weights: one-latency gemv kernels (16-row blocks
+  // keep more warps busy decoding; 32-row blocks suit large N). Larger ones
+  // are tensor-core bound: wgmma on Hopper, its 128 x 64 tile (two blocks per
+  // SM) measured best from M = 64 to 2048 in both modes.
+  if (m <= 8) return FindConfig(n <= 6144 ? "gemv_w16_b8" : "gemv_w32_b8");
+  if (m <= 16) return FindConfig(n <= 6144 ? "gemv_w16_b16" : "gemv_w32_b16");
   if (!wgmma) {
-    if (m <= 32) return FindConfig("mma_w64_b32");
-    return FindConfig(m <= 64 ? "mma_w128_b64" : "mma_w128_b128");
+    if (m <= 64) return FindConfig("mma_w64_b32");
+    return FindConfig(m <= 256 ? "mma_w128_b64" : "mma_w128_b128");
   }
-  if (m <= 256) return FindConfig("wgmma_w128_b64");
-  if (type == MmaType::kS8 && m >= 1024) return FindConfig("wgmma_w128_b256");
-  return FindConfig("wgmma_w128_b128");
+  if (m <= 64 && (type == MmaType::kS8 || n < 8192)) return FindConfig("mma_w64_b32");
+  return FindConfig("wgmma_w128_b64");
 }
 
 struct ShapeCheck {
@@ -639,7 +640,8 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   CudaLaunchPlan plan;
   const MmaType type = MmaTypeFor(args);
   plan.config =
-      args.config == kCudaAutoConfig ? AutoConfig(args.m, type, device_has_wgmma) : args.config;
+      args.config == kCudaAutoConfig ? AutoConfig(args.m, w.rows(), type, device_has_wgmma)
+                                     : args.config;
   const GemmKernelInfo& kernel = GemmKernel(plan.config);
   if (kernel.wgmma && !device_has_wgmma) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -669,7 +671,7 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
     // Enough blocks to cover every SM a few times (memory-bound small tiles
     // need more blocks in flight than the one-block-per-SM wgmma tiles), but
     // each split keeps at least 2 k-tiles of work.
-    const int64_t blocks_wanted = kernel.wgmma ? device_sms : 4 * device_sms;
+    const int64_t blocks_wanted = 2 * device_sms * std::max(1, 256 / kernel.threads);
     const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(16, w.k_tiles() / 2));
     splits = static_cast<int>(
         std::clamp<int64_t>((blocks_wanted + tiles - 1) / tiles, 1, max_splits));

@@ -197,17 +197,17 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // runs its mma.syncs; partial sums are reduced across warps in shared memory
 // (fixed order: deterministic) and the epilogue stores directly. No split-K
 // round trips through global memory.
-template <MmaType kType, int kNT>
+// kRG 16-row groups per block, kWarps warps splitting K. Decoding is the
+// bulk of the instructions; many warps per SM (16 rows x 16 warps) keep the
+// schedulers busy, fewer larger blocks (32 rows x 8 warps) suit large N.
+template <MmaType kType, int kNT, int kRowGroups, int kWarpCount>
 struct GemvTraits {
-  // 4 warps holding 8 weight tiles each (64 registers) rather than 8 x 4:
-  // the same bytes in flight per block with half the per-thread overhead, so
-  // 3 blocks fit an SM and N = 11008 runs in one wave.
-  static constexpr int kWarps = 4;
+  static constexpr int kRG = kRowGroups;
+  static constexpr int kWarps = kWarpCount;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kRG = 2;  // 16-row groups per block
   static constexpr int kBW = kRG * 16;
   static constexpr int kBB = kNT * 8;
-  static constexpr int kKtPerWarp = 8;  // weight tiles held in registers per pass
+  static constexpr int kKtPerWarp = 32 / kWarps;  // weight tiles held in registers per pass
   static constexpr int kPassKt = kWarps * kKtPerWarp;
   static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
   static constexpr int kElemsPerChunk = 16 / kElemBytes;
@@ -220,16 +220,14 @@ struct GemvTraits {
   static constexpr int kRegs = kRG * kNT * 4;
   static constexpr int kRedBytes = kWarps * kRegs * 32 * 4;
   static_assert(kChunkKt % kWarps == 0, "each chunk holds whole rounds of k-tiles");
+  static_assert(32 % kWarps == 0, "a pass is 32 k-tiles");
   static constexpr int kSmemBytes = kXBytes > kRedBytes ? kXBytes : kRedBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
 };
 
-// 3 blocks per SM (<= 170 registers); the int8 16-row variant needs more
-// registers than that without spilling, so it settles for 2.
-template <MmaType kType, int kNT>
-__global__ void __launch_bounds__(128, (kType == MmaType::kS8 && kNT == 2) ? 2 : 3)
-    ternary_gemv_kernel(const GemmParams p) {
-  using Tr = GemvTraits<kType, kNT>;
+template <MmaType kType, int kNT, int kRG, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const GemmParams p) {
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x;
@@ -280,19 +278,25 @@ __global__ void __launch_bounds__(128, (kType == MmaType::kS8 && kNT == 2) ? 2 :
         // base plus constants. Rows past the batch are not staged: they only
         // feed accumulator columns that are never stored.
         constexpr int kCols = Tr::kChunkKt * Tr::kChunks;
-        constexpr int kKtPerSweep = Tr::kThreads / Tr::kChunks;
-        static_assert(kCols % Tr::kThreads == 0, "whole sweeps per staged row");
-        const int c = tid % Tr::kChunks;
-        const int kt_of_tid = tid / Tr::kChunks;
+        // Threads cover kRowsPerSweep rows at a time (1 when a row has at
+        // least kThreads chunks).
+        constexpr int kRowsPerSweep = kCols >= Tr::kThreads ? 1 : Tr::kThreads / kCols;
+        constexpr int kColThreads = Tr::kThreads / kRowsPerSweep;
+        constexpr int kKtPerSweep = kColThreads / Tr::kChunks;
+        static_assert(kCols % kColThreads == 0, "whole sweeps per staged row");
+        const int col_tid = tid % kColThreads;
+        const int r_sub = tid / kColThreads;
+        const int c = col_tid % Tr::kChunks;
+        const int kt_of_tid = col_tid / Tr::kChunks;
         const int64_t c_elem = c * Tr::kElemsPerChunk;
 #pragma unroll
-        for (int r = 0; r < Tr::kBB; ++r) {
+        for (int r = r_sub; r < Tr::kBB; r += kRowsPerSweep) {
           if (block_b0 + r >= p.m) break;
           const char* row =
               x + (static_cast<int64_t>(block_b0 + r) * p.ldx + static_cast<int64_t>(ckt0) * 128 +
                    c_elem) * Tr::kElemBytes;
 #pragma unroll
-          for (int j = 0; j < kCols / Tr::kThreads; ++j) {
+          for (int j = 0; j < kCols / kColThreads; ++j) {
             const int ktl = kt_of_tid + j * kKtPerSweep;
             const int kt = ckt0 + ktl;
             const bool pred =
@@ -390,21 +394,21 @@ __global__ void __launch_bounds__(128, (kType == MmaType::kS8 && kNT == 2) ? 2 :
   }
 }
 
-template <MmaType kType, int kNT>
+template <MmaType kType, int kNT, int kRG, int kWarps>
 cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = GemvTraits<kType, kNT>;
-  constexpr auto kernel = ternary_gemv_kernel<kType, kNT>;
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps>;
+  constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
-#define BITNET_GEMV_CONFIG(name, NT)                                                       \
+#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS)                                            \
   GemmKernelInfo {                                                                        \
-    name, 32, NT * 8, 128, false, true, {                                                 \
-      &LaunchGemv<MmaType::kF16, NT>, &LaunchGemv<MmaType::kBF16, NT>,                    \
-          &LaunchGemv<MmaType::kS8, NT>                                                   \
+    name, RG * 16, NT * 8, WARPS * 32, false, true, {                                     \
+      &LaunchGemv<MmaType::kF16, NT, RG, WARPS>, &LaunchGemv<MmaType::kBF16, NT, RG, WARPS>, \
+          &LaunchGemv<MmaType::kS8, NT, RG, WARPS>                                        \
     }                                                                                     \
   }
 
@@ -423,8 +427,10 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // The last argument is the shared-memory budget of the cp.async pipeline
 // (bytes; stages = budget / stage size). All stay under sm_80's 163 KB.
 extern const GemmKernelInfo kMmaKernels[] = {
-    BITNET_GEMV_CONFIG("gemv_w32_b8", 1),
-    BITNET_GEMV_CONFIG("gemv_w32_b16", 2),
+    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16),
+    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16),
+    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8),
+    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
