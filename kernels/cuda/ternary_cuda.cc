@@ -535,18 +535,21 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
 }
 
 int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
-  // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md).
-  // Small batches stream the weights: one-latency gemv kernels (16-row blocks
-  // keep more warps busy decoding; 32-row blocks suit large N). Larger ones
-  // are tensor-core bound: wgmma on Hopper, its 128 x 64 tile (two blocks per
-  // SM) measured best from M = 64 to 2048 in both modes.
-  if (m <= 8) return FindConfig(n <= 6144 ? "gemv_w16_b8" : "gemv_w32_b8");
-  if (m <= 16) return FindConfig(n <= 6144 ? "gemv_w16_b16" : "gemv_w32_b16");
+  // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md,
+  // K = 4096, N = 4096 and 11008). Small batches stream the weights:
+  // one-latency gemv kernels (for 9..16 rows at moderate N, two 8-row tiles
+  // measured faster than one 16-row tile). Larger batches are tensor-core
+  // bound: wgmma on Hopper, whose 128 x 64 tile (two blocks per SM) measured
+  // best from M = 64 to 2048 in both modes, except the int8 and small-N
+  // cases where the 64 x 32 mma.sync tile wins.
+  if (m <= 8) return FindConfig("gemv_w32_b8");
+  if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w32_b16");
   if (!wgmma) {
     if (m <= 64) return FindConfig("mma_w64_b32");
     return FindConfig(m <= 256 ? "mma_w128_b64" : "mma_w128_b128");
   }
   if (m <= 64 && (type == MmaType::kS8 || n < 8192)) return FindConfig("mma_w64_b32");
+  if (m <= 128 && type == MmaType::kS8 && n < 8192) return FindConfig("mma_w64_b32");
   return FindConfig("wgmma_w128_b64");
 }
 
@@ -668,13 +671,16 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   const int64_t tiles = tiles_n * tiles_m;
   int splits = kernel.gemv ? 1 : args.split_k;
   if (splits == 0) {
-    // Enough blocks to cover every SM a few times (memory-bound small tiles
-    // need more blocks in flight than the one-block-per-SM wgmma tiles), but
-    // each split keeps at least 2 k-tiles of work.
-    const int64_t blocks_wanted = 2 * device_sms * std::max(1, 256 / kernel.threads);
-    const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(16, w.k_tiles() / 2));
-    splits = static_cast<int>(
-        std::clamp<int64_t>((blocks_wanted + tiles - 1) / tiles, 1, max_splits));
+    // Split K only when the output tiles leave SMs idle (splitting a full
+    // grid measured slower: partial sums cost more than they balance), then
+    // aim at ~2 blocks per SM, each split keeping at least 2 k-tiles.
+    if (tiles >= device_sms) {
+      splits = 1;
+    } else {
+      const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(8, w.k_tiles() / 2));
+      splits = static_cast<int>(
+          std::clamp<int64_t>((2 * device_sms + tiles - 1) / tiles, 1, max_splits));
+    }
   }
   // No empty splits.
   const int64_t kt_per_split = (w.k_tiles() + splits - 1) / splits;
