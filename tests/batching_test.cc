@@ -310,6 +310,8 @@ TEST_F(BatcherTest, NeverExceedsMaxBatchRowsAndNeverSplitsRequests) {
   EXPECT_THAT(batches[0].request_rows, ElementsAre(4));
   EXPECT_EQ(batcher_->queued_rows(), 4);  // request 2 waits, whole
 
+  results_.AwaitCount(1);  // the worker is idle: the delay runs from here
+  batcher_->AwaitDispatcherIdleForTesting();
   clock_.Advance(absl::Milliseconds(10));
   results_.AwaitCount(2);
   batches = model_.batches();
@@ -399,15 +401,20 @@ TEST_F(BatcherTest, DelayDoesNotSplitTheQueueWhileWorkerComputes) {
   EXPECT_EQ(batcher_->queued_rows(), 2)
       << "a partial batch must keep filling while the worker computes";
 
-  model_.ReleaseThrough(1);  // worker idle again: the overdue rows go at once
+  model_.ReleaseThrough(1);  // worker idle again: the overdue rows wait
+  results_.AwaitCount(1);    // max_queue_delay more, for company
+  ASSERT_TRUE(Send(4, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_EQ(batcher_->queued_rows(), 3);
+  clock_.Advance(absl::Milliseconds(10));
   model_.AwaitBatches(2);
   model_.Ungate();
   model_.ReleaseThrough(100);
-  results_.AwaitCount(3);
+  results_.AwaitCount(4);
   std::vector<Batch> batches = model_.batches();
   ASSERT_EQ(batches.size(), 2u);
   EXPECT_THAT(batches[0].request_rows, ElementsAre(1));
-  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 1));
+  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 1, 1));
 }
 
 TEST_F(BatcherTest, QueueFullIsResourceExhaustedWithRowsAndLimit) {
@@ -429,6 +436,8 @@ TEST_F(BatcherTest, QueueFullIsResourceExhaustedWithRowsAndLimit) {
 
   model_.Ungate();
   model_.ReleaseThrough(100);
+  results_.AwaitCount(4);  // 1, 2, then 3 and 4 (each a full-enough queue)
+  // 6's 2 rows are a partial batch: max_queue_delay after the worker idles.
   clock_.Advance(absl::Seconds(1));
   results_.AwaitCount(5);
   for (int id : {1, 2}) ExpectAnswered(id, 4);

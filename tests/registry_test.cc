@@ -457,15 +457,19 @@ TEST_F(RegistryTest, PinnedRequestsQueuedBeforeUnloadStillComplete) {
   EXPECT_EQ(registry_->Enqueue("m", MakeRequest(4, 1, &late, 2)).code(),
             absl::StatusCode::kNotFound);
 
+  // Three partial batches (one per version key), each sent max_queue_delay
+  // after the worker became idle.
   clock_.Advance(absl::Milliseconds(10));
   RequestResult r1 = pinned1.Await();
   ASSERT_TRUE(r1.status.ok()) << r1.status;
   EXPECT_EQ(r1.model_version, 1);
   EXPECT_EQ(r1.output, Oracle(model1_, MakeInput(1, 1)));
+  clock_.Advance(absl::Milliseconds(10));
   RequestResult r2 = pinned2.Await();
   ASSERT_TRUE(r2.status.ok()) << r2.status;
   EXPECT_EQ(r2.model_version, 2);
   EXPECT_EQ(r2.output, Oracle(model2_, MakeInput(2, 2)));
+  clock_.Advance(absl::Milliseconds(10));
   RequestResult rc = current.Await();
   ASSERT_TRUE(rc.status.ok()) << rc.status;
   EXPECT_EQ(rc.model_version, 4) << "unpinned: the current version at dispatch";

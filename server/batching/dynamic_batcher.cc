@@ -234,9 +234,16 @@ bool DynamicBatcher::ShouldDispatch(absl::Time now) const {
   }
   // The delay only sends a partial batch to an idle worker: while the worker
   // computes, a partial batch would sit in the hand-off anyway, and leaving
-  // its requests queued lets later arrivals join them (under load, batches
-  // grow towards preferred_batch_rows instead of splitting in two).
-  return !worker_busy_ && now - oldest.enqueued >= options_.max_queue_delay;
+  // its requests queued lets later arrivals join them. Once the worker is
+  // free, a partial batch still waits up to max_queue_delay for the clients
+  // just answered to send their next rows (under load, batches then stay at
+  // preferred_batch_rows instead of breaking into a partial one and a rest).
+  return !worker_busy_ && now >= PartialBatchDeadline();
+}
+
+absl::Time DynamicBatcher::PartialBatchDeadline() const {
+  return std::max(queue_.front().enqueued, worker_idle_since_) +
+         options_.max_queue_delay;
 }
 
 absl::Time DynamicBatcher::NextWakeup() const {
@@ -245,7 +252,7 @@ absl::Time DynamicBatcher::NextWakeup() const {
   // With the hand-off full or the worker busy the delay cannot trigger a
   // dispatch; only the worker taking the batch or finishing (a signal) can.
   if (!handoff_.has_value() && !worker_busy_ && !queue_.empty()) {
-    wakeup = std::min(wakeup, queue_.front().enqueued + options_.max_queue_delay);
+    wakeup = std::min(wakeup, PartialBatchDeadline());
   }
   return wakeup;
 }
@@ -369,6 +376,7 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
     // while this batch's answers are being delivered.
     absl::MutexLock lock(&mu_);
     worker_busy_ = false;
+    worker_idle_since_ = end;
     ++enqueue_seq_;  // a change the dispatcher must examine (tests wait on it)
     dispatcher_cv_.Signal();
   }

@@ -20,7 +20,9 @@
 // (see BatchRequest::model_version), a batch is formed when
 //   Q >= preferred_batch_rows, or
 //   the oldest queued request has waited >= max_queue_delay and the worker
-//     is idle (while it computes, the queue keeps filling instead), or
+//     has been idle for >= max_queue_delay (while it computes, the queue
+//     keeps filling instead; once it is free, the clients it just answered
+//     get max_queue_delay to send their next rows), or
 //   the batcher is draining (Shutdown/BeginDrain) and anything is queued;
 // it takes whole requests of that key in arrival order while the total stays
 // <= max_batch_rows (a request is never split; the first request that does not
@@ -244,6 +246,10 @@ class DynamicBatcher {
   // if only a new request can change anything).
   absl::Time NextWakeup() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ShouldDispatch(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When a partial batch (fewer than preferred_batch_rows) may leave: once
+  // the oldest request has waited max_queue_delay and the worker has been
+  // idle for as long. Requires a non-empty queue.
+  absl::Time PartialBatchDeadline() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes the requests of the next batch from the queue; candidates found
   // expired or cancelled go to `dropped` instead (the result may be empty).
   std::vector<Pending> TakeBatchRequests(absl::Time now,
@@ -273,6 +279,7 @@ class DynamicBatcher {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // The worker is running a batch through the run callback.
   bool worker_busy_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time worker_idle_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool dispatcher_exited_ ABSL_GUARDED_BY(mu_) = false;
   // For AwaitDispatcherIdleForTesting().
   uint64_t enqueue_seq_ ABSL_GUARDED_BY(mu_) = 0;
