@@ -27,7 +27,6 @@ struct WgmmaTraits {
   static constexpr int kBW = 128;       // weight rows per block
   static constexpr int kBB = kBN;       // batch rows per block
   static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
-  static constexpr int kElemsPerChunk = 16 / kElemBytes;
   static constexpr int kChunks = 128 * kElemBytes / 16;  // 16-byte chunks per k-tile row
   static constexpr int kColBlocks = kElemBytes;          // 128-byte swizzle column blocks
   static constexpr int kColBlockBytes = kBN * 128;
@@ -202,7 +201,7 @@ __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams 
       [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
 #else
   using Tr = WgmmaTraits<kType, kBN, kSmemBudget>;
-  static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0 && Tr::kChunks > 0 && Tr::kElemsPerChunk > 0,
+  static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0 && Tr::kChunks > 0,
                 "traits are used by the sm_90a body");
   __trap();  // never launched: the host checks CudaDeviceHasWgmma first
 #endif
