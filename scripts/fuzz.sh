@@ -37,6 +37,7 @@ find_clang() {
 configure() {
   local dir="$1" cxx
   cxx="$(find_clang)"
+  mkdir -p "$dir"
   # Debug keeps assert() on; -O1 keeps the fuzzers fast enough.
   # -mavx2 -mfma: kernels/cpu_ternary_gemm.cc enables AVX2 with
   # `#pragma GCC target`, which clang ignores, so clang needs the ISA
@@ -46,12 +47,11 @@ configure() {
     -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
     -DCMAKE_CXX_COMPILER="$cxx" -DBITNET_CUDA=OFF -DBITNET_FUZZ=ON -DBITNET_NESTED_BUILD=ON \
     -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -mavx2 -mfma" \
-    >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log" >&2; die "configure failed"; }
+    >"$dir/configure.log" 2>&1 || { cat "$dir/configure.log" >&2; die "configure failed"; }
 }
 
 build() {
   local dir="$1"; shift
-  mkdir -p "$(dirname "$dir")"
   configure "$dir"
   cmake --build "$dir" -j "${JOBS:-$(nproc)}" --target "$@"
 }
