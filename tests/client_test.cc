@@ -44,9 +44,17 @@ class ScriptedInference final : public v1::Inference::Service {
   absl::Duration delay = absl::ZeroDuration();
   std::string name = "s";
 
+  // Handlers that have returned (a test whose client gave up on a slow call
+  // waits for it, so that the server never shuts down under a sleeping one).
+  std::atomic<int> finished{0};
+
   grpc::Status Infer(grpc::ServerContext*, const v1::InferRequest* request,
                      v1::InferResponse* response) override {
     const int n = calls.fetch_add(1);
+    struct Finished {
+      std::atomic<int>* count;
+      ~Finished() { count->fetch_add(1); }
+    } on_return{&finished};
     if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
     if (n < failures.load()) return grpc::Status(fail_code, "scripted failure");
     response->set_model(request->model());
@@ -489,6 +497,10 @@ TEST(ClientAsyncTest, ErrorsAndDeadlinesReachTheCallback) {
   client->InferAsync(request, absl::Milliseconds(50),
                      [&](absl::StatusOr<v1::InferResponse> r) { late.set_value(r.status()); });
   EXPECT_EQ(late.get_future().get().code(), absl::StatusCode::kDeadlineExceeded);
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (server.inference.finished.load() < 2 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
 }
 
 TEST(ClientAsyncTest, FutureCarriesTheResponse) {
