@@ -44,17 +44,19 @@ class ScriptedInference final : public v1::Inference::Service {
   absl::Duration delay = absl::ZeroDuration();
   std::string name = "s";
 
-  // Handlers that have returned (a test whose client gave up on a slow call
-  // waits for it, so that the server never shuts down under a sleeping one).
-  std::atomic<int> finished{0};
+  // Infer handlers still running (a client may have given up on a slow one;
+  // the test server waits for them so it never shuts down under a sleeping
+  // sync handler, which makes gRPC abort).
+  std::atomic<int> in_flight{0};
 
   grpc::Status Infer(grpc::ServerContext*, const v1::InferRequest* request,
                      v1::InferResponse* response) override {
-    const int n = calls.fetch_add(1);
-    struct Finished {
+    in_flight.fetch_add(1);
+    struct Leave {
       std::atomic<int>* count;
-      ~Finished() { count->fetch_add(1); }
-    } on_return{&finished};
+      ~Leave() { count->fetch_sub(1); }
+    } on_return{&in_flight};
+    const int n = calls.fetch_add(1);
     if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
     if (n < failures.load()) return grpc::Status(fail_code, "scripted failure");
     response->set_model(request->model());
@@ -147,7 +149,13 @@ struct TestServer {
     builder.RegisterService(&admin);
     server = builder.BuildAndStart();
   }
-  ~TestServer() { server->Shutdown(absl::ToChronoTime(absl::Now())); }
+  ~TestServer() {
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (inference.in_flight.load() > 0 && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    server->Shutdown(absl::ToChronoTime(absl::Now()));
+  }
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
@@ -497,10 +505,6 @@ TEST(ClientAsyncTest, ErrorsAndDeadlinesReachTheCallback) {
   client->InferAsync(request, absl::Milliseconds(50),
                      [&](absl::StatusOr<v1::InferResponse> r) { late.set_value(r.status()); });
   EXPECT_EQ(late.get_future().get().code(), absl::StatusCode::kDeadlineExceeded);
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (server.inference.finished.load() < 2 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
 }
 
 TEST(ClientAsyncTest, FutureCarriesTheResponse) {
