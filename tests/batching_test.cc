@@ -604,7 +604,8 @@ TEST_F(BatcherTest, RequestsWithDifferentVersionsNeverShareABatch) {
   batcher_->AwaitDispatcherIdleForTesting();
   EXPECT_TRUE(model_.batches().empty()) << "no key has 4 rows";
   ASSERT_TRUE(Send(5, 2, /*version=*/0).ok());  // key 0 now has 4 rows
-  model_.AwaitBatches(1);
+  results_.AwaitCount(3);  // batch 1 done: the worker is idle from now on
+  batcher_->AwaitDispatcherIdleForTesting();
   clock_.Advance(absl::Milliseconds(10));
   results_.AwaitCount(5);
   std::vector<Batch> batches = model_.batches();
