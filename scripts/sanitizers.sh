@@ -124,7 +124,9 @@ for t in "${build[@]}"; do
   # binary (e.g. a lost wake-up) fails after 5 minutes (the slowest takes
   # about 20 s here).
   BITNET_BUILD_DIR="$dir" timeout 300 "$bin" --gtest_color=no >"$log" 2>&1 || rc=$?
-  summary="$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log" | tr '\n' ' ')"
+  # A hung or crashed binary prints no summary line: not an error here.
+  summary="$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$log" | tr '\n' ' ' || true)"
+  ((rc == 124)) && summary="TIMED OUT after 300 s (last: $(grep -E '^\[ RUN' "$log" | tail -n 1 || true))"
   if ((rc != 0)); then
     failed+=("$t")
     echo "sanitizers.sh[$mode]: $t FAILED (exit $rc) $summary; log $log"
