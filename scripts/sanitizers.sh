@@ -20,7 +20,7 @@
 # BITNET_SANITIZER_TESTS to override, space separated) and runs each one. Any sanitizer report fails it (halt_on_error,
 # non-zero exit). Prints each binary's result and the wall time of every
 # step. Registered in CTest as sanitizer_asan / sanitizer_tsan (label
-# `sanitizer`), so `./setup.sh test` (CI) runs both.
+# `sanitizer`) when the build has -DBITNET_EXTENDED_TESTS=ON.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
