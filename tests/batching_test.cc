@@ -353,36 +353,105 @@ TEST_F(BatcherTest, RejectsMalformedRequests) {
   EXPECT_EQ(results_.size(), 0u) << "rejected requests must not get on_done";
 }
 
-// While batch 1 computes, batch 2 is assembled into the hand-off; requests
-// arriving meanwhile queue up and form full batches once the worker is free.
-TEST_F(BatcherTest, AssemblesNextBatchWhileWorkerComputes) {
+// While batch 1 computes, the rows arriving meanwhile are copied into the
+// open batch, which keeps growing past preferred_batch_rows (up to
+// max_batch_rows) and goes to the worker as soon as it is free.
+TEST_F(BatcherTest, OpenBatchGrowsPastPreferredWhileWorkerComputes) {
   model_.Gate();
   Start(Options(/*preferred=*/2, /*max=*/4, absl::Seconds(1)));
   ASSERT_TRUE(Send(1, 1).ok());
   ASSERT_TRUE(Send(2, 1).ok());
   model_.AwaitBatches(1);  // worker is inside batch 1, blocked
 
-  ASSERT_TRUE(Send(3, 1).ok());
-  ASSERT_TRUE(Send(4, 1).ok());
+  for (int id = 3; id <= 10; ++id) ASSERT_TRUE(Send(id, 1).ok());
   batcher_->AwaitDispatcherIdleForTesting();
-  // Batch 2 has left the queue (assembled) although batch 1 still runs.
-  EXPECT_EQ(batcher_->queued_rows(), 0);
+  // 4 rows wait in the (full) open batch, 4 more in the queue.
+  EXPECT_EQ(batcher_->queued_rows(), 8);
+  EXPECT_EQ(batcher_->queued_requests(), 8);
   EXPECT_EQ(model_.batches().size(), 1u);
-
-  for (int id = 5; id <= 11; ++id) ASSERT_TRUE(Send(id, 1).ok());
-  batcher_->AwaitDispatcherIdleForTesting();
-  EXPECT_EQ(batcher_->queued_rows(), 7) << "hand-off full: nothing assembled";
 
   model_.Ungate();
   model_.ReleaseThrough(100);
-  results_.AwaitCount(11);
+  results_.AwaitCount(10);
   std::vector<Batch> batches = model_.batches();
-  ASSERT_EQ(batches.size(), 4u);
+  ASSERT_EQ(batches.size(), 3u);
   EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 1));
-  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 1));
-  EXPECT_EQ(batches[2].rows, 4);  // max_batch_rows
-  EXPECT_EQ(batches[3].rows, 3);  // the rest, >= preferred
-  for (int id = 1; id <= 11; ++id) ExpectAnswered(id, 1);
+  EXPECT_THAT(batches[1].request_rows, ElementsAre(1, 1, 1, 1));  // max rows
+  EXPECT_THAT(batches[2].request_rows, ElementsAre(1, 1, 1, 1));
+  for (int id = 1; id <= 10; ++id) ExpectAnswered(id, 1);
+  EXPECT_EQ(batcher_->queued_rows(), 0);
+}
+
+// A batch that has preferred_batch_rows waits while rows keep arriving
+// (each arrival restarts arrival_gap) and leaves once they pause.
+TEST_F(BatcherTest, FullEnoughBatchWaitsWhileRowsKeepArriving) {
+  BatcherOptions o = Options(/*preferred=*/2, /*max=*/8, absl::Milliseconds(10));
+  o.arrival_gap = absl::Milliseconds(1);
+  Start(o);
+  ASSERT_TRUE(Send(1, 1).ok());
+  ASSERT_TRUE(Send(2, 1).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Microseconds(500));
+  ASSERT_TRUE(Send(3, 1).ok());  // arrivals continue: the batch waits
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Microseconds(900));  // 0.9 ms since the last arrival
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_TRUE(model_.batches().empty()) << "left while rows were arriving";
+
+  clock_.Advance(absl::Microseconds(100));  // a 1 ms pause: leave
+  results_.AwaitCount(3);
+  ASSERT_EQ(model_.batches().size(), 1u);
+  EXPECT_THAT(model_.batches()[0].request_rows, ElementsAre(1, 1, 1));
+}
+
+// Rows that never pause still leave max_queue_delay after the oldest
+// arrived (the worker was free all along).
+TEST_F(BatcherTest, ArrivalGapNeverHoldsABatchPastMaxQueueDelay) {
+  BatcherOptions o = Options(/*preferred=*/2, /*max=*/100, absl::Milliseconds(3));
+  o.arrival_gap = absl::Milliseconds(1);
+  Start(o);
+  int id = 0;
+  for (; id < 6; ++id) {  // one row every 0.5 ms: never a 1 ms pause
+    ASSERT_TRUE(Send(id, 1).ok());
+    batcher_->AwaitDispatcherIdleForTesting();
+    EXPECT_TRUE(model_.batches().empty()) << "left at " << id * 0.5 << " ms";
+    clock_.Advance(absl::Microseconds(500));
+  }
+  // 3 ms after the first arrival.
+  model_.AwaitBatches(1);
+  EXPECT_EQ(model_.batches()[0].rows, 6);
+}
+
+// Closed-loop clients: while batch 1 (group A) computes, group B queues.
+// When the worker frees, the clients A just got their answers and send
+// again within arrival_gap: they join B, and the two groups become one
+// batch instead of alternating as two half-size batches forever.
+TEST_F(BatcherTest, ClientsAnsweredJoinTheWaitingGroup) {
+  model_.Gate();
+  BatcherOptions o = Options(/*preferred=*/4, /*max=*/16, absl::Milliseconds(10));
+  o.arrival_gap = absl::Milliseconds(1);
+  Start(o);
+  for (int id = 1; id <= 4; ++id) ASSERT_TRUE(Send(id, 1).ok());  // group A
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(1));
+  model_.AwaitBatches(1);
+  for (int id = 11; id <= 14; ++id) ASSERT_TRUE(Send(id, 1).ok());  // group B
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(5));  // batch 1 computes for 5 ms
+
+  model_.ReleaseThrough(1);
+  results_.AwaitCount(4);  // A answered; B (4 rows >= preferred) waits 1 ms
+  batcher_->AwaitDispatcherIdleForTesting();
+  EXPECT_EQ(model_.batches().size(), 1u);
+  clock_.Advance(absl::Microseconds(400));
+  for (int id = 21; id <= 24; ++id) ASSERT_TRUE(Send(id, 1).ok());  // A again
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(1));
+  model_.AwaitBatches(2);
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  results_.AwaitCount(12);
+  EXPECT_EQ(model_.batches()[1].rows, 8) << "A and B merged into one batch";
 }
 
 TEST_F(BatcherTest, DelayDoesNotSplitTheQueueWhileWorkerComputes) {
@@ -422,27 +491,24 @@ TEST_F(BatcherTest, QueueFullIsResourceExhaustedWithRowsAndLimit) {
   Start(Options(/*preferred=*/4, /*max=*/4, absl::Seconds(1),
                 /*queue_rows=*/8));
   ASSERT_TRUE(Send(1, 4).ok());
-  model_.AwaitBatches(1);        // batch 1 running
-  ASSERT_TRUE(Send(2, 4).ok());  // batch 2 in the hand-off
-  batcher_->AwaitDispatcherIdleForTesting();
+  model_.AwaitBatches(1);        // batch 1 running: its rows no longer count
+  ASSERT_TRUE(Send(2, 4).ok());  // waits in the open batch: counts
   ASSERT_TRUE(Send(3, 3).ok());
-  ASSERT_TRUE(Send(4, 3).ok());
-  ASSERT_EQ(batcher_->queued_rows(), 6);
+  batcher_->AwaitDispatcherIdleForTesting();
+  ASSERT_EQ(batcher_->queued_rows(), 7);
   absl::Status s = Send(5, 3);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(s.message(), HasSubstr("6 rows queued"));
+  EXPECT_THAT(s.message(), HasSubstr("7 rows queued"));
   EXPECT_THAT(s.message(), HasSubstr("max_queue_rows = 8"));
-  EXPECT_TRUE(Send(6, 2).ok()) << "exactly at the limit is accepted";
+  EXPECT_TRUE(Send(6, 1).ok()) << "exactly at the limit is accepted";
 
   model_.Ungate();
   model_.ReleaseThrough(100);
-  results_.AwaitCount(4);  // 1, 2, then 3 and 4 (each a full-enough queue)
-  // 6's 2 rows are a partial batch: max_queue_delay after the worker idles.
-  clock_.Advance(absl::Seconds(1));
-  results_.AwaitCount(5);
-  for (int id : {1, 2}) ExpectAnswered(id, 4);
-  for (int id : {3, 4}) ExpectAnswered(id, 3);
-  ExpectAnswered(6, 2);
+  results_.AwaitCount(4);  // 1; 2; then 3 and 6 (4 rows = max_batch_rows)
+  ExpectAnswered(1, 4);
+  ExpectAnswered(2, 4);
+  ExpectAnswered(3, 3);
+  ExpectAnswered(6, 1);
   EXPECT_FALSE(results_.Has(5));
 }
 
@@ -508,14 +574,16 @@ TEST_F(BatcherTest, CancelledCandidateTakesNoRoomInTheBatch) {
           .ok());
   batcher_->AwaitDispatcherIdleForTesting();
   cancelled.store(true);
-  ASSERT_TRUE(Send(3, 1).ok());  // 3 rows queued: dispatch
-  results_.AwaitCount(3);
+  ASSERT_TRUE(Send(3, 1).ok());  // 3 rows: leaves, without the cancelled one
+  ASSERT_TRUE(Send(4, 1).ok());  // takes the room request 2 left
+  results_.AwaitCount(4);
   EXPECT_EQ(results_.Get(2).status.code(), absl::StatusCode::kCancelled);
   std::vector<Batch> batches = model_.batches();
   ASSERT_EQ(batches.size(), 1u);
-  EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 1));
+  EXPECT_THAT(batches[0].request_rows, ElementsAre(1, 1, 1));
   ExpectAnswered(1, 1);
   ExpectAnswered(3, 1);
+  ExpectAnswered(4, 1);
 }
 
 // Deadlines are honoured even while the worker is busy and the hand-off

@@ -1,6 +1,7 @@
 #include "server/batching/dynamic_batcher.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -49,6 +50,17 @@ absl::Status ValidateBatcherOptions(const BatcherOptions& o) {
         "batcher options: max_queue_delay must be finite and >= 0, got %s",
         absl::FormatDuration(o.max_queue_delay)));
   }
+  if (o.arrival_gap < absl::ZeroDuration() ||
+      o.arrival_gap == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "batcher options: arrival_gap must be finite and >= 0, got %s",
+        absl::FormatDuration(o.arrival_gap)));
+  }
+  if (o.completion_threads < 1 || o.completion_threads > 256) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "batcher options: completion_threads must be in [1, 256], got %d",
+        o.completion_threads));
+  }
   return absl::OkStatus();
 }
 
@@ -65,6 +77,10 @@ absl::StatusOr<std::unique_ptr<DynamicBatcher>> DynamicBatcher::Create(
   // Threads start only once the object is fully constructed.
   batcher->dispatcher_ = std::thread([b = batcher.get()] { b->DispatcherLoop(); });
   batcher->worker_ = std::thread([b = batcher.get()] { b->WorkerLoop(); });
+  for (int i = 0; i < batcher->options_.completion_threads; ++i) {
+    batcher->completers_.emplace_back(
+        [b = batcher.get()] { b->CompletionLoop(); });
+  }
   return batcher;
 }
 
@@ -119,10 +135,11 @@ absl::Status DynamicBatcher::Enqueue(BatchRequest request) {
         options_.name, queued_rows_, options_.max_queue_rows, request.rows));
   }
   queued_rows_ += request.rows;
-  queued_rows_by_key_[request.model_version] += request.rows;
+  ++queued_requests_;
   if (request.deadline != absl::InfiniteFuture()) {
     deadlines_.insert(request.deadline);
   }
+  last_arrival_ = std::max(last_arrival_, now);
   queue_.push_back(Pending{std::move(request), now});
   ++enqueue_seq_;
   observer_->OnQueueRows(queued_rows_);
@@ -140,11 +157,21 @@ void DynamicBatcher::Shutdown() {
   BeginDrain();
   absl::MutexLock lock(&shutdown_mu_);
   if (joined_) return;
-  // The dispatcher exits once draining with an empty queue; the worker once
-  // the dispatcher has exited and the hand-off is empty. Every on_done runs
-  // on one of them, so after both joins every accepted request is answered.
+  // The dispatcher exits once draining with nothing waiting; the worker once
+  // the dispatcher has exited and the hand-off is empty; the completion
+  // threads once the worker has exited and every result is delivered. Every
+  // on_done runs on one of them, so after the joins every accepted request
+  // is answered.
   if (dispatcher_.joinable()) dispatcher_.join();
   if (worker_.joinable()) worker_.join();
+  {
+    absl::MutexLock completion_lock(&completion_mu_);
+    worker_exited_ = true;
+    completion_cv_.SignalAll();
+  }
+  for (std::thread& t : completers_) {
+    if (t.joinable()) t.join();
+  }
   joined_ = true;
 }
 
@@ -155,7 +182,7 @@ int64_t DynamicBatcher::queued_rows() const {
 
 int64_t DynamicBatcher::queued_requests() const {
   absl::MutexLock lock(&mu_);
-  return static_cast<int64_t>(queue_.size());
+  return queued_requests_;
 }
 
 bool DynamicBatcher::draining() const {
@@ -188,8 +215,7 @@ absl::Status DynamicBatcher::CheckAlive(const Pending& p,
 
 void DynamicBatcher::Unqueue(const Pending& p) {
   queued_rows_ -= p.request.rows;
-  auto key = queued_rows_by_key_.find(p.request.model_version);
-  if ((key->second -= p.request.rows) == 0) queued_rows_by_key_.erase(key);
+  --queued_requests_;
   if (p.request.deadline != absl::InfiniteFuture()) {
     deadlines_.erase(deadlines_.find(p.request.deadline));
   }
@@ -206,6 +232,48 @@ DynamicBatcher::Finished DynamicBatcher::Dropped(Pending& p,
                   p.request.rows};
 }
 
+void DynamicBatcher::DropDeadFromOpenBatch(absl::Time now,
+                                           std::vector<Finished>* dropped) {
+  std::vector<Pending>& requests = open_.requests;
+  bool any_dead = false;
+  std::vector<absl::Status> statuses;
+  statuses.reserve(requests.size());
+  for (const Pending& p : requests) {
+    statuses.push_back(CheckAlive(p, now));
+    any_dead = any_dead || !statuses.back().ok();
+  }
+  if (!any_dead) return;
+  // Compact: keep the live requests' rows, in order.
+  Batch& batch = open_.batch;
+  const int64_t width = options_.input_features;
+  std::vector<Pending> alive;
+  std::vector<int64_t> alive_rows;
+  int64_t src = 0;
+  int64_t dst = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const int64_t rows = requests[i].request.rows;
+    if (statuses[i].ok()) {
+      if (dst != src) {
+        std::copy(batch.input.begin() + src * width,
+                  batch.input.begin() + (src + rows) * width,
+                  batch.input.begin() + dst * width);
+      }
+      dst += rows;
+      alive_rows.push_back(rows);
+      alive.push_back(std::move(requests[i]));
+    } else {
+      Unqueue(requests[i]);
+      dropped->push_back(Dropped(requests[i], std::move(statuses[i]), now));
+    }
+    src += rows;
+  }
+  batch.input.resize(dst * width);
+  batch.rows = dst;
+  batch.request_rows = std::move(alive_rows);
+  requests = std::move(alive);
+  open_.full = false;  // room was freed: the next request may fit now
+}
+
 void DynamicBatcher::DropDeadRequests(absl::Time now,
                                       std::vector<Finished>* dropped) {
   if (deadlines_.empty() || *deadlines_.begin() > now) return;
@@ -220,52 +288,21 @@ void DynamicBatcher::DropDeadRequests(absl::Time now,
     dropped->push_back(Dropped(p, std::move(status), now));
   }
   queue_ = std::move(alive);
+  DropDeadFromOpenBatch(now, dropped);
   if (!dropped->empty()) observer_->OnQueueRows(queued_rows_);
 }
 
-bool DynamicBatcher::ShouldDispatch(absl::Time now) const {
-  if (queue_.empty()) return false;
-  if (draining_) return true;
-  const Pending& oldest = queue_.front();
-  auto it = queued_rows_by_key_.find(oldest.request.model_version);
-  if (it != queued_rows_by_key_.end() &&
-      it->second >= options_.preferred_batch_rows) {
-    return true;
-  }
-  // The delay only sends a partial batch to an idle worker: while the worker
-  // computes, a partial batch would sit in the hand-off anyway, and leaving
-  // its requests queued lets later arrivals join them. Once the worker is
-  // free, a partial batch still waits up to max_queue_delay for the clients
-  // just answered to send their next rows (under load, batches then stay at
-  // preferred_batch_rows instead of breaking into a partial one and a rest).
-  return !worker_busy_ && now >= PartialBatchDeadline();
-}
-
-absl::Time DynamicBatcher::PartialBatchDeadline() const {
-  return std::max(queue_.front().enqueued, worker_idle_since_) +
-         options_.max_queue_delay;
-}
-
-absl::Time DynamicBatcher::NextWakeup() const {
-  absl::Time wakeup =
-      deadlines_.empty() ? absl::InfiniteFuture() : *deadlines_.begin();
-  // With the hand-off full or the worker busy the delay cannot trigger a
-  // dispatch; only the worker taking the batch or finishing (a signal) can.
-  if (!handoff_.has_value() && !worker_busy_ && !queue_.empty()) {
-    wakeup = std::min(wakeup, PartialBatchDeadline());
-  }
-  return wakeup;
-}
-
-std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeBatchRequests(
+std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeJoiners(
     absl::Time now, std::vector<Finished>* dropped) {
-  std::vector<Pending> taken;
-  const int64_t key = queue_.front().request.model_version;
-  int64_t rows = 0;
+  std::vector<Pending> joiners;
+  if (open_.full || queue_.empty()) return joiners;
+  const bool open_empty = open_.requests.empty();
+  const int64_t key = open_empty ? queue_.front().request.model_version
+                                 : open_.batch.model_version;
+  int64_t rows = open_.batch.rows;
   std::deque<Pending> rest;
-  bool full = false;
   for (Pending& p : queue_) {
-    if (!full && p.request.model_version == key) {
+    if (!open_.full && p.request.model_version == key) {
       if (absl::Status status = CheckAlive(p, now); !status.ok()) {
         Unqueue(p);
         dropped->push_back(Dropped(p, std::move(status), now));
@@ -274,40 +311,87 @@ std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeBatchRequests(
       if (rows + p.request.rows > options_.max_batch_rows) {
         // Arrival order within a key: a later, smaller request must not
         // overtake this one, or a large request could starve.
-        full = true;
+        open_.full = true;
       } else {
-        Unqueue(p);
         rows += p.request.rows;
-        taken.push_back(std::move(p));
+        joiners.push_back(std::move(p));
         continue;
       }
     }
     rest.push_back(std::move(p));
   }
   queue_ = std::move(rest);
-  observer_->OnQueueRows(queued_rows_);
-  return taken;
+  if (open_empty && !joiners.empty()) open_.batch.model_version = key;
+  return joiners;
 }
 
-DynamicBatcher::AssembledBatch DynamicBatcher::Assemble(
-    std::vector<Pending> requests, absl::Time now) {
-  AssembledBatch assembled;
-  Batch& batch = assembled.batch;
-  batch.model_version = requests.front().request.model_version;
-  for (const Pending& p : requests) batch.rows += p.request.rows;
-  batch.input.reserve(batch.rows * options_.input_features);
-  batch.request_rows.reserve(requests.size());
-  for (Pending& p : requests) {
+void DynamicBatcher::AppendToOpenBatch(std::vector<Pending> joiners)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  // Called without mu_: only the dispatcher thread touches open_'s rows, and
+  // the bookkeeping other threads read (queued_rows_) did not change.
+  Batch& batch = open_.batch;
+  if (batch.input.capacity() == 0) {
+    batch.input.reserve(options_.max_batch_rows * options_.input_features);
+  }
+  for (Pending& p : joiners) {
     batch.input.insert(batch.input.end(), p.request.input.begin(),
                        p.request.input.end());
+    batch.rows += p.request.rows;
     batch.request_rows.push_back(p.request.rows);
-    observer_->OnRequestQueued(Seconds(now - p.enqueued));
     // The rows now live in the batch; free the request's copy early.
     std::vector<float>().swap(p.request.input);
+    open_.requests.push_back(std::move(p));
   }
-  assembled.requests = std::move(requests);
+}
+
+absl::Time DynamicBatcher::HandOffTime() const {
+  if (open_.requests.empty()) return absl::InfiniteFuture();
+  if (draining_ || open_.full || open_.batch.rows >= options_.max_batch_rows) {
+    return absl::InfinitePast();
+  }
+  // Partial batches (and full-enough ones whose rows keep arriving) wait at
+  // most max_queue_delay, counted from the later of the oldest arrival and
+  // the worker becoming free: while it computes, they would only wait in
+  // the hand-off, so they keep gathering rows instead.
+  const absl::Time delay_end =
+      std::max(open_.requests.front().enqueued, worker_idle_since_) +
+      options_.max_queue_delay;
+  if (open_.batch.rows < options_.preferred_batch_rows) return delay_end;
+  // Full enough: wait only while rows keep arriving, including the clients
+  // answered by the batch that just finished.
+  return std::min(delay_end, std::max(last_arrival_, worker_idle_since_) +
+                                 options_.arrival_gap);
+}
+
+bool DynamicBatcher::ReadyToHandOff(absl::Time now) const {
+  return !handoff_.has_value() && !worker_busy_ &&
+         !open_.requests.empty() && now >= HandOffTime();
+}
+
+absl::Time DynamicBatcher::NextWakeup() const {
+  absl::Time wakeup =
+      deadlines_.empty() ? absl::InfiniteFuture() : *deadlines_.begin();
+  // While the worker is busy (or the hand-off full) the open batch cannot
+  // leave; only the worker becoming free (a signal) changes that.
+  if (!handoff_.has_value() && !worker_busy_) {
+    wakeup = std::min(wakeup, HandOffTime());
+  }
+  return wakeup;
+}
+
+void DynamicBatcher::HandOff(absl::Time now) {
+  AssembledBatch assembled;
+  assembled.batch = std::move(open_.batch);
+  assembled.requests = std::move(open_.requests);
   assembled.dispatched = now;
-  return assembled;
+  open_ = OpenBatch{};
+  for (const Pending& p : assembled.requests) {
+    Unqueue(p);
+    observer_->OnRequestQueued(Seconds(now - p.enqueued));
+  }
+  observer_->OnQueueRows(queued_rows_);
+  handoff_ = std::move(assembled);
+  worker_cv_.Signal();
 }
 
 void DynamicBatcher::DispatcherLoop() {
@@ -316,26 +400,28 @@ void DynamicBatcher::DispatcherLoop() {
     const absl::Time now = clock_->Now();
     std::vector<Finished> dropped;
     DropDeadRequests(now, &dropped);
-    if (!dropped.empty()) {
+    std::vector<Pending> joiners = TakeJoiners(now, &dropped);
+    if (!dropped.empty() || !joiners.empty()) {
       mu_.Unlock();
       Finish(std::move(dropped));
+      AppendToOpenBatch(std::move(joiners));
       mu_.Lock();
       continue;  // time moved and requests may have arrived: look again
     }
     examined_seq_ = enqueue_seq_;
     examined_at_ = now;
-    if (draining_ && queue_.empty()) break;
-    if (!handoff_.has_value() && ShouldDispatch(now)) {
-      std::vector<Pending> taken = TakeBatchRequests(now, &dropped);
-      mu_.Unlock();
-      Finish(std::move(dropped));
-      std::optional<AssembledBatch> assembled;
-      if (!taken.empty()) assembled = Assemble(std::move(taken), now);
-      mu_.Lock();
-      if (assembled.has_value()) {
-        handoff_ = std::move(assembled);
-        worker_cv_.Signal();
+    if (draining_ && queue_.empty() && open_.requests.empty()) break;
+    if (ReadyToHandOff(now)) {
+      // Last look at the batch's requests before they reach the worker.
+      DropDeadFromOpenBatch(now, &dropped);
+      if (!dropped.empty()) {
+        observer_->OnQueueRows(queued_rows_);
+        mu_.Unlock();
+        Finish(std::move(dropped));
+        mu_.Lock();
+        continue;  // the batch may have become partial: look again
       }
+      HandOff(now);
       continue;
     }
     dispatcher_blocked_ = true;
@@ -359,7 +445,6 @@ void DynamicBatcher::WorkerLoop() {
       assembled = std::move(handoff_);
       handoff_.reset();
       worker_busy_ = true;
-      dispatcher_cv_.Signal();  // the slot is free for batch i+1
     }
     RunAndScatter(std::move(*assembled));
   }
@@ -372,8 +457,8 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
   const absl::Time end = clock_->Now();
   observer_->OnBatch(batch.rows, Seconds(end - start));
   {
-    // Computing is over: a delayed partial batch may be dispatched now, even
-    // while this batch's answers are being delivered.
+    // Computing is over: the open batch may leave now, while this batch's
+    // answers are being delivered.
     absl::MutexLock lock(&mu_);
     worker_busy_ = false;
     worker_idle_since_ = end;
@@ -389,26 +474,67 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
         "%d rows x %d output_features",
         options_.name, result->output.size(), batch.rows, out_features));
   }
+  auto shared = std::make_shared<absl::StatusOr<BatchResult>>(std::move(result));
 
+  // Scattering each request's rows is part of delivering it: done by the
+  // completion threads, in parallel, from the shared result.
   std::vector<Finished> finished;
   finished.reserve(assembled.requests.size());
   int64_t row = 0;
   for (Pending& p : assembled.requests) {
     RequestResult r;
     r.queue_seconds = Seconds(assembled.dispatched - p.enqueued);
-    if (result.ok()) {
-      r.status = absl::OkStatus();
-      r.model_version = result->model_version;
-      const auto first = result->output.begin() + row * out_features;
-      r.output.assign(first, first + p.request.rows * out_features);
-    } else {
-      r.status = result.status();
-    }
-    row += p.request.rows;
-    finished.push_back(
-        Finished{std::move(p.request.on_done), std::move(r), p.request.rows});
+    const int64_t first = row;
+    const int64_t rows = p.request.rows;
+    row += rows;
+    // The result is copied out when the completion thread runs on_done.
+    auto on_done = [shared, first, rows, out_features,
+                    done = std::move(p.request.on_done)](RequestResult answer) {
+      if (shared->ok()) {
+        answer.model_version = (*shared)->model_version;
+        const auto begin = (*shared)->output.begin() + first * out_features;
+        answer.output.assign(begin, begin + rows * out_features);
+      }
+      done(std::move(answer));
+    };
+    // The outcome code must be known before delivery (observer order).
+    r.status = shared->ok() ? absl::OkStatus() : shared->status();
+    finished.push_back(Finished{std::move(on_done), std::move(r), rows});
   }
-  Finish(std::move(finished));
+  Deliver(std::move(finished));
+}
+
+void DynamicBatcher::Deliver(std::vector<Finished> finished) {
+  // Split into one chunk per completion thread (at least 8 requests each,
+  // so that small batches are not scattered over many wake-ups).
+  const size_t threads = static_cast<size_t>(options_.completion_threads);
+  const size_t chunk =
+      std::max<size_t>(8, (finished.size() + threads - 1) / threads);
+  absl::MutexLock lock(&completion_mu_);
+  for (size_t begin = 0; begin < finished.size(); begin += chunk) {
+    const size_t end = std::min(finished.size(), begin + chunk);
+    std::vector<Finished> part;
+    part.reserve(end - begin);
+    for (size_t i = begin; i < end; ++i) part.push_back(std::move(finished[i]));
+    completions_.push_back(std::move(part));
+    completion_cv_.Signal();
+  }
+}
+
+void DynamicBatcher::CompletionLoop() {
+  while (true) {
+    std::vector<Finished> part;
+    {
+      absl::MutexLock lock(&completion_mu_);
+      while (completions_.empty() && !worker_exited_) {
+        completion_cv_.Wait(&completion_mu_);
+      }
+      if (completions_.empty()) return;  // worker gone, all delivered
+      part = std::move(completions_.front());
+      completions_.pop_front();
+    }
+    Finish(std::move(part));
+  }
 }
 
 void DynamicBatcher::Finish(std::vector<Finished> finished) {

@@ -7,34 +7,43 @@
 // callback (a model version's Forward), and a BatcherObserver reports what a
 // metrics layer needs.
 //
-// Pipeline (two threads per batcher):
-//   Enqueue() -> queue -> [dispatcher thread: drops expired / cancelled
-//   requests, picks whole requests, copies their rows into one contiguous
-//   batch] -> depth-1 hand-off -> [worker thread: run callback, scatters the
-//   output rows, calls each request's on_done].
-// While the worker computes batch i, the dispatcher assembles batch i+1 and
-// parks it in the hand-off; it assembles no further batch until the worker
-// takes that one, so the queue keeps growing into larger batches meanwhile.
+// Pipeline (threads per batcher: one dispatcher, one worker, and
+// BatcherOptions::completion_threads that deliver results):
+//   Enqueue() -> queue -> [dispatcher: drops expired / cancelled requests,
+//   copies the rows of whole requests into the *open batch*] -> hand-off ->
+//   [worker: run callback] -> [completion threads: scatter each request's
+//   output rows, call its on_done].
+// The open batch grows while the worker computes (its rows are copied as
+// they arrive, so assembling batch i+1 overlaps computing batch i); it is
+// handed to the worker only once the worker is free, so a batch holds every
+// row that arrived during the previous one (up to max_batch_rows) instead of
+// being cut at preferred_batch_rows. Delivering answers on their own threads
+// lets the worker start the next batch at once.
 //
-// Dispatch policy. With Q = rows queued for the key of the oldest request
-// (see BatchRequest::model_version), a batch is formed when
-//   Q >= preferred_batch_rows, or
-//   the oldest queued request has waited >= max_queue_delay and the worker
-//     has been idle for >= max_queue_delay (while it computes, the queue
-//     keeps filling instead; once it is free, the clients it just answered
-//     get max_queue_delay to send their next rows), or
-//   the batcher is draining (Shutdown/BeginDrain) and anything is queued;
-// it takes whole requests of that key in arrival order while the total stays
-// <= max_batch_rows (a request is never split; the first request that does not
-// fit ends the batch, so nothing is starved by smaller late-comers).
-// Immediately before a request is put into a batch its deadline and its
-// cancellation are checked: expired -> DEADLINE_EXCEEDED, cancelled ->
-// CANCELLED, and it never reaches the run callback. The dispatcher also wakes
-// at the earliest queued deadline and then sweeps the whole queue (expired
-// and cancelled requests), so an expired request is answered at its deadline,
-// not when its batch would have left. A cancelled request without a deadline
-// is answered when it would have been batched (or at the next sweep).
-// Cost: O(log n) per Enqueue and wake-up; O(n) per batch and per sweep.
+// Dispatch policy. The open batch holds requests of one key (see
+// BatchRequest::model_version) in arrival order. Once the worker is free it
+// takes the open batch when
+//   the open batch is full (max_batch_rows, or the next request of its key
+//     does not fit), or
+//   it holds >= preferred_batch_rows rows and no request has arrived for
+//     arrival_gap since the later of the last arrival and the moment the
+//     worker became free (rows still streaming in join the batch), or
+//   the oldest request has waited >= max_queue_delay and the worker has been
+//     free for >= max_queue_delay (partial batches wait for company: the
+//     clients just answered get max_queue_delay to send their next rows), or
+//   the batcher is draining (Shutdown/BeginDrain).
+// With N closed-loop clients this makes them converge to one group whose
+// rows arrive together, so batches approach min(N, max_batch_rows) rows
+// rather than two alternating groups of N/2 (docs/architecture.md).
+// A request is never split; the first request of the key that does not fit
+// ends the batch (arrival order within a key, so nothing is starved by
+// smaller late-comers). Deadlines and cancellation are checked when a
+// request joins the open batch and again when the batch leaves: expired ->
+// DEADLINE_EXCEEDED, cancelled -> CANCELLED, and it never reaches the run
+// callback. The dispatcher also wakes at the earliest deadline of any
+// waiting request (queued or in the open batch) and sweeps, so an expired
+// request is answered at its deadline, not when its batch would have left.
+// Cost: O(log n) per Enqueue and wake-up; O(rows) copying per request.
 //
 // Units: rows are matrix rows (one feature vector each); times are absl::Time
 // from the injected Clock; observer durations are seconds (double).
@@ -129,7 +138,8 @@ using RunBatchFn = std::function<absl::StatusOr<BatchResult>(const Batch&)>;
 class BatcherObserver {
  public:
   virtual ~BatcherObserver() = default;
-  // Rows now queued (not yet in a batch); called after every change, with
+  // Rows now waiting (queued or in the open batch, not yet handed to the
+  // worker); called after every change, with
   // the batcher's lock held so that values arrive in order: must not call
   // back into the batcher. Gauge.
   virtual void OnQueueRows(int64_t queued_rows) {}
@@ -149,14 +159,24 @@ struct BatcherOptions {
   // batch.rows * output_features floats.
   int64_t input_features = 0;
   int64_t output_features = 0;
-  // Queue bound, in rows (queued, not counting batches already formed).
+  // Queue bound, in rows waiting (queued or in the open batch, not counting
+  // the batch being computed).
   int64_t max_queue_rows = 4096;
-  // Dispatch as soon as this many rows of one key are queued.
+  // A batch of at least this many rows leaves a free worker as soon as
+  // arrivals pause for arrival_gap; smaller ones wait up to max_queue_delay.
   int64_t preferred_batch_rows = 128;
   // Hard limit on a batch; also the largest request accepted.
   int64_t max_batch_rows = 256;
   // Longest time the oldest request waits for a fuller batch.
   absl::Duration max_queue_delay = absl::Milliseconds(2);
+  // How long a batch of >= preferred_batch_rows rows keeps waiting for more
+  // rows while they keep arriving (measured from the last arrival, and from
+  // the moment the worker became free). 0 = leave as soon as the worker is
+  // free. Never longer than max_queue_delay after the worker became free.
+  absl::Duration arrival_gap = absl::ZeroDuration();
+  // Threads that deliver results (scatter + on_done) so the worker can start
+  // the next batch at once; a batch's requests are split between them.
+  int completion_threads = 1;
   // Used in error messages ("model 'x': ...").
   std::string name = "model";
 };
@@ -216,6 +236,15 @@ class DynamicBatcher {
     BatchRequest request;
     absl::Time enqueued;
   };
+  // Rows of whole requests copied back to back, growing until the worker
+  // takes it. Touched by the dispatcher thread only (under mu_ when other
+  // threads' state is involved).
+  struct OpenBatch {
+    Batch batch;
+    std::vector<Pending> requests;  // request inputs already moved into batch
+    // The next queued request of this key did not fit: leave when possible.
+    bool full = false;
+  };
   struct AssembledBatch {
     Batch batch;
     std::vector<Pending> requests;
@@ -232,32 +261,41 @@ class DynamicBatcher {
 
   void DispatcherLoop();
   void WorkerLoop();
-  // If some queued deadline has passed, sweeps the whole queue and moves
-  // expired and cancelled requests into `dropped`; otherwise O(1).
+  void CompletionLoop();
+  // If some waiting request's deadline has passed, sweeps the queue and the
+  // open batch and moves expired and cancelled requests into `dropped`;
+  // otherwise O(1).
   void DropDeadRequests(absl::Time now, std::vector<Finished>* dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes dead requests from the open batch (compacting its rows).
+  void DropDeadFromOpenBatch(absl::Time now, std::vector<Finished>* dropped)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Why `p` may not be dispatched at `now` (DEADLINE_EXCEEDED / CANCELLED),
   // or OK.
   absl::Status CheckAlive(const Pending& p, absl::Time now) const;
-  // Bookkeeping for a request leaving the queue (not the deque itself).
+  // Bookkeeping for a request that stops waiting (dispatched or dropped).
   void Unqueue(const Pending& p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Finished Dropped(Pending& p, absl::Status status, absl::Time now);
-  // When the dispatcher must next look at the queue (absl::InfiniteFuture()
-  // if only a new request can change anything).
-  absl::Time NextWakeup() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool ShouldDispatch(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // When a partial batch (fewer than preferred_batch_rows) may leave: once
-  // the oldest request has waited max_queue_delay and the worker has been
-  // idle for as long. Requires a non-empty queue.
-  absl::Time PartialBatchDeadline() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Removes the requests of the next batch from the queue; candidates found
-  // expired or cancelled go to `dropped` instead (the result may be empty).
-  std::vector<Pending> TakeBatchRequests(absl::Time now,
-                                         std::vector<Finished>* dropped)
+  // Moves the queued requests that join the open batch out of the queue
+  // (dead ones go to `dropped`); sets open_.full when one does not fit.
+  std::vector<Pending> TakeJoiners(absl::Time now,
+                                   std::vector<Finished>* dropped)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Copies their rows into one batch (no lock held: overlaps with compute).
-  AssembledBatch Assemble(std::vector<Pending> requests, absl::Time now);
+  // Copies the joiners' rows into the open batch (no lock held: overlaps
+  // with compute).
+  void AppendToOpenBatch(std::vector<Pending> joiners);
+  // Whether the worker may take the open batch now (worker free, hand-off
+  // empty, open batch not empty).
+  bool ReadyToHandOff(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When a free worker takes the open batch if nothing else happens
+  // (absl::InfiniteFuture() if only an event can make it leave).
+  absl::Time HandOffTime() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When the dispatcher must next look (absl::InfiniteFuture() if only a
+  // signal can change anything).
+  absl::Time NextWakeup() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void HandOff(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RunAndScatter(AssembledBatch assembled);
+  void Deliver(std::vector<Finished> finished);
   void Finish(std::vector<Finished> finished);
 
   const BatcherOptions options_;
@@ -267,14 +305,17 @@ class DynamicBatcher {
   std::unique_ptr<BatcherObserver> owned_observer_;
 
   mutable absl::Mutex mu_;
-  absl::CondVar dispatcher_cv_;  // new request, drain, hand-off slot freed
+  absl::CondVar dispatcher_cv_;  // new request, drain, worker free
   absl::CondVar worker_cv_;      // batch handed off, dispatcher exited
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  OpenBatch open_ ABSL_GUARDED_BY(mu_);
+  // Rows waiting: in queue_ and in open_.
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
-  std::map<int64_t, int64_t> queued_rows_by_key_ ABSL_GUARDED_BY(mu_);
-  // Finite deadlines of queued requests: the earliest one says when the
-  // queue must be swept, without scanning it on every wake-up.
+  int64_t queued_requests_ ABSL_GUARDED_BY(mu_) = 0;
+  // Finite deadlines of waiting requests: the earliest one says when to
+  // sweep, without scanning on every wake-up.
   std::multiset<absl::Time> deadlines_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_arrival_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // The worker is running a batch through the run callback.
@@ -287,10 +328,17 @@ class DynamicBatcher {
   absl::Time examined_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   bool dispatcher_blocked_ ABSL_GUARDED_BY(mu_) = false;
 
+  // Results waiting for a completion thread.
+  absl::Mutex completion_mu_;
+  absl::CondVar completion_cv_;
+  std::deque<std::vector<Finished>> completions_ ABSL_GUARDED_BY(completion_mu_);
+  bool worker_exited_ ABSL_GUARDED_BY(completion_mu_) = false;
+
   absl::Mutex shutdown_mu_;  // serializes Shutdown() callers
   bool joined_ ABSL_GUARDED_BY(shutdown_mu_) = false;
   std::thread dispatcher_;
   std::thread worker_;
+  std::vector<std::thread> completers_;
 };
 
 }  // namespace bitnet
