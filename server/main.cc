@@ -2,7 +2,9 @@
 //
 // With no flags it serves the embedded demo model ("demo", 4096 -> 11008 ->
 // 4096) on the GPU if one is visible, else on the CPU, on port 50051, with
-// Prometheus metrics on :9090/metrics. SIGTERM or SIGINT drains: health goes
+// Prometheus metrics on :9090/metrics. --device=all (or a list such as
+// cuda:0,cuda:1) serves every model on several GPUs in one process, one
+// model instance per GPU. SIGTERM or SIGINT drains: health goes
 // NOT_SERVING, new calls get UNAVAILABLE, queued and running work completes,
 // and the process exits within --drain_grace_period.
 #include <signal.h>
@@ -43,8 +45,11 @@ ABSL_FLAG(std::string, demo_model, "large",
 ABSL_FLAG(std::string, write_demo_model, "",
           "Write the --demo_model model to this file (safetensors) and exit");
 ABSL_FLAG(std::string, device, "auto",
-          "Where models run: auto (the first GPU if one is visible, else the "
-          "CPU), cpu or cuda:N");
+          "Where models run, one model instance (weights + batcher) per "
+          "device: auto (the first GPU if one is visible, else the CPU), all "
+          "(every visible GPU, else the CPU), cpu, cuda:N, or a list such as "
+          "cuda:0,cuda:1 (cpu may repeat: cpu,cpu). Requests go to the "
+          "instance with the fewest rows queued and in flight");
 ABSL_FLAG(int, cpu_threads, 0,
           "Threads of the CPU backend per batch (0: all hardware threads)");
 ABSL_FLAG(int64_t, preferred_batch_rows, 128,

@@ -498,7 +498,7 @@ TEST_F(RegistryTest, DrainAndShutdownRejectNewWorkButFinishQueued) {
 }
 
 TEST_F(RegistryTest, ObserverFactoryGivesEachModelItsObserver) {
-  struct Counting : BatcherObserver {
+  struct Counting : InstanceObserver {
     explicit Counting(std::atomic<int>* n) : batches(n) {}
     void OnBatch(int64_t rows, double seconds) override { batches->fetch_add(1); }
     std::atomic<int>* batches;
@@ -508,7 +508,9 @@ TEST_F(RegistryTest, ObserverFactoryGivesEachModelItsObserver) {
   ModelRegistryOptions options;
   options.batching.preferred_batch_rows = 1;
   options.batching.max_batch_rows = 16;
-  options.observer_factory = [&](std::string_view name) {
+  options.observer_factory = [&](std::string_view name,
+                                 std::string_view instance) {
+    EXPECT_EQ(instance, "cpu");
     names.emplace_back(name);
     return std::make_unique<Counting>(&batches);
   };

@@ -284,8 +284,10 @@ TEST(MetricsTest, FixedNamesAndLabels) {
   metrics.RecordRequest("m", "OK", 3, 0.01);
   metrics.RecordRequest("m", "INVALID_ARGUMENT", 5, 0.001);
   metrics.RecordQueueWait("m", 0.002);
-  metrics.RecordBatch("m", 130, 0.05);
-  metrics.SetQueueRows("m", 7);
+  metrics.RecordBatch("m", "cuda:1", 130, 0.05);
+  metrics.SetQueueRows("m", "cuda:1", 7);
+  metrics.InitInstance("m", "cuda:0");
+  metrics.SetInstanceHealthy("m", "cuda:1", false);
   metrics.SetModelLoaded("m", 2, "cpu", true);
   metrics.SetDeviceMemory("cuda:0", 1024);
   metrics.RecordFinetuneStep("m", 0.5);
@@ -297,11 +299,13 @@ TEST(MetricsTest, FixedNamesAndLabels) {
            "bitnet_rows_total{model=\"m\"} 3",  // failed requests add no rows
            "bitnet_request_duration_seconds_count{model=\"m\"} 2",
            "bitnet_queue_duration_seconds_count{model=\"m\"} 1",
-           "bitnet_batch_rows_sum{model=\"m\"} 130",
-           "bitnet_batch_rows_bucket{model=\"m\",le=\"128\"} 0",
-           "bitnet_batch_rows_bucket{model=\"m\",le=\"256\"} 1",
-           "bitnet_batch_compute_seconds_count{model=\"m\"} 1",
-           "bitnet_queue_rows{model=\"m\"} 7",
+           "bitnet_batch_rows_sum{device=\"cuda:1\",model=\"m\"} 130",
+           "bitnet_batch_rows_bucket{device=\"cuda:1\",model=\"m\",le=\"128\"} 0",
+           "bitnet_batch_rows_bucket{device=\"cuda:1\",model=\"m\",le=\"256\"} 1",
+           "bitnet_batch_compute_seconds_count{device=\"cuda:1\",model=\"m\"} 1",
+           "bitnet_queue_rows{device=\"cuda:1\",model=\"m\"} 7",
+           "bitnet_instance_healthy{device=\"cuda:0\",model=\"m\"} 1",
+           "bitnet_instance_healthy{device=\"cuda:1\",model=\"m\"} 0",
            "bitnet_model_info{backend=\"cpu\",model=\"m\",version=\"2\"} 1",
            "bitnet_device_memory_used_bytes{device=\"cuda:0\"} 1024",
            "bitnet_finetune_steps_total{model=\"m\"} 1",
@@ -317,6 +321,10 @@ TEST(MetricsTest, FixedNamesAndLabels) {
   }
   metrics.SetModelLoaded("m", 2, "cpu", false);
   EXPECT_THAT(metrics.Serialize(), ::testing::Not(HasSubstr("bitnet_model_info{")));
+  metrics.RemoveInstance("m", "cuda:0");
+  metrics.RemoveInstance("m", "cuda:1");
+  EXPECT_THAT(metrics.Serialize(),
+              ::testing::Not(HasSubstr("bitnet_instance_healthy{")));
 }
 
 TEST(EventLogTest, QuotesValuesThatNeedIt) {

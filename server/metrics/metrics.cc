@@ -85,6 +85,12 @@ struct Metrics::Families {
                           .Name("bitnet_finetune_loss")
                           .Help("Loss of the latest fine-tuning step.")
                           .Register(r)),
+        instance_healthy(
+            prometheus::BuildGauge()
+                .Name("bitnet_instance_healthy")
+                .Help("1 while a model instance (one per device) is in "
+                      "rotation, 0 after a device failure took it out.")
+                .Register(r)),
         build_info(prometheus::BuildGauge()
                        .Name("bitnet_build_info")
                        .Help("Always 1; labels describe the build.")
@@ -109,6 +115,7 @@ struct Metrics::Families {
   Family<Gauge>& device_memory;
   Family<Counter>& finetune_steps;
   Family<Gauge>& finetune_loss;
+  Family<Gauge>& instance_healthy;
   Family<Gauge>& build_info;
   Family<Counter>& grpc_handled;
   Family<Histogram>& grpc_handling;
@@ -120,12 +127,19 @@ struct Metrics::Families {
     Counter* rows;
     Histogram* request_duration;
     Histogram* queue_duration;
+  };
+  // Per (model, instance).
+  struct InstanceSeries {
     Histogram* batch_rows;
     Histogram* batch_compute;
     Gauge* queue_rows;
+    // Created by InitInstance / SetInstanceHealthy only (a default 0 would
+    // read as "unhealthy"); null after RemoveInstance.
+    Gauge* healthy;
   };
   std::mutex mu;
   std::map<std::string, ModelSeries, std::less<>> models;
+  std::map<std::pair<std::string, std::string>, InstanceSeries> instances;
 
   ModelSeries& ForModel(std::string_view model) {
     std::lock_guard<std::mutex> lock(mu);
@@ -134,11 +148,22 @@ struct Metrics::Families {
     const prometheus::Labels labels{{"model", std::string(model)}};
     ModelSeries s{&rows.Add(labels),
                   &request_duration.Add(labels, SecondsBuckets()),
-                  &queue_duration.Add(labels, SecondsBuckets()),
-                  &batch_rows.Add(labels, RowBuckets()),
-                  &batch_compute.Add(labels, SecondsBuckets()),
-                  &queue_rows.Add(labels)};
+                  &queue_duration.Add(labels, SecondsBuckets())};
     return models.emplace(std::string(model), s).first->second;
+  }
+
+  InstanceSeries& ForInstance(std::string_view model, std::string_view device) {
+    std::lock_guard<std::mutex> lock(mu);
+    std::pair<std::string, std::string> key{std::string(model),
+                                            std::string(device)};
+    auto it = instances.find(key);
+    if (it != instances.end()) return it->second;
+    const prometheus::Labels labels{{"model", key.first},
+                                    {"device", key.second}};
+    InstanceSeries s{&batch_rows.Add(labels, RowBuckets()),
+                     &batch_compute.Add(labels, SecondsBuckets()),
+                     &queue_rows.Add(labels), nullptr};
+    return instances.emplace(std::move(key), s).first->second;
   }
 };
 
@@ -167,15 +192,44 @@ void Metrics::RecordQueueWait(std::string_view model, double seconds) {
   families_->ForModel(model).queue_duration->Observe(seconds);
 }
 
-void Metrics::RecordBatch(std::string_view model, int64_t rows,
-                          double compute_seconds) {
-  auto& series = families_->ForModel(model);
+void Metrics::RecordBatch(std::string_view model, std::string_view device,
+                          int64_t rows, double compute_seconds) {
+  auto& series = families_->ForInstance(model, device);
   series.batch_rows->Observe(static_cast<double>(rows));
   series.batch_compute->Observe(compute_seconds);
 }
 
-void Metrics::SetQueueRows(std::string_view model, int64_t rows) {
-  families_->ForModel(model).queue_rows->Set(static_cast<double>(rows));
+void Metrics::SetQueueRows(std::string_view model, std::string_view device,
+                           int64_t rows) {
+  families_->ForInstance(model, device).queue_rows->Set(
+      static_cast<double>(rows));
+}
+
+void Metrics::SetInstanceHealthy(std::string_view model,
+                                 std::string_view device, bool healthy) {
+  Families& f = *families_;
+  Families::InstanceSeries& series = f.ForInstance(model, device);
+  std::lock_guard<std::mutex> lock(f.mu);
+  if (series.healthy == nullptr) {
+    series.healthy = &f.instance_healthy.Add(
+        {{"model", std::string(model)}, {"device", std::string(device)}});
+  }
+  series.healthy->Set(healthy ? 1 : 0);
+}
+
+void Metrics::RemoveInstance(std::string_view model, std::string_view device) {
+  // Only the health series goes: the histograms and the queue gauge keep
+  // their values, as the per-model series do after an unload.
+  Families& f = *families_;
+  std::lock_guard<std::mutex> lock(f.mu);
+  auto it = f.instances.find({std::string(model), std::string(device)});
+  if (it == f.instances.end() || it->second.healthy == nullptr) return;
+  f.instance_healthy.Remove(it->second.healthy);
+  it->second.healthy = nullptr;
+}
+
+void Metrics::InitInstance(std::string_view model, std::string_view device) {
+  SetInstanceHealthy(model, device, true);
 }
 
 void Metrics::InitModel(std::string_view model) {

@@ -5,16 +5,20 @@
 //   bitnet_rows_total{model}                     counter, rows computed
 //   bitnet_request_duration_seconds{model}       histogram, arrival to response
 //   bitnet_queue_duration_seconds{model}         histogram, arrival to batch dispatch
-//   bitnet_batch_rows{model}                     histogram, rows per dispatched batch
-//   bitnet_batch_compute_seconds{model}          histogram, device time per batch
-//   bitnet_queue_rows{model}                     gauge, rows waiting now
+//   bitnet_batch_rows{model,device}              histogram, rows per dispatched batch
+//   bitnet_batch_compute_seconds{model,device}   histogram, device time per batch
+//   bitnet_queue_rows{model,device}              gauge, rows waiting now
 //   bitnet_model_info{model,version,backend}     gauge = 1 per loaded version
 //   bitnet_device_memory_used_bytes{device}      gauge, model memory per device
 //   bitnet_finetune_steps_total{model}           counter (fine-tuning, later issue)
 //   bitnet_finetune_loss{model}                  gauge (fine-tuning, later issue)
 //   bitnet_build_info{version,cuda}              gauge = 1
+//   bitnet_instance_healthy{model,device}        gauge, 1 in rotation, 0 out
 //   grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
 //   grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}  histogram
+// `device` on the per-instance families is the model instance's name: its
+// device ("cpu", "cuda:1"), or "device#k" when --device lists a device more
+// than once ("cpu#0", "cpu#1"). Sum over it for per-model figures.
 // The two grpc_* families use go-grpc-prometheus's names and labels so
 // existing Grafana dashboards work unchanged (grpc_type is "unary" or
 // "bidi_stream", as there).
@@ -57,15 +61,23 @@ class Metrics {
                      int64_t rows, double seconds);
   // Time one request waited in the queue before its batch was dispatched.
   void RecordQueueWait(std::string_view model, double seconds);
-  // One batch computed on the device.
-  void RecordBatch(std::string_view model, int64_t rows,
-                   double compute_seconds);
-  // Rows queued for `model` right now.
-  void SetQueueRows(std::string_view model, int64_t rows);
+  // One batch computed by the model's instance `device`.
+  void RecordBatch(std::string_view model, std::string_view device,
+                   int64_t rows, double compute_seconds);
+  // Rows queued for `model` on instance `device` right now.
+  void SetQueueRows(std::string_view model, std::string_view device,
+                    int64_t rows);
+  // Whether instance `device` of `model` is in rotation.
+  void SetInstanceHealthy(std::string_view model, std::string_view device,
+                          bool healthy);
+  // Removes the instance's bitnet_instance_healthy series (model unloaded).
+  void RemoveInstance(std::string_view model, std::string_view device);
 
   // Creates the per-model series (zero-valued) so that dashboards and alerts
   // see a model from the moment it is loaded, before its first request.
   void InitModel(std::string_view model);
+  // The same for one instance's series (and bitnet_instance_healthy = 1).
+  void InitInstance(std::string_view model, std::string_view device);
 
   // Marks a model version as loaded (gauge 1) or unloaded (series removed).
   void SetModelLoaded(std::string_view model, uint64_t version,

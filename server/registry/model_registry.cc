@@ -1,17 +1,56 @@
 #include "server/registry/model_registry.h"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace bitnet {
+namespace {
 
-// One model name: its loaded versions and its batcher. Shared by the registry
-// map and by in-progress Enqueue()/Unload() calls; the batcher's run callback
-// holds a raw pointer, which is safe because the batcher is destroyed first
-// (declared last) and drains before its destructor returns.
+// Instance names: the device, or "device#k" when several backends share it.
+std::vector<std::string> InstanceNamesFor(
+    const std::vector<std::string>& devices) {
+  std::map<std::string, int> total;
+  for (const std::string& d : devices) ++total[d];
+  std::map<std::string, int> seen;
+  std::vector<std::string> names;
+  for (const std::string& d : devices) {
+    names.push_back(total[d] == 1 ? d : absl::StrFormat("%s#%d", d, seen[d]++));
+  }
+  return names;
+}
+
+std::vector<std::string> DevicesOf(
+    const std::vector<std::shared_ptr<Backend>>& backends) {
+  std::vector<std::string> devices;
+  for (const auto& b : backends) devices.push_back(b ? b->device() : "");
+  return devices;
+}
+
+}  // namespace
+
+// One model on one device: its batcher and the routing/health state.
+struct ModelRegistry::Instance {
+  int index = 0;
+  std::string name;    // "cuda:1", "cpu#0"
+  std::string device;  // "cuda:1", "cpu"
+  // Rows accepted by Enqueue() and not yet answered: queued + in flight.
+  std::atomic<int64_t> outstanding_rows{0};
+  std::atomic<bool> healthy{true};
+  std::unique_ptr<InstanceObserver> observer;
+  // Last, so it is destroyed (drained) before the fields its callbacks use.
+  std::unique_ptr<DynamicBatcher> batcher;
+};
+
+// One model name: its loaded versions and its instances. Shared by the
+// registry map and by in-progress Enqueue()/Unload() calls; the batchers'
+// run callbacks hold a raw pointer, which is safe because the destructor
+// drains every batcher before any member goes away (a batch on one instance
+// may fail over to another instance's replica).
 struct ModelRegistry::Entry {
   std::string name;
   int64_t input_features = 0;
@@ -26,8 +65,18 @@ struct ModelRegistry::Entry {
   std::map<int64_t, std::weak_ptr<const ModelVersion>> retired
       ABSL_GUARDED_BY(mu);
 
-  std::unique_ptr<BatcherObserver> observer;
-  std::unique_ptr<DynamicBatcher> batcher;
+  // Fixed once the entry is in the registry map.
+  std::vector<std::unique_ptr<Instance>> instances;
+  // Breaks routing ties in turn.
+  std::atomic<uint64_t> round_robin{0};
+  // Orders health transitions so that observers see them in order.
+  absl::Mutex health_mu;
+
+  ~Entry() {
+    for (auto& instance : instances) {
+      if (instance->batcher != nullptr) instance->batcher->Shutdown();
+    }
+  }
 
   // Highest loaded version, or null when none is left.
   std::shared_ptr<const ModelVersion> Current() const
@@ -44,22 +93,99 @@ struct ModelRegistry::Entry {
     for (const auto& [number, version] : versions) numbers.push_back(number);
     return numbers.empty() ? "none" : absl::StrJoin(numbers, ", ");
   }
+  bool Healthy(int i) const { return instances[i]->healthy.load(); }
+  int64_t Load(int i) const { return instances[i]->outstanding_rows.load(); }
+
+  void SetHealthy(int i, bool healthy, const absl::Status& cause) {
+    Instance& instance = *instances[i];
+    absl::MutexLock lock(&health_mu);
+    if (instance.healthy.load() == healthy) return;
+    instance.healthy.store(healthy);
+    if (instance.observer != nullptr) {
+      instance.observer->OnHealthChanged(healthy, cause);
+    }
+  }
+
+  // Routing: the healthy instance with the fewest outstanding rows (holding
+  // `pinned` if given); when none is healthy, the least loaded of all.
+  // Ties in turn.
+  int Pick(const ModelVersion* pinned) {
+    const int n = static_cast<int>(instances.size());
+    if (n == 1) return 0;
+    std::vector<int> best;
+    int64_t best_load = 0;
+    for (bool need_healthy : {true, false}) {
+      for (int i = 0; i < n; ++i) {
+        if (pinned != nullptr && !pinned->HasReplica(i)) continue;
+        if (need_healthy && !Healthy(i)) continue;
+        const int64_t load = Load(i);
+        if (best.empty() || load < best_load) {
+          best.assign(1, i);
+          best_load = load;
+        } else if (load == best_load) {
+          best.push_back(i);
+        }
+      }
+      if (!best.empty()) break;
+    }
+    if (best.empty()) return 0;  // not reached: a version has a replica
+    if (best.size() == 1) return best[0];
+    return best[round_robin.fetch_add(1) % best.size()];
+  }
+
+  // Where a batch of instance `index` on `version` may run, in order: the
+  // instance itself if healthy, the other healthy ones by load, then (last
+  // resort) the out-of-rotation ones, the instance itself first.
+  std::vector<int> FailoverOrder(int index, const ModelVersion& version) const {
+    const int n = static_cast<int>(instances.size());
+    std::vector<int> healthy_others, unhealthy;
+    for (int i = 0; i < n; ++i) {
+      if (i == index || !version.HasReplica(i)) continue;
+      (Healthy(i) ? healthy_others : unhealthy).push_back(i);
+    }
+    std::stable_sort(healthy_others.begin(), healthy_others.end(),
+                     [this](int a, int b) { return Load(a) < Load(b); });
+    std::vector<int> order;
+    const bool self = version.HasReplica(index);
+    if (self && Healthy(index)) order.push_back(index);
+    order.insert(order.end(), healthy_others.begin(), healthy_others.end());
+    if (self && !Healthy(index)) order.push_back(index);
+    order.insert(order.end(), unhealthy.begin(), unhealthy.end());
+    return order;
+  }
 };
 
 ModelVersion::ModelVersion(std::string model_name, int64_t version,
                            std::string source_path,
                            std::vector<LayerSpec> layers,
-                           std::unique_ptr<ModelInstance> instance,
+                           std::vector<std::unique_ptr<ModelInstance>> replicas,
                            absl::Time loaded_at)
     : model_name_(std::move(model_name)),
       version_(version),
       source_path_(std::move(source_path)),
       layers_(std::move(layers)),
-      instance_(std::move(instance)),
-      device_(instance_->device()),
-      device_memory_bytes_(instance_->device_memory_bytes()),
-      max_rows_(instance_->max_rows()),
-      loaded_at_(loaded_at) {}
+      loaded_at_(loaded_at) {
+  std::vector<std::string> devices;
+  for (std::unique_ptr<ModelInstance>& instance : replicas) {
+    if (instance == nullptr) {
+      replicas_.push_back(nullptr);
+      continue;
+    }
+    auto replica = std::make_unique<Replica>();
+    replica->device = instance->device();
+    replica->device_memory_bytes = instance->device_memory_bytes();
+    const int64_t rows = instance->max_rows();
+    max_rows_ = devices.empty() ? rows : std::min(max_rows_, rows);
+    device_memory_bytes_ += replica->device_memory_bytes;
+    if (std::find(devices.begin(), devices.end(), replica->device) ==
+        devices.end()) {
+      devices.push_back(replica->device);
+    }
+    replica->instance = std::move(instance);
+    replicas_.push_back(std::move(replica));
+  }
+  device_ = absl::StrJoin(devices, ",");
+}
 
 int64_t ModelVersion::input_features() const {
   return layers_.empty() ? 0 : layers_.front().in_features;
@@ -69,17 +195,59 @@ int64_t ModelVersion::output_features() const {
   return layers_.empty() ? 0 : layers_.back().out_features;
 }
 
+bool ModelVersion::HasReplica(int i) const {
+  return i >= 0 && i < instance_count() && replicas_[i] != nullptr;
+}
+
+const std::string& ModelVersion::replica_device(int i) const {
+  static const std::string* const kNone = new std::string();
+  return HasReplica(i) ? replicas_[i]->device : *kNone;
+}
+
+int64_t ModelVersion::replica_memory_bytes(int i) const {
+  return HasReplica(i) ? replicas_[i]->device_memory_bytes : 0;
+}
+
+absl::Status ModelVersion::Forward(int i, const float* input, int64_t rows,
+                                   float* output) const {
+  if (!HasReplica(i)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "model '%s' version %d has no replica on instance %d", model_name_,
+        version_, i));
+  }
+  const Replica& replica = *replicas_[i];
+  absl::MutexLock lock(&replica.forward_mu);
+  return replica.instance->Forward(input, rows, output);
+}
+
 absl::Status ModelVersion::Forward(const float* input, int64_t rows,
                                    float* output) const {
-  absl::MutexLock lock(&forward_mu_);
-  return instance_->Forward(input, rows, output);
+  for (int i = 0; i < instance_count(); ++i) {
+    if (HasReplica(i)) return Forward(i, input, rows, output);
+  }
+  return Forward(0, input, rows, output);
 }
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     std::shared_ptr<Backend> backend, ModelRegistryOptions options,
     Clock* clock) {
-  if (backend == nullptr) {
-    return absl::InvalidArgumentError("model registry: backend is null");
+  std::vector<std::shared_ptr<Backend>> backends;
+  backends.push_back(std::move(backend));
+  return Create(std::move(backends), std::move(options), clock);
+}
+
+absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
+    std::vector<std::shared_ptr<Backend>> backends,
+    ModelRegistryOptions options, Clock* clock) {
+  if (backends.empty()) {
+    return absl::InvalidArgumentError(
+        "model registry: no backends (expected one per device)");
+  }
+  for (size_t i = 0; i < backends.size(); ++i) {
+    if (backends[i] == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("model registry: backend %d is null", i));
+    }
   }
   if (options.max_loaded_versions < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -93,20 +261,24 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   probe.output_features = 1;
   if (absl::Status s = ValidateBatcherOptions(probe); !s.ok()) return s;
   return std::unique_ptr<ModelRegistry>(new ModelRegistry(
-      std::move(backend), std::move(options),
+      std::move(backends), std::move(options),
       clock != nullptr ? clock : RealClock::Default()));
 }
 
-ModelRegistry::ModelRegistry(std::shared_ptr<Backend> backend,
+ModelRegistry::ModelRegistry(std::vector<std::shared_ptr<Backend>> backends,
                              ModelRegistryOptions options, Clock* clock)
-    : backend_(std::move(backend)), options_(std::move(options)), clock_(clock) {}
+    : backends_(std::move(backends)),
+      instance_devices_(DevicesOf(backends_)),
+      instance_names_(InstanceNamesFor(instance_devices_)),
+      options_(std::move(options)),
+      clock_(clock) {}
 
 ModelRegistry::~ModelRegistry() { Shutdown(); }
 
-absl::StatusOr<BatchResult> ModelRegistry::RunBatch(Entry* entry,
+absl::StatusOr<BatchResult> ModelRegistry::RunBatch(Entry* entry, int index,
                                                     const Batch& batch) {
   // Snapshot the version for this batch: a swap or unload from now on does
-  // not affect it, and the shared_ptr keeps the instance alive until done.
+  // not affect it, and the shared_ptr keeps its replicas alive until done.
   std::shared_ptr<const ModelVersion> version;
   {
     absl::MutexLock lock(&entry->mu);
@@ -135,14 +307,32 @@ absl::StatusOr<BatchResult> ModelRegistry::RunBatch(Entry* entry,
   BatchResult result;
   result.model_version = version->version();
   result.output.resize(batch.rows * version->output_features());
-  if (absl::Status s =
-          version->Forward(batch.input.data(), batch.rows, result.output.data());
-      !s.ok()) {
-    return absl::Status(s.code(),
-                        absl::StrFormat("model '%s' version %d: %s", entry->name,
-                                        version->version(), s.message()));
+  const bool several = entry->instances.size() > 1;
+  absl::Status last_failure;
+  for (int i : entry->FailoverOrder(index, *version)) {
+    const std::string where =
+        several ? absl::StrFormat(" on %s", entry->instances[i]->name) : "";
+    absl::Status s = version->Forward(i, batch.input.data(), batch.rows,
+                                      result.output.data());
+    if (s.ok()) {
+      if (!entry->Healthy(i)) entry->SetHealthy(i, true, absl::OkStatus());
+      return result;
+    }
+    s = absl::Status(s.code(),
+                     absl::StrFormat("model '%s' version %d%s: %s", entry->name,
+                                     version->version(), where, s.message()));
+    // Only INTERNAL means "the device failed"; anything else is about the
+    // batch and would fail the same way elsewhere.
+    if (s.code() != absl::StatusCode::kInternal) return s;
+    entry->SetHealthy(i, false, s);
+    last_failure = s;
   }
-  return result;
+  if (last_failure.ok()) {
+    return absl::InternalError(absl::StrFormat(
+        "model '%s' version %d: no instance holds a replica", entry->name,
+        version->version()));
+  }
+  return last_failure;
 }
 
 absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
@@ -161,6 +351,10 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
                         absl::StrFormat("model '%s': %s", name, s.message()));
   }
 
+  const int n = static_cast<int>(backends_.size());
+  // The instances to load onto: all of them for a new model, else those in
+  // rotation (all when none is: a load is then the last resort).
+  std::vector<int> targets;
   // Reserve the number first so concurrent loads of one name get distinct,
   // increasing versions; a failed load leaves a gap, never a reuse.
   {
@@ -179,10 +373,10 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
           name, version, last));
     }
     last = version;
-    // Shape check early (again below, after the slow load) so an obvious
-    // mismatch does not pay for a device upload.
     if (auto it = models_.find(name); it != models_.end()) {
       const Entry& e = *it->second;
+      // Shape check early (again below, after the slow load) so an obvious
+      // mismatch does not pay for a device upload.
       if (e.input_features != model.input_features() ||
           e.output_features != model.output_features()) {
         return absl::InvalidArgumentError(absl::StrFormat(
@@ -192,24 +386,52 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
             name, version, model.input_features(), model.output_features(),
             e.input_features, e.output_features));
       }
+      for (int i = 0; i < n; ++i) {
+        if (e.Healthy(i)) targets.push_back(i);
+      }
+    }
+    if (targets.empty()) {
+      for (int i = 0; i < n; ++i) targets.push_back(i);
     }
   }
 
   // The slow part, without any lock: the current version keeps serving.
-  absl::StatusOr<std::unique_ptr<ModelInstance>> instance =
-      backend_->Load(model, options_.batching.max_batch_rows);
-  if (!instance.ok()) {
+  // One thread per extra device, so N GPUs load in the time of one.
+  std::vector<std::unique_ptr<ModelInstance>> replicas(n);
+  std::vector<absl::Status> errors(n);
+  auto load_one = [&](int i) {
+    absl::StatusOr<std::unique_ptr<ModelInstance>> instance =
+        backends_[i]->Load(model, options_.batching.max_batch_rows);
+    if (instance.ok()) {
+      replicas[i] = std::move(*instance);
+    } else {
+      errors[i] = instance.status();
+    }
+  };
+  {
+    std::vector<std::thread> loaders;
+    for (size_t t = 1; t < targets.size(); ++t) {
+      loaders.emplace_back(load_one, targets[t]);
+    }
+    load_one(targets[0]);
+    for (std::thread& loader : loaders) loader.join();
+  }
+  for (int i : targets) {
+    if (errors[i].ok()) continue;
+    // All or nothing: the replicas that did load are freed on return.
     return absl::Status(
-        instance.status().code(),
-        absl::StrFormat("model '%s' version %d: load on %s failed: %s", name,
-                        version, backend_->device(),
-                        instance.status().message()));
+        errors[i].code(),
+        absl::StrFormat("model '%s' version %d: load on %s failed: %s%s", name,
+                        version, instance_names_[i], errors[i].message(),
+                        n > 1 ? " (not published on any device; the current "
+                                "version keeps serving)"
+                              : ""));
   }
   std::vector<LayerSpec> layers;
   for (const Layer& layer : model.layers) layers.push_back(layer.spec);
   auto loaded = std::make_shared<const ModelVersion>(
       std::string(name), version, std::string(source_path), std::move(layers),
-      std::move(*instance), clock_->Now());
+      std::move(replicas), clock_->Now());
 
   std::shared_ptr<const ModelVersion> evicted;  // freed outside the locks
   absl::MutexLock lock(&mu_);
@@ -223,24 +445,38 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
     entry->name = std::string(name);
     entry->input_features = model.input_features();
     entry->output_features = model.output_features();
-    if (options_.observer_factory) {
-      entry->observer = options_.observer_factory(name);
-    }
-    BatcherOptions batching = options_.batching;
-    batching.input_features = entry->input_features;
-    batching.output_features = entry->output_features;
-    batching.name = entry->name;
     {
       absl::MutexLock entry_lock(&entry->mu);
       entry->versions[version] = loaded;
     }
-    absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher =
-        DynamicBatcher::Create(
-            batching,
-            [e = entry.get()](const Batch& batch) { return RunBatch(e, batch); },
-            clock_, entry->observer.get());
-    if (!batcher.ok()) return batcher.status();
-    entry->batcher = std::move(*batcher);
+    for (int i = 0; i < n; ++i) {
+      auto instance = std::make_unique<Instance>();
+      instance->index = i;
+      instance->name = instance_names_[i];
+      instance->device = instance_devices_[i];
+      if (options_.observer_factory) {
+        instance->observer = options_.observer_factory(name, instance->name);
+      }
+      entry->instances.push_back(std::move(instance));
+    }
+    for (int i = 0; i < n; ++i) {
+      Instance& instance = *entry->instances[i];
+      BatcherOptions batching = options_.batching;
+      batching.input_features = entry->input_features;
+      batching.output_features = entry->output_features;
+      batching.name = n == 1 ? entry->name
+                             : absl::StrFormat("%s' instance '%s", entry->name,
+                                               instance.name);
+      absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher =
+          DynamicBatcher::Create(
+              batching,
+              [e = entry.get(), i](const Batch& batch) {
+                return RunBatch(e, i, batch);
+              },
+              clock_, instance.observer.get());
+      if (!batcher.ok()) return batcher.status();
+      instance.batcher = std::move(*batcher);
+    }
     models_.emplace(entry->name, std::move(entry));
     return version;
   }
@@ -256,8 +492,9 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
         entry.input_features, entry.output_features));
   }
   absl::MutexLock entry_lock(&entry.mu);
-  // The swap: from here on, batches that start pick this version (if it is
-  // the highest); batches already running keep the one they snapshotted.
+  // The swap, for every instance at once: from here on, batches that start
+  // pick this version (if it is the highest); batches already running keep
+  // the one they snapshotted.
   entry.versions[version] = std::move(loaded);
   while (static_cast<int>(entry.versions.size()) > options_.max_loaded_versions) {
     evicted = std::move(entry.versions.begin()->second);
@@ -299,7 +536,9 @@ absl::Status ModelRegistry::Unload(std::string_view name, int64_t version) {
     removed = std::move(it->second);
     models_.erase(it);
   }
-  removed->batcher->Shutdown();
+  // Stop accepting everywhere first, so that nothing queues behind a drain.
+  for (auto& instance : removed->instances) instance->batcher->BeginDrain();
+  for (auto& instance : removed->instances) instance->batcher->Shutdown();
   return absl::OkStatus();
 }
 
@@ -336,8 +575,18 @@ std::vector<ModelStatus> ModelRegistry::List() const {
       status.current_version =
           entry->versions.empty() ? 0 : entry->versions.rbegin()->first;
     }
-    status.queued_rows = entry->batcher->queued_rows();
-    status.queued_requests = entry->batcher->queued_requests();
+    for (const auto& instance : entry->instances) {
+      InstanceStatus s;
+      s.name = instance->name;
+      s.device = instance->device;
+      s.healthy = instance->healthy.load();
+      s.queued_rows = instance->batcher->queued_rows();
+      s.outstanding_rows = instance->outstanding_rows.load();
+      status.queued_rows += s.queued_rows;
+      status.queued_requests += instance->batcher->queued_requests();
+      if (s.healthy) ++status.healthy_instances;
+      status.instances.push_back(std::move(s));
+    }
     list.push_back(std::move(status));
   }
   return list;
@@ -364,32 +613,42 @@ absl::Status ModelRegistry::Enqueue(std::string_view name,
         "model '%s': version must be >= 0 (0 = current), got %d", name,
         request.model_version));
   }
+  std::shared_ptr<const ModelVersion> pinned;
   if (request.model_version != 0) {
-    std::shared_ptr<const ModelVersion> pinned;
-    {
-      absl::MutexLock entry_lock(&entry->mu);
-      auto it = entry->versions.find(request.model_version);
-      if (it == entry->versions.end()) {
-        return absl::NotFoundError(absl::StrFormat(
-            "model '%s' has no loaded version %d (loaded: %s)", name,
-            request.model_version, entry->LoadedVersionList()));
-      }
-      pinned = it->second;
+    absl::MutexLock entry_lock(&entry->mu);
+    auto it = entry->versions.find(request.model_version);
+    if (it == entry->versions.end()) {
+      return absl::NotFoundError(absl::StrFormat(
+          "model '%s' has no loaded version %d (loaded: %s)", name,
+          request.model_version, entry->LoadedVersionList()));
     }
-    // The request keeps its version alive until answered, so unloading the
-    // version while the request is queued does not strand it.
-    request.on_done = [pinned = std::move(pinned),
-                       on_done = std::move(request.on_done)](
-                          RequestResult result) { on_done(std::move(result)); };
+    pinned = it->second;
   }
+  Instance& instance = *entry->instances[entry->Pick(pinned.get())];
+  // Counted before the batcher can answer, uncounted just before the
+  // caller hears back (so its next request sees the true load). A pinned
+  // request keeps its version alive until answered, so unloading the
+  // version while the request is queued does not strand it.
+  const int64_t rows = std::max<int64_t>(request.rows, 0);
+  instance.outstanding_rows.fetch_add(rows);
+  request.on_done = [instance = &instance, rows, pinned = std::move(pinned),
+                     on_done = std::move(request.on_done)](
+                        RequestResult result) {
+    instance->outstanding_rows.fetch_sub(rows);
+    on_done(std::move(result));
+  };
   // Outside the registry lock: a full or draining batcher answers by itself.
-  return entry->batcher->Enqueue(std::move(request));
+  absl::Status status = instance.batcher->Enqueue(std::move(request));
+  if (!status.ok()) instance.outstanding_rows.fetch_sub(rows);
+  return status;
 }
 
 void ModelRegistry::BeginDrain() {
   absl::MutexLock lock(&mu_);
   draining_ = true;
-  for (const auto& [name, entry] : models_) entry->batcher->BeginDrain();
+  for (const auto& [name, entry] : models_) {
+    for (auto& instance : entry->instances) instance->batcher->BeginDrain();
+  }
 }
 
 void ModelRegistry::Shutdown() {
@@ -402,7 +661,12 @@ void ModelRegistry::Shutdown() {
   }
   // Drain outside the lock: on_done callbacks may call back into the
   // registry (and get UNAVAILABLE).
-  for (auto& [name, entry] : models) entry->batcher->Shutdown();
+  for (auto& [name, entry] : models) {
+    for (auto& instance : entry->instances) instance->batcher->BeginDrain();
+  }
+  for (auto& [name, entry] : models) {
+    for (auto& instance : entry->instances) instance->batcher->Shutdown();
+  }
 }
 
 }  // namespace bitnet

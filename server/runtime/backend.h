@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -60,6 +61,18 @@ struct BackendOptions {
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device);
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
     std::string_view device, const BackendOptions& options);
+
+// Number of CUDA devices visible to this process: 0 without a GPU or in a
+// build without the CUDA backend. Errors: INTERNAL for other CUDA failures.
+absl::StatusOr<int> VisibleGpuCount();
+
+// One backend per model instance for a --device value ("auto", "all", "cpu",
+// "cuda:N" or a list such as "cuda:0,cuda:1" or "cpu,cpu"; see
+// server/runtime/device_list.h), in list order. Errors: ParseDeviceList's
+// (INVALID_ARGUMENT naming the entry, UNAVAILABLE for a GPU that is not
+// visible), else the first failing CreateBackend's, prefixed with the entry.
+absl::StatusOr<std::vector<std::shared_ptr<Backend>>> CreateBackends(
+    std::string_view devices, const BackendOptions& options);
 
 }  // namespace bitnet
 

@@ -4,8 +4,10 @@
 #include "absl/strings/str_format.h"
 #include "server/runtime/backend.h"
 #include "server/runtime/cpu_backend.h"
+#include "server/runtime/device_list.h"
 
 #if defined(BITNET_HAVE_CUDA)
+#include "kernels/cuda/ternary_cuda.h"
 #include "server/runtime/cuda_backend.h"
 #endif
 
@@ -62,6 +64,36 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
       "device must be \"auto\", \"cpu\" or \"cuda:N\" (N a GPU ordinal >= 0), "
       "got \"%s\"",
       device));
+}
+
+absl::StatusOr<int> VisibleGpuCount() {
+#if defined(BITNET_HAVE_CUDA)
+  return CudaDeviceCount();
+#else
+  return 0;
+#endif
+}
+
+absl::StatusOr<std::vector<std::shared_ptr<Backend>>> CreateBackends(
+    std::string_view devices, const BackendOptions& options) {
+  absl::StatusOr<int> visible = VisibleGpuCount();
+  if (!visible.ok()) return visible.status();
+  absl::StatusOr<std::vector<std::string>> list =
+      ParseDeviceList(devices, *visible);
+  if (!list.ok()) return list.status();
+  std::vector<std::shared_ptr<Backend>> backends;
+  for (const std::string& device : *list) {
+    absl::StatusOr<std::unique_ptr<Backend>> backend =
+        CreateBackend(device, options);
+    if (!backend.ok()) {
+      return absl::Status(
+          backend.status().code(),
+          absl::StrFormat("--device=\"%s\": %s: %s", devices, device,
+                          backend.status().message()));
+    }
+    backends.push_back(std::move(*backend));
+  }
+  return backends;
 }
 
 }  // namespace bitnet

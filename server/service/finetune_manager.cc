@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "server/model/demo_model.h"
 #include "server/model/model_file.h"
@@ -84,6 +85,27 @@ bool SameSpecs(const std::vector<LayerSpec>& a, const Model& b) {
     }
   }
   return true;
+}
+
+// The CUDA ordinal a fine-tune of `model` trains on: the first of its
+// instances that is on a GPU and in rotation, else the first on a GPU; -1
+// when the model is not served on a GPU.
+int TrainingGpu(ServingState& state, std::string_view model) {
+  int first = -1;
+  for (const ModelStatus& status : state.registry().List()) {
+    if (status.name != model) continue;
+    for (const InstanceStatus& instance : status.instances) {
+      if (!instance.device.starts_with("cuda:")) continue;
+      int ordinal = -1;
+      if (!absl::SimpleAtoi(instance.device.substr(5), &ordinal) ||
+          ordinal < 0) {
+        continue;
+      }
+      if (instance.healthy) return ordinal;
+      if (first < 0) first = ordinal;
+    }
+  }
+  return first;
 }
 
 // What inference needs of a trained model: latents stay with the trainer
@@ -257,12 +279,14 @@ absl::StatusOr<FineTuneOutcome> FineTuneJob::Run(
   absl::StatusOr<std::shared_ptr<const ModelVersion>> base =
       state.registry().Get(spec_.model, spec_.base_version);
   if (!base.ok()) return base.status();  // unloaded while data streamed in
+  // One device trains: the GPU of the first instance in rotation (the
+  // publish below loads the result onto every instance).
+  const int serving_gpu = TrainingGpu(state, spec_.model);
   std::string device = spec_.device;
-  if (device.empty()) {
-    device = (*base)->device().rfind("cuda", 0) == 0 ? "cuda" : "cpu";
-  }
+  if (device.empty()) device = serving_gpu >= 0 ? "cuda" : "cpu";
+  const int gpu = std::max(serving_gpu, 0);
   absl::StatusOr<std::shared_ptr<training::TrainingBackend>> backend =
-      manager_->BackendFor(device);
+      manager_->BackendFor(device, gpu);
   if (!backend.ok()) return backend.status();
 
   training::TrainerOptions options;
@@ -461,6 +485,7 @@ absl::StatusOr<FineTuneOutcome> FineTuneJob::Run(
             {"base_version", absl::StrCat(spec_.base_version)},
             {"steps", absl::StrCat(total)},
             {"loss", absl::StrCat(last.loss)},
+            {"device", device == "cuda" ? absl::StrCat("cuda:", gpu) : device},
             {"seconds", absl::StrCat(training_seconds)}});
   return outcome;
 }
@@ -541,7 +566,7 @@ void FineTuneManager::Launch(std::function<void()> body) {
 }
 
 absl::StatusOr<std::shared_ptr<training::TrainingBackend>>
-FineTuneManager::BackendFor(std::string_view device) {
+FineTuneManager::BackendFor(std::string_view device, int gpu) {
   absl::MutexLock lock(&mu_);
   if (device == "cpu") {
     if (cpu_backend_ == nullptr) {
@@ -553,22 +578,23 @@ FineTuneManager::BackendFor(std::string_view device) {
     }
     return cpu_backend_;
   }
-  if (cuda_backend_ == nullptr) {
+  std::shared_ptr<training::TrainingBackend>& cuda_backend = cuda_backends_[gpu];
+  if (cuda_backend == nullptr) {
     // First GPU fine-tune: this is where cuBLAS gets loaded (dlopen), never
     // at server start.
     absl::StatusOr<std::shared_ptr<training::TrainingBackend>> cuda =
         options_.cuda_backend_factory
             ? options_.cuda_backend_factory()
             : absl::StatusOr<std::shared_ptr<training::TrainingBackend>>(
-                  training::CreateCudaTrainingBackend());
+                  training::CreateCudaTrainingBackend({.device = gpu}));
     if (!cuda.ok()) {
       return absl::UnavailableError(
           absl::StrCat("config.device \"cuda\": no GPU training backend: ",
                        cuda.status().message()));
     }
-    cuda_backend_ = *std::move(cuda);
+    cuda_backend = *std::move(cuda);
   }
-  return cuda_backend_;
+  return cuda_backend;
 }
 
 absl::StatusOr<Model> FineTuneManager::ReadVersionFile(std::string_view name,

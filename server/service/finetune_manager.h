@@ -19,9 +19,12 @@
 //          the dequantized weights, see docs/training.md). The file is
 //          checked to still hold the weights being served (a probe batch
 //          through both must agree) so a replaced file is refused.
+//      Training runs on one device: with config.device "" or "cuda" on a
+//      multi-GPU server, the GPU of the model's first instance in rotation.
 //      After the last step the trained model is published as a new version
-//      through ServingState::LoadModel (atomic swap; in-flight batches finish
-//      on the old version) and the trainer becomes the model's resident one.
+//      through ServingState::LoadModel (loaded onto every instance, then an
+//      atomic swap for all of them; in-flight batches finish on the old
+//      version) and the trainer becomes the model's resident one.
 //      On any error or cancellation nothing is published and the resident
 //      trainer is unchanged (training ran on a clone). A server that starts
 //      draining stops its fine-tunes at the next step (UNAVAILABLE) rather
@@ -70,8 +73,9 @@ struct FineTuneSpec {
   int64_t report_interval = 10;
   bool shuffle = true;
   uint64_t seed = 0;
-  // "", "cpu" or "cuda" ("" = "cuda" when the base version is served on a
-  // GPU, else "cpu").
+  // "", "cpu" or "cuda" ("" = "cuda" when the model is served on a GPU,
+  // else "cpu"). "cuda" trains on the GPU of the model's first instance in
+  // rotation (GPU 0 when the model is served on the CPU).
   std::string device;
 };
 
@@ -218,8 +222,9 @@ class FineTuneManager {
 
   void Release(const std::shared_ptr<ModelSlot>& slot);
   void Launch(std::function<void()> body);
+  // `device` "cpu" or "cuda"; `gpu` the CUDA ordinal for "cuda".
   absl::StatusOr<std::shared_ptr<training::TrainingBackend>> BackendFor(
-      std::string_view device);
+      std::string_view device, int gpu);
   // The model file behind a version, checked against the served weights.
   absl::StatusOr<Model> ReadVersionFile(std::string_view name,
                                         int64_t version);
@@ -238,7 +243,8 @@ class FineTuneManager {
   };
   std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<training::TrainingBackend> cpu_backend_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<training::TrainingBackend> cuda_backend_
+  // Per CUDA ordinal.
+  std::map<int, std::shared_ptr<training::TrainingBackend>> cuda_backends_
       ABSL_GUARDED_BY(mu_);
 };
 

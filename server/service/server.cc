@@ -9,6 +9,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "server/metrics/metrics.h"
@@ -189,13 +190,18 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   self->state_ =
       std::make_unique<ServingState>(std::move(config), self->metrics_.get());
 
-  std::shared_ptr<Backend> backend = o.backend;
-  if (backend == nullptr) {
+  std::vector<std::shared_ptr<Backend>> backends = o.backends;
+  if (backends.empty() && o.backend != nullptr) backends.push_back(o.backend);
+  if (backends.empty()) {
     BackendOptions backend_options;
     backend_options.cpu_threads = o.cpu_threads;
-    auto created = CreateBackend(o.device, backend_options);
+    auto created = CreateBackends(o.device, backend_options);
     if (!created.ok()) return created.status();
-    backend = std::move(*created);
+    backends = std::move(*created);
+  }
+  std::vector<std::string> devices;
+  for (const auto& backend : backends) {
+    devices.push_back(backend != nullptr ? backend->device() : "null");
   }
 
   ModelRegistryOptions registry_options;
@@ -205,11 +211,12 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   registry_options.batching.max_queue_delay = o.max_queue_delay;
   registry_options.max_loaded_versions = o.max_loaded_versions;
   ServingState* state = self->state_.get();
-  registry_options.observer_factory = [state](std::string_view name) {
-    return state->MakeObserver(name);
+  registry_options.observer_factory = [state](std::string_view name,
+                                              std::string_view instance) {
+    return state->MakeObserver(name, instance);
   };
   auto registry =
-      ModelRegistry::Create(backend, std::move(registry_options));
+      ModelRegistry::Create(std::move(backends), std::move(registry_options));
   if (!registry.ok()) return registry.status();
   self->registry_ = std::move(*registry);
   self->state_->AttachRegistry(self->registry_.get());
@@ -253,7 +260,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
            {{"address", listen},
             {"port", absl::StrCat(self->port_)},
             {"metrics_port", absl::StrCat(self->metrics_port())},
-            {"device", backend->device()},
+            {"device", absl::StrJoin(devices, ",")},
             {"version", std::string(ServerVersion())},
             {"cuda_build", kBuiltWithCuda ? "true" : "false"},
             {"tls", o.tls_cert.empty() ? "off" : (o.tls_ca.empty() ? "on" : "mtls")},

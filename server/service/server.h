@@ -53,12 +53,17 @@ struct ServerOptions {
   // "large" (4096 -> 11008 -> 4096), "small" (64 -> 128 -> 32) or "none".
   std::string demo_model = "large";
 
-  // "auto" (GPU if one is visible), "cpu" or "cuda:N".
+  // "auto" (GPU if one is visible), "all" (every visible GPU), "cpu",
+  // "cuda:N", or a list ("cuda:0,cuda:1", "cpu,cpu"): one model instance per
+  // device (server/runtime/device_list.h).
   std::string device = "auto";
   // Threads of the CPU backend per batch (<= 0: all hardware threads).
   int cpu_threads = 0;
   // Tests: a ready backend, used instead of `device`.
   std::shared_ptr<Backend> backend;
+  // Tests: ready backends, one model instance each, used instead of
+  // `device` and `backend` when not empty.
+  std::vector<std::shared_ptr<Backend>> backends;
 
   // Dynamic batching (per model).
   int64_t preferred_batch_rows = 128;

@@ -21,27 +21,37 @@ inline absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
 // Feeds one model's batcher events into Prometheus and the GetStats counters.
 // Requests are counted by the services (they also see the requests rejected
 // before they reach the batcher), so OnRequestDone is not used here.
-class MetricsObserver final : public BatcherObserver {
+class MetricsObserver final : public InstanceObserver {
  public:
-  MetricsObserver(Metrics* metrics, std::string model, ModelCounters* counters)
-      : metrics_(metrics), model_(std::move(model)), counters_(counters) {}
+  MetricsObserver(ServingState* state, Metrics* metrics, std::string model,
+                  std::string instance, ModelCounters* counters)
+      : state_(state),
+        metrics_(metrics),
+        model_(std::move(model)),
+        instance_(std::move(instance)),
+        counters_(counters) {}
 
   void OnQueueRows(int64_t queued_rows) override {
-    metrics_->SetQueueRows(model_, queued_rows);
+    metrics_->SetQueueRows(model_, instance_, queued_rows);
   }
   void OnRequestQueued(double seconds) override {
     metrics_->RecordQueueWait(model_, seconds);
   }
   void OnBatch(int64_t rows, double compute_seconds) override {
-    metrics_->RecordBatch(model_, rows, compute_seconds);
+    metrics_->RecordBatch(model_, instance_, rows, compute_seconds);
     counters_->batches.fetch_add(1, std::memory_order_relaxed);
     counters_->batch_rows.fetch_add(static_cast<uint64_t>(rows),
                                     std::memory_order_relaxed);
   }
+  void OnHealthChanged(bool healthy, const absl::Status& cause) override {
+    state_->OnInstanceHealth(model_, instance_, healthy, cause);
+  }
 
  private:
+  ServingState* const state_;
   Metrics* const metrics_;
   const std::string model_;
+  const std::string instance_;
   ModelCounters* const counters_;
 };
 
@@ -60,7 +70,7 @@ void ServingState::SetHealthService(grpc::HealthCheckServiceInterface* health) {
   if (health_ == nullptr) return;
   // Not serving until the initial models are loaded (SetOverallServing).
   health_->SetServingStatus("", false);
-  for (const auto& name : serving) health_->SetServingStatus(name, true);
+  for (const auto& name : serving) PublishModelHealth(name, true);
   for (const auto& name : loading_) {
     if (serving.count(name) == 0) health_->SetServingStatus(name, false);
   }
@@ -168,9 +178,7 @@ absl::StatusOr<int64_t> ServingState::LoadModel(std::string_view name,
   {
     absl::MutexLock lock(&mu_);
     details_[{std::string(name), *version}] = std::move(details);
-    if (health_ != nullptr && !draining_) {
-      health_->SetServingStatus(std::string(name), true);
-    }
+    PublishModelHealth(std::string(name), true);
   }
   metrics_->InitModel(name);
   RefreshModelGauges();
@@ -197,10 +205,14 @@ absl::StatusOr<std::vector<int64_t>> ServingState::UnloadModel(
       for (const auto& v : model.versions) remaining.push_back(v->version());
     }
   }
-  {
+  if (remaining.empty()) {
     absl::MutexLock lock(&mu_);
-    if (health_ != nullptr && !draining_ && remaining.empty()) {
-      health_->SetServingStatus(std::string(name), false);
+    PublishModelHealth(std::string(name), false);
+    if (auto it = instances_.find(name); it != instances_.end()) {
+      for (const auto& [instance, healthy] : it->second) {
+        metrics_->RemoveInstance(name, instance);
+      }
+      instances_.erase(it);
     }
   }
   RefreshModelGauges();
@@ -227,10 +239,54 @@ ModelCounters& ServingState::Counters(std::string_view name) {
   return *it->second;
 }
 
-std::unique_ptr<BatcherObserver> ServingState::MakeObserver(
-    std::string_view name) {
-  return std::make_unique<MetricsObserver>(metrics_, std::string(name),
+std::unique_ptr<InstanceObserver> ServingState::MakeObserver(
+    std::string_view name, std::string_view instance) {
+  {
+    absl::MutexLock lock(&mu_);
+    // A new model name (or one loaded again after a full unload): every
+    // instance starts in rotation.
+    instances_[std::string(name)][std::string(instance)] = true;
+  }
+  metrics_->InitInstance(name, instance);
+  return std::make_unique<MetricsObserver>(this, metrics_, std::string(name),
+                                           std::string(instance),
                                            &Counters(name));
+}
+
+void ServingState::OnInstanceHealth(std::string_view name,
+                                    std::string_view instance, bool healthy,
+                                    const absl::Status& cause) {
+  int in_rotation = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = instances_.find(name);
+    if (it == instances_.end()) return;  // unloaded meanwhile
+    it->second[std::string(instance)] = healthy;
+    for (const auto& [other, ok] : it->second) in_rotation += ok ? 1 : 0;
+    metrics_->SetInstanceHealthy(name, instance, healthy);
+    PublishModelHealth(std::string(name), true);
+  }
+  LogEvent(healthy ? LogLevel::kInfo : LogLevel::kError,
+           healthy ? "instance_back_in_rotation" : "instance_out_of_rotation",
+           {{"model", std::string(name)},
+            {"instance", std::string(instance)},
+            {"healthy_instances", absl::StrCat(in_rotation)},
+            {"error", cause.ok() ? "" : cause.ToString()}});
+}
+
+void ServingState::PublishModelHealth(const std::string& name, bool loaded) {
+  if (health_ == nullptr || draining_) return;
+  bool any = false;
+  if (auto it = instances_.find(name); it != instances_.end()) {
+    for (const auto& [instance, healthy] : it->second) {
+      health_->SetServingStatus(absl::StrCat(name, "@", instance),
+                                loaded && healthy);
+      any = any || healthy;
+    }
+  } else {
+    any = true;  // no instance bookkeeping (a registry without observers)
+  }
+  health_->SetServingStatus(name, loaded && any);
 }
 
 void ServingState::RefreshModelGauges() {
@@ -242,7 +298,11 @@ void ServingState::RefreshModelGauges() {
   for (const ModelStatus& model : registry_->List()) {
     for (const auto& v : model.versions) {
       now.emplace(model.name, v->version(), v->device());
-      memory[v->device()] += v->device_memory_bytes();
+      for (int i = 0; i < v->instance_count(); ++i) {
+        if (v->HasReplica(i)) {
+          memory[v->replica_device(i)] += v->replica_memory_bytes(i);
+        }
+      }
     }
   }
   absl::MutexLock lock(&mu_);

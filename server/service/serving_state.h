@@ -74,6 +74,9 @@ class ServingState {
   absl::Time start_time() const { return start_time_; }
 
   // Set once the gRPC server is built (health is owned by the server).
+  // Health service names: "" (overall), "<model>" (SERVING while at least
+  // one of its instances is in rotation) and "<model>@<instance>" (one per
+  // model instance, e.g. "demo@cuda:1"; instance names as the registry's).
   void SetHealthService(grpc::HealthCheckServiceInterface* health);
   // Overall health ("" service): SERVING once the initial models are loaded.
   void SetOverallServing(bool serving);
@@ -111,10 +114,21 @@ class ServingState {
 
   VersionDetails Details(std::string_view name, int64_t version);
   ModelCounters& Counters(std::string_view name);
-  // Observer for the registry's per-model batchers (metrics + counters).
-  std::unique_ptr<BatcherObserver> MakeObserver(std::string_view name);
+  // Observer for the batcher of one instance of model `name` (metrics with
+  // device=`instance`, counters, instance health). The registry calls it
+  // with its lock held.
+  std::unique_ptr<InstanceObserver> MakeObserver(std::string_view name,
+                                                 std::string_view instance);
+  // An instance left (healthy false) or rejoined the rotation: metric,
+  // health "<model>@<instance>", the model's health, a log line.
+  void OnInstanceHealth(std::string_view name, std::string_view instance,
+                        bool healthy, const absl::Status& cause);
 
  private:
+  // Health of `name` and its instances from instances_; mu_ held.
+  void PublishModelHealth(const std::string& name, bool loaded)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Recomputes bitnet_model_info and bitnet_device_memory_used_bytes from
   // the registry (versions may also disappear through max_loaded_versions).
   void RefreshModelGauges();
@@ -139,6 +153,9 @@ class ServingState {
   std::set<std::tuple<std::string, int64_t, std::string>> info_series_
       ABSL_GUARDED_BY(mu_);
   std::set<std::string> memory_devices_ ABSL_GUARDED_BY(mu_);
+  // Model -> instance name -> in rotation.
+  std::map<std::string, std::map<std::string, bool>, std::less<>> instances_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace bitnet

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Multi-GPU serving benchmark (issue 9): one bitnet-server process with one
+# model instance per GPU, against the same server on one GPU. For each
+# --device configuration (default: cuda:0, then cuda:0,cuda:1) it starts
+# bitnet-server with the large demo model, sweeps bitnet-load's closed-loop
+# concurrency (doubling) until throughput saturates, stops the server, and
+# finally writes:
+#
+#   OUT_DIR/results.csv   one row per (config, concurrency) point
+#   OUT_DIR/results.md    a table per config, the saturation summary (rows/s,
+#                         speedup over the first config, p99 at equal load per
+#                         GPU) and the GPU names
+#   OUT_DIR/<config>/     server.log, per-point bitnet-load JSON, and the
+#                         share of batch rows each instance computed
+#
+# Usage:
+#   benchmarks/multi_gpu_sweep.sh BUNDLE_DIR OUT_DIR
+# BUNDLE_DIR holds bitnet-server and bitnet-load (and the shared libraries
+# scripts/make-bundle.sh copies next to them; a build tree's server/ and
+# client/ directories work too).
+#
+# Requests: unary Infer (bitnet-load has no InferStream mode) with
+# ROWS_PER_REQUEST rows each, FP16 on the wire, so that per-request host work
+# (gRPC, protobuf, encoding) is amortized over many rows and the GPUs, not
+# the host, are the bottleneck at saturation. Server and bitnet-load share
+# the host; the load generator's CPU use is part of what is measured.
+#
+# Environment (defaults in brackets):
+#   CONFIGS ["cuda:0 cuda:0,cuda:1"]  --device values, space-separated; the
+#                            first is the baseline of the speedup
+#   DEMO_MODEL [large]       large (4096->11008->4096) or small (64->128->32)
+#   ROWS_PER_REQUEST [32]    rows per Infer request
+#   DTYPE [fp16]             input dtype on the wire (fp32, fp16, bf16)
+#   START_CONCURRENCY [4]    first point; each next point doubles it
+#   MAX_CONCURRENCY [1024]   last point at most
+#   SATURATION_GAIN [0.05]   stop after two points in a row that add less
+#                            than this fraction to the best rows/s so far
+#   DURATION [5s] WARMUP [2s] per point
+#   CONNECTIONS [8]          gRPC connections of bitnet-load
+#   SERVER_FLAGS []          extra bitnet-server flags
+# Needs python3 (standard library only) and, for the card names, nvidia-smi.
+set -euo pipefail
+
+if (($# != 2)); then
+  echo "usage: $0 BUNDLE_DIR OUT_DIR" >&2
+  exit 2
+fi
+bundle=$(cd "$1" && pwd)
+out=$2
+CONFIGS="${CONFIGS:-cuda:0 cuda:0,cuda:1}"
+DEMO_MODEL="${DEMO_MODEL:-large}"
+ROWS_PER_REQUEST="${ROWS_PER_REQUEST:-32}"
+DTYPE="${DTYPE:-fp16}"
+START_CONCURRENCY="${START_CONCURRENCY:-4}"
+MAX_CONCURRENCY="${MAX_CONCURRENCY:-1024}"
+SATURATION_GAIN="${SATURATION_GAIN:-0.05}"
+DURATION="${DURATION:-5s}"
+WARMUP="${WARMUP:-2s}"
+CONNECTIONS="${CONNECTIONS:-8}"
+SERVER_FLAGS="${SERVER_FLAGS:-}"
+
+find_bin() {  # a bundle (flat) or a build tree (server/, client/)
+  local name=$1 sub=$2
+  if [[ -x "$bundle/$name" ]]; then
+    echo "$bundle/$name"
+  elif [[ -x "$bundle/$sub/$name" ]]; then
+    echo "$bundle/$sub/$name"
+  else
+    echo "multi_gpu_sweep: $name not found in $bundle (or $bundle/$sub)" >&2
+    exit 2
+  fi
+}
+server_bin=$(find_bin bitnet-server server)
+load_bin=$(find_bin bitnet-load client)
+command -v python3 > /dev/null || { echo "multi_gpu_sweep: python3 is needed" >&2; exit 2; }
+export LD_LIBRARY_PATH="$bundle${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader \
+    > "$out/gpu.txt" || true
+  sed 's/^/multi_gpu_sweep: GPU /' "$out/gpu.txt" >&2
+fi
+
+server_pid=
+cleanup() {
+  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2> /dev/null; then
+    kill -TERM "$server_pid"; wait "$server_pid" || true
+  fi
+}
+trap cleanup EXIT
+
+for config in $CONFIGS; do
+  dir="$out/${config//[:,]/_}"
+  mkdir -p "$dir"
+  echo "$config" > "$dir/config.txt"
+  echo "multi_gpu_sweep: --device=$config: starting bitnet-server" >&2
+  # shellcheck disable=SC2086  # SERVER_FLAGS is a list of flags
+  "$server_bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
+    --device="$config" --demo_model="$DEMO_MODEL" --max_queue_rows=1048576 \
+    --max_request_rows="$((ROWS_PER_REQUEST > 512 ? ROWS_PER_REQUEST : 512))" \
+    --max_batch_rows="$((ROWS_PER_REQUEST > 512 ? ROWS_PER_REQUEST : 512))" \
+    $SERVER_FLAGS > "$dir/server.log" 2>&1 &
+  server_pid=$!
+  port='' metrics_port=''
+  for _ in $(seq 1 1800); do  # generating the large demo model takes seconds
+    if grep -q "event=serving" "$dir/server.log"; then
+      port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\1/p' "$dir/server.log")
+      metrics_port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\2/p' "$dir/server.log")
+      break
+    fi
+    kill -0 "$server_pid" 2> /dev/null || break
+    sleep 0.1
+  done
+  if [[ -z "$port" ]]; then
+    echo "multi_gpu_sweep: bitnet-server --device=$config did not start:" >&2
+    cat "$dir/server.log" >&2
+    exit 1
+  fi
+  preferred=$(sed -n 's/.*event=server_started .* preferred_batch_rows=\([0-9]*\).*/\1/p' "$dir/server.log")
+  metrics_url="http://127.0.0.1:$metrics_port/metrics"
+
+  concurrency=$START_CONCURRENCY
+  best=0
+  flat=0
+  while ((concurrency <= MAX_CONCURRENCY)); do
+    "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
+      --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
+      --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" \
+      --metrics_url="$metrics_url" --preferred_batch_rows="${preferred:-128}" \
+      --max_error_rate=1 --json="$dir/point-$concurrency.json" >&2
+    # Saturated: two points in a row that add < SATURATION_GAIN to the best.
+    read -r best flat < <(python3 - "$dir/point-$concurrency.json" "$best" "$flat" \
+      "$SATURATION_GAIN" <<'PY'
+import json, sys
+point = json.load(open(sys.argv[1]))["points"][0]
+best, flat, gain = float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+rate = point["rows_per_second"]
+flat = flat + 1 if rate < best * (1 + gain) else 0
+print(max(best, rate), flat)
+PY
+)
+    if ((flat >= 2)); then break; fi
+    concurrency=$((concurrency * 2))
+  done
+  # How the batches were spread over the instances (routing balance).
+  python3 - "$metrics_url" > "$dir/instances.json" <<'PY'
+import json, re, sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+rows, batches, healthy = {}, {}, {}
+for line in text.splitlines():
+    m = re.match(r'(bitnet_batch_rows_sum|bitnet_batch_rows_count|bitnet_instance_healthy)'
+                 r'\{device="([^"]*)",model="demo"\} (\S+)', line)
+    if not m:
+        continue
+    target = {"bitnet_batch_rows_sum": rows, "bitnet_batch_rows_count": batches,
+              "bitnet_instance_healthy": healthy}[m.group(1)]
+    target[m.group(2)] = float(m.group(3))
+total = sum(rows.values()) or 1
+print(json.dumps({d: {"rows": rows[d], "batches": batches.get(d, 0),
+                      "share": rows[d] / total, "healthy": healthy.get(d)}
+                  for d in sorted(rows)}))
+PY
+  kill -TERM "$server_pid"; wait "$server_pid" || true
+  server_pid=
+done
+
+python3 - "$out" "$CONFIGS" "$ROWS_PER_REQUEST" "$DTYPE" "$CONNECTIONS" "$DURATION" "$DEMO_MODEL" <<'PY'
+import csv, glob, json, os, sys
+out, configs, rpr, dtype, connections, duration, model = sys.argv[1:8]
+configs = configs.split()
+gpus = {}
+if os.path.exists(os.path.join(out, "gpu.txt")):
+    for line in open(os.path.join(out, "gpu.txt")):
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2:
+            gpus[fields[0]] = fields[1]
+
+def devices(config):
+    return config.split(",")
+
+rows_by_config = {}
+for config in configs:
+    d = os.path.join(out, config.replace(":", "_").replace(",", "_"))
+    points = []
+    for path in glob.glob(os.path.join(d, "point-*.json")):
+        points.append(json.load(open(path))["points"][0])
+    points.sort(key=lambda p: p["concurrency"])
+    rows_by_config[config] = points
+
+with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["config", "instances", "concurrency", "rows_per_request", "requests_per_second",
+                "rows_per_second", "p50_ms", "p90_ms", "p99_ms", "mean_batch_rows", "errors"])
+    for config, points in rows_by_config.items():
+        for p in points:
+            w.writerow([config, len(devices(config)), p["concurrency"], p["rows_per_request"],
+                        f"{p['requests_per_second']:.1f}", f"{p['rows_per_second']:.0f}",
+                        f"{p['latency_ms']['p50']:.2f}", f"{p['latency_ms']['p90']:.2f}",
+                        f"{p['latency_ms']['p99']:.2f}",
+                        "" if p["mean_batch_rows"] is None else f"{p['mean_batch_rows']:.1f}",
+                        p["errors"]])
+
+def card(device):
+    if device.startswith("cuda:"):
+        return gpus.get(device.split(":")[1], device)
+    return device
+
+md = []
+md.append(f"Demo model `{model}`, unary Infer, {rpr} rows per request ({dtype} on the wire), "
+          f"closed loop, {connections} connections, {duration} per point, server and "
+          f"bitnet-load on the same host; concurrency doubled until two points in a row "
+          f"added < 5% rows/s.\n")
+if gpus:
+    md.append("Cards: " + "; ".join(f"cuda:{i} {n}" for i, n in sorted(gpus.items())) + "\n")
+for config, points in rows_by_config.items():
+    md.append(f"### `--device={config}` ({', '.join(card(x) for x in devices(config))})\n")
+    md.append("| concurrency | requests/s | rows/s | p50 ms | p99 ms | mean batch rows | errors |")
+    md.append("|---:|---:|---:|---:|---:|---:|---:|")
+    for p in points:
+        mb = p["mean_batch_rows"]
+        md.append(f"| {p['concurrency']} | {p['requests_per_second']:.0f} | "
+                  f"{p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
+                  f"{p['latency_ms']['p99']:.2f} | {'n/a' if mb is None else f'{mb:.1f}'} | "
+                  f"{p['errors']} |")
+    inst = os.path.join(out, config.replace(":", "_").replace(",", "_"), "instances.json")
+    if os.path.exists(inst):
+        shares = json.load(open(inst))
+        md.append("\nBatch rows per instance (whole run): " + ", ".join(
+            f"{d} {v['share'] * 100:.1f}% ({v['batches']:.0f} batches)" for d, v in shares.items()))
+    md.append("")
+
+md.append("### Saturation\n")
+md.append("| config | instances | best rows/s | at concurrency | p99 ms there | speedup | "
+          "p99 ms at the baseline's saturation load per GPU |")
+md.append("|---|---:|---:|---:|---:|---:|---:|")
+base = None
+base_conc = None
+for config, points in rows_by_config.items():
+    if not points:
+        continue
+    best = max(points, key=lambda p: p["rows_per_second"])
+    n = len(devices(config))
+    if base is None:
+        base, base_conc = best["rows_per_second"], best["concurrency"]
+    # The same load per GPU as the baseline's best point: concurrency x n.
+    same = [p for p in points if p["concurrency"] == base_conc * n]
+    md.append(f"| `{config}` | {n} | {best['rows_per_second']:.0f} | {best['concurrency']} | "
+              f"{best['latency_ms']['p99']:.2f} | {best['rows_per_second'] / base:.2f}x | "
+              f"{same[0]['latency_ms']['p99']:.2f} (concurrency {same[0]['concurrency']})"
+              if same else
+              f"| `{config}` | {n} | {best['rows_per_second']:.0f} | {best['concurrency']} | "
+              f"{best['latency_ms']['p99']:.2f} | {best['rows_per_second'] / base:.2f}x | n/a |")
+open(os.path.join(out, "results.md"), "w").write("\n".join(md) + "\n")
+print("\n".join(md))
+PY
+echo "multi_gpu_sweep: results in $out (results.md, results.csv, per-config server logs and points)" >&2
