@@ -53,7 +53,9 @@ COUNTERS = {"bitnet_requests_total", "bitnet_rows_total",
             "bitnet_finetune_steps_total", "grpc_server_handled_total"}
 GAUGES = {"bitnet_queue_rows", "bitnet_model_info",
           "bitnet_device_memory_used_bytes", "bitnet_finetune_loss",
-          "bitnet_build_info"}
+          "bitnet_build_info",
+          # Added with multi-device serving (docs/api.md "Metrics").
+          "bitnet_instance_healthy"}
 HISTOGRAMS = {"bitnet_request_duration_seconds",
               "bitnet_queue_duration_seconds", "bitnet_batch_rows",
               "bitnet_batch_compute_seconds", "grpc_server_handling_seconds"}
