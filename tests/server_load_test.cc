@@ -1,27 +1,31 @@
 // Dynamic batching under load, end to end: 256 concurrent single-row clients
 // against the LARGE demo model (4096 -> 11008 -> 4096) on the CPU backend,
-// preferred_batch_rows 128 (the default), max_queue_delay 20 ms.
+// preferred_batch_rows 128 (the default), max_batch_rows 256.
 //
-// While batch i computes, the queue keeps filling: once preferred_batch_rows
-// rows are queued they are assembled into the hand-off, and the delay never
-// sends a partial batch while the worker is busy; once the worker is free a
-// partial batch still waits max_queue_delay for the clients just answered.
-// In steady state the 256 clients therefore split into two groups of 128
-// that alternate between computing and queueing: the mean is 128 exactly
-// when every answered client sends its next row within max_queue_delay.
+// While batch i computes, the rows arriving meanwhile gather in the open
+// batch; once the worker is free, a batch of >= preferred rows still waits
+// while rows keep arriving (batch_arrival_gap), so the clients just answered
+// join the ones that queued during the computation. Without that, 256
+// closed-loop clients settle into two groups of 128 that alternate (a mean
+// of exactly 128 at best, and below it whenever a client misses a cut); with
+// it they merge into one group and batches approach 256 rows.
 // On this 2-core machine the 256 client threads compete with the compute
-// threads for the cores, and some take longer than the default 2 ms (the
-// mean then drops to about 123); 20 ms is still under a tenth of one
-// batch's compute time here. (On the GPU host the default 2 ms is used.)
+// threads for the cores, so answered clients take milliseconds to send
+// again: the test uses a 20 ms max_queue_delay and a 5 ms arrival gap, still
+// a small fraction of one batch's compute time here (on the GPU host the
+// defaults, 2 ms and 250 us, are used).
 //
 // The mean is read from bitnet_batch_rows (sum / count), as a Prometheus
 // query would, between two scrapes taken while all clients are busy.
 #include <atomic>
 #include <cstdio>
 #include <latch>
+#include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "gmock/gmock.h"
 #include "server/metrics/metrics.h"
 #include "server_test_util.h"
@@ -30,19 +34,19 @@ namespace bitnet {
 namespace {
 
 using ::bitnet::testing::MakeClient;
-using ::bitnet::testing::MetricValue;
 using ::bitnet::testing::RandomRows;
 using ::bitnet::testing::Reference;
 using ::bitnet::testing::TestOptions;
 
-TEST(ServerLoadTest, ConcurrentSingleRowClientsFillBatchesOf128) {
+TEST(ServerLoadTest, ConcurrentSingleRowClientsFillBatchesOfAtLeast128) {
   ServerOptions o = TestOptions();
   o.demo_model = "large";
   o.cpu_threads = 0;  // all cores
   o.preferred_batch_rows = 128;
   o.max_batch_rows = 256;
   o.max_request_rows = 256;
-  o.max_queue_delay = absl::Milliseconds(20);  // see the comment at the top
+  o.max_queue_delay = absl::Milliseconds(50);  // see the comment at the top
+  o.batch_arrival_gap = absl::Milliseconds(20);
   auto server = InferenceServer::Create(o);
   ASSERT_TRUE(server.ok()) << server.status();
   auto client = MakeClient((*server)->port(), absl::Seconds(600));
@@ -78,10 +82,25 @@ TEST(ServerLoadTest, ConcurrentSingleRowClientsFillBatchesOf128) {
       }
     });
   }
+  // Summed over the model's series (one per device instance), as
+  // sum(bitnet_batch_rows_sum{model="demo"}) would.
+  auto total = [](const std::string& text, const std::string& name) {
+    double value = 0;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind(name + "{", 0) != 0 ||
+          line.find("model=\"demo\"") == std::string::npos) {
+        continue;
+      }
+      double v = 0;
+      if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) value += v;
+    }
+    return value;
+  };
   auto scrape = [&](double* sum, double* count) {
     const std::string text = (*server)->metrics().Serialize();
-    *sum = MetricValue(text, "bitnet_batch_rows_sum{model=\"demo\"}");
-    *count = MetricValue(text, "bitnet_batch_rows_count{model=\"demo\"}");
+    *sum = total(text, "bitnet_batch_rows_sum");
+    *count = total(text, "bitnet_batch_rows_count");
   };
   // Waits (bounded) until at least `batches` batches have completed.
   auto await_batches = [&](double batches, double* sum, double* count) {
@@ -107,10 +126,8 @@ TEST(ServerLoadTest, ConcurrentSingleRowClientsFillBatchesOf128) {
               "rows %.1f, %.0f rows/s (%lld requests in all)\n",
               kClients, count1 - count0, sum1 - sum0, mean,
               (sum1 - sum0) / seconds, static_cast<long long>(requests.load()));
-  // 128 is the steady state's ideal; a client that misses a cut costs a few
-  // rows in one batch, so the guard leaves 10% for scheduling noise on a
-  // loaded 2-core CI machine (seen: 126.5 to 128.0).
-  EXPECT_GE(mean, 0.9 * 128.0);
+  // Issue #4's acceptance: at least preferred_batch_rows on average.
+  EXPECT_GE(mean, 128.0);
 
   // Rows went back to the right clients: check three against the oracle.
   const Model model = MakeDemoModel(DemoModelSize::kLarge);
