@@ -32,7 +32,7 @@
 #   ROWS_PER_REQUEST [32]    rows per Infer request
 #   DTYPE [fp16]             input dtype on the wire (fp32, fp16, bf16)
 #   START_CONCURRENCY [4]    first point; each next point doubles it
-#   MAX_CONCURRENCY [1024]   last point at most
+#   MAX_CONCURRENCY [1024]   last point at most (times the config's devices)
 #   SATURATION_GAIN [0.05]   stop after two points in a row that add less
 #                            than this fraction to the best rows/s so far
 #   DURATION [5s] WARMUP [2s] per point
@@ -120,10 +120,13 @@ for config in $CONFIGS; do
   preferred=$(sed -n 's/.*event=server_started .* preferred_batch_rows=\([0-9]*\).*/\1/p' "$dir/server.log")
   metrics_url="http://127.0.0.1:$metrics_port/metrics"
 
+  # The cap grows with the devices, so that every config reaches the same
+  # load per device.
+  instances=$(($(tr -cd ',' <<< "$config" | wc -c) + 1))
   concurrency=$START_CONCURRENCY
   best=0
   flat=0
-  while ((concurrency <= MAX_CONCURRENCY)); do
+  while ((concurrency <= MAX_CONCURRENCY * instances)); do
     "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
       --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
       --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" \
@@ -219,7 +222,7 @@ for config, points in rows_by_config.items():
     md.append("|---:|---:|---:|---:|---:|---:|---:|")
     for p in points:
         mb = p["mean_batch_rows"]
-        md.append(f"| {p['concurrency']} | {p['requests_per_second']:.0f} | "
+        md.append(f"| {p['concurrency']:g} | {p['requests_per_second']:.0f} | "
                   f"{p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
                   f"{p['latency_ms']['p99']:.2f} | {'n/a' if mb is None else f'{mb:.1f}'} | "
                   f"{p['errors']} |")
@@ -232,7 +235,7 @@ for config, points in rows_by_config.items():
 
 md.append("### Saturation\n")
 md.append("| config | instances | best rows/s | at concurrency | p99 ms there | speedup | "
-          "p99 ms at the baseline's saturation load per GPU |")
+          "p99 ms at the baseline's saturation load per device |")
 md.append("|---|---:|---:|---:|---:|---:|---:|")
 base = None
 base_conc = None
@@ -243,14 +246,42 @@ for config, points in rows_by_config.items():
     n = len(devices(config))
     if base is None:
         base, base_conc = best["rows_per_second"], best["concurrency"]
-    # The same load per GPU as the baseline's best point: concurrency x n.
+    # The same load per device as the baseline's best point: concurrency x n.
     same = [p for p in points if p["concurrency"] == base_conc * n]
-    md.append(f"| `{config}` | {n} | {best['rows_per_second']:.0f} | {best['concurrency']} | "
+    same_text = (f"{same[0]['latency_ms']['p99']:.2f} (concurrency {same[0]['concurrency']:g})"
+                 if same else "n/a")
+    md.append(f"| `{config}` | {n} | {best['rows_per_second']:.0f} | {best['concurrency']:g} | "
               f"{best['latency_ms']['p99']:.2f} | {best['rows_per_second'] / base:.2f}x | "
-              f"{same[0]['latency_ms']['p99']:.2f} (concurrency {same[0]['concurrency']})"
-              if same else
-              f"| `{config}` | {n} | {best['rows_per_second']:.0f} | {best['concurrency']} | "
-              f"{best['latency_ms']['p99']:.2f} | {best['rows_per_second'] / base:.2f}x | n/a |")
+              f"{same_text} |")
+
+# Latency at equal load per device: the baseline at concurrency C against
+# each other config at C x (its devices / the baseline's devices).
+if len(rows_by_config) > 1:
+    names = list(rows_by_config)
+    base_points = rows_by_config[names[0]]
+    base_n = len(devices(names[0]))
+    md.append("\n### Equal load per device\n")
+    header = f"| concurrency per device | `{names[0]}` rows/s | p99 ms |"
+    rule = "|---:|---:|---:|"
+    for other in names[1:]:
+        header += f" `{other}` rows/s | p99 ms | rows/s ratio |"
+        rule += "---:|---:|---:|"
+    md.append(header)
+    md.append(rule)
+    for bp in base_points:
+        line = (f"| {bp['concurrency'] / base_n:g} | {bp['rows_per_second']:.0f} | "
+                f"{bp['latency_ms']['p99']:.2f} |")
+        for other in names[1:]:
+            scale = len(devices(other)) / base_n
+            match = [p for p in rows_by_config[other]
+                     if p["concurrency"] == bp["concurrency"] * scale]
+            if match:
+                m = match[0]
+                line += (f" {m['rows_per_second']:.0f} | {m['latency_ms']['p99']:.2f} | "
+                         f"{m['rows_per_second'] / bp['rows_per_second']:.2f}x |")
+            else:
+                line += " n/a | n/a | n/a |"
+        md.append(line)
 open(os.path.join(out, "results.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))
 PY
