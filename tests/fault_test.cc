@@ -389,6 +389,37 @@ TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteAnOpenStream) {
               absl::FormatDuration(kGrace).c_str());
 }
 
+// Idle client connections (connected, no call open) hold gRPC's shutdown
+// after the drain: the exit still comes within the grace period.
+TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteIdleConnections) {
+  REQUIRE_SERVER_BINARY();
+  ScratchDir dir("bitnet_fault_idle");
+  constexpr absl::Duration kGrace = absl::Seconds(3);
+  auto server = ServerProcess::Start(
+      ServerBinary(),
+      {"--demo_model=small", "--device=cpu", "--cpu_threads=1",
+       "--drain_grace_period=" + absl::FormatDuration(kGrace)},
+      dir / "server.log");
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<std::unique_ptr<Client>> idle;
+  for (int i = 0; i < 4; ++i) {
+    ClientOptions o;
+    o.address = (*server)->address();
+    o.own_connection = true;
+    idle.push_back(*Client::Create(o));
+    ASSERT_TRUE(idle.back()->Infer("demo", RandomRows(1, kIn, i), kIn).ok());
+  }
+  const absl::Time signalled = absl::Now();
+  (*server)->Signal(SIGTERM);
+  const std::optional<int> wait_status = (*server)->WaitExit(kGrace + absl::Seconds(30));
+  const absl::Duration to_exit = absl::Now() - signalled;
+  ASSERT_TRUE(wait_status.has_value());
+  EXPECT_TRUE(WIFEXITED(*wait_status) && WEXITSTATUS(*wait_status) == 0) << (*server)->Log();
+  EXPECT_LT(to_exit, kGrace + absl::Seconds(4));
+  std::printf("4 idle connections: exit %s after SIGTERM (grace %s)\n",
+              absl::FormatDuration(to_exit).c_str(), absl::FormatDuration(kGrace).c_str());
+}
+
 // ---------------------------------------------------------------- SIGKILL
 
 // A model big enough that writing it takes a while (about 17 MB with
