@@ -728,7 +728,17 @@ class InProcessFaultTest : public ::testing::Test {
       return Metric("bitnet_queue_duration_seconds_count{model=\"demo\"}") >= dispatched + 2 ||
              QueuedRows() == batch_rows;
     }));
-    return QueuedRows();
+    // b may still move from the queue into the hand-off: wait until the
+    // queue has stayed the same for 200 ms.
+    int64_t queued = QueuedRows();
+    for (absl::Time since = absl::Now(); absl::Now() - since < absl::Milliseconds(200);) {
+      absl::SleepFor(absl::Milliseconds(5));
+      if (const int64_t now = QueuedRows(); now != queued) {
+        queued = now;
+        since = absl::Now();
+      }
+    }
+    return queued;
   }
   bool Correct(const Call& call) {
     if (!call.status.ok()) return false;
