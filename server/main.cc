@@ -53,10 +53,20 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(int, cpu_threads, 0,
           "Threads of the CPU backend per batch (0: all hardware threads)");
 ABSL_FLAG(int64_t, preferred_batch_rows, 128,
-          "Dispatch a batch as soon as this many rows are queued");
+          "A batch of at least this many rows goes to a free device as soon "
+          "as arrivals pause for --batch_arrival_gap; smaller batches wait "
+          "up to --max_queue_delay for more rows");
 ABSL_FLAG(int64_t, max_batch_rows, 512, "Largest batch (rows)");
 ABSL_FLAG(absl::Duration, max_queue_delay, absl::Milliseconds(2),
-          "Longest time the oldest queued request waits for a fuller batch");
+          "Longest time the oldest queued request waits for a fuller batch "
+          "once the device is free");
+ABSL_FLAG(absl::Duration, batch_arrival_gap, absl::Microseconds(250),
+          "A batch of >= --preferred_batch_rows rows keeps gathering rows "
+          "while they keep arriving, and leaves once none has arrived for "
+          "this long (0: leave at once; never beyond --max_queue_delay)");
+ABSL_FLAG(int, completion_threads, 4,
+          "Threads per model instance that encode and send answers, so the "
+          "device starts the next batch at once");
 ABSL_FLAG(int64_t, max_queue_rows, 8192,
           "Rows queued per model beyond which requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_request_rows, 512,
@@ -145,6 +155,8 @@ int main(int argc, char** argv) {
   options.preferred_batch_rows = absl::GetFlag(FLAGS_preferred_batch_rows);
   options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   options.max_queue_delay = absl::GetFlag(FLAGS_max_queue_delay);
+  options.batch_arrival_gap = absl::GetFlag(FLAGS_batch_arrival_gap);
+  options.completion_threads = absl::GetFlag(FLAGS_completion_threads);
   options.max_queue_rows = absl::GetFlag(FLAGS_max_queue_rows);
   options.max_request_rows = absl::GetFlag(FLAGS_max_request_rows);
   options.max_loaded_versions = absl::GetFlag(FLAGS_max_loaded_versions);

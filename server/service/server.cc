@@ -109,6 +109,16 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return bad("max_queue_delay", absl::FormatDuration(o.max_queue_delay),
                ">= 0");
   }
+  // A gap longer than max_queue_delay is harmless: the delay bounds the
+  // wait either way (so --max_queue_delay=0 works without touching it).
+  if (o.batch_arrival_gap < absl::ZeroDuration() ||
+      o.batch_arrival_gap == absl::InfiniteDuration()) {
+    return bad("batch_arrival_gap", absl::FormatDuration(o.batch_arrival_gap),
+               "finite and >= 0");
+  }
+  if (o.completion_threads < 1 || o.completion_threads > 256) {
+    return bad("completion_threads", o.completion_threads, "1..256");
+  }
   if (o.drain_grace_period < absl::ZeroDuration()) {
     return bad("drain_grace_period",
                absl::FormatDuration(o.drain_grace_period), ">= 0");
@@ -209,6 +219,8 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   registry_options.batching.max_batch_rows = o.max_batch_rows;
   registry_options.batching.max_queue_rows = o.max_queue_rows;
   registry_options.batching.max_queue_delay = o.max_queue_delay;
+  registry_options.batching.arrival_gap = o.batch_arrival_gap;
+  registry_options.batching.completion_threads = o.completion_threads;
   registry_options.max_loaded_versions = o.max_loaded_versions;
   ServingState* state = self->state_.get();
   registry_options.observer_factory = [state](std::string_view name,
@@ -267,7 +279,8 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
             {"admin", admin_enabled ? "on" : "off"},
             {"preferred_batch_rows", absl::StrCat(o.preferred_batch_rows)},
             {"max_batch_rows", absl::StrCat(o.max_batch_rows)},
-            {"max_queue_delay", absl::FormatDuration(o.max_queue_delay)}});
+            {"max_queue_delay", absl::FormatDuration(o.max_queue_delay)},
+            {"batch_arrival_gap", absl::FormatDuration(o.batch_arrival_gap)}});
 
   if (o.load_models_in_background) {
     InferenceServer* raw = self.get();

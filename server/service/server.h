@@ -69,6 +69,11 @@ struct ServerOptions {
   int64_t preferred_batch_rows = 128;
   int64_t max_batch_rows = 512;
   absl::Duration max_queue_delay = absl::Milliseconds(2);
+  // A batch of >= preferred_batch_rows keeps waiting while rows keep
+  // arriving, until they pause this long (BatcherOptions::arrival_gap).
+  absl::Duration batch_arrival_gap = absl::Microseconds(250);
+  // Threads per model instance that deliver answers (encode + send).
+  int completion_threads = 4;
   int64_t max_queue_rows = 8192;
   // Largest single request; must be <= max_batch_rows.
   int64_t max_request_rows = 512;
