@@ -232,7 +232,7 @@ TEST_F(ServerTest, ConcurrentRequestsEachGetTheirOwnRows) {
         << "client " << i;
   }
   // Some requests shared a batch: fewer batches than requests.
-  const double batches = Metric("bitnet_batch_rows_count{model=\"demo\"}");
+  const double batches = Metric("bitnet_batch_rows_count{device=\"cpu\",model=\"demo\"}");
   EXPECT_GT(batches, 0);
   EXPECT_LT(batches, kClients);
 }
@@ -757,8 +757,8 @@ TEST_F(ServerTest, MetricsOverHttpShowTheFixedNames) {
   EXPECT_EQ(MetricValue(text, "bitnet_model_info{backend=\"cpu\",model=\"demo\",version=\"1\"}"), 1);
   EXPECT_EQ(MetricValue(text, "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Infer\","
                               "grpc_service=\"bitnet.v1.Inference\",grpc_type=\"unary\"}"), 1);
-  EXPECT_GE(MetricValue(text, "bitnet_batch_rows_count{model=\"demo\"}"), 1);
-  EXPECT_EQ(MetricValue(text, "bitnet_queue_rows{model=\"demo\"}"), 0);
+  EXPECT_GE(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu\",model=\"demo\"}"), 1);
+  EXPECT_EQ(MetricValue(text, "bitnet_queue_rows{device=\"cpu\",model=\"demo\"}"), 0);
   EXPECT_EQ(http.Get("/nope")->status, 404);
 }
 

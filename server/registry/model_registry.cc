@@ -112,25 +112,36 @@ struct ModelRegistry::Entry {
   int Pick(const ModelVersion* pinned) {
     const int n = static_cast<int>(instances.size());
     if (n == 1) return 0;
-    std::vector<int> best;
-    int64_t best_load = 0;
+    // Two passes, no allocation: the least load and how many share it,
+    // then the k-th of those.
     for (bool need_healthy : {true, false}) {
+      auto candidate = [&](int i) {
+        return (pinned == nullptr || pinned->HasReplica(i)) &&
+               (!need_healthy || Healthy(i));
+      };
+      int64_t best_load = 0;
+      int ties = 0;
       for (int i = 0; i < n; ++i) {
-        if (pinned != nullptr && !pinned->HasReplica(i)) continue;
-        if (need_healthy && !Healthy(i)) continue;
+        if (!candidate(i)) continue;
         const int64_t load = Load(i);
-        if (best.empty() || load < best_load) {
-          best.assign(1, i);
+        if (ties == 0 || load < best_load) {
           best_load = load;
+          ties = 1;
         } else if (load == best_load) {
-          best.push_back(i);
+          ++ties;
         }
       }
-      if (!best.empty()) break;
+      if (ties == 0) continue;
+      int k = ties == 1 ? 0 : static_cast<int>(round_robin.fetch_add(1) % ties);
+      for (int i = 0; i < n; ++i) {
+        if (candidate(i) && Load(i) == best_load && k-- == 0) return i;
+      }
+      // Loads moved between the passes: the first candidate will do.
+      for (int i = 0; i < n; ++i) {
+        if (candidate(i)) return i;
+      }
     }
-    if (best.empty()) return 0;  // not reached: a version has a replica
-    if (best.size() == 1) return best[0];
-    return best[round_robin.fetch_add(1) % best.size()];
+    return 0;  // not reached: a version has a replica
   }
 
   // Where a batch of instance `index` on `version` may run, in order: the
@@ -310,14 +321,14 @@ absl::StatusOr<BatchResult> ModelRegistry::RunBatch(Entry* entry, int index,
   const bool several = entry->instances.size() > 1;
   absl::Status last_failure;
   for (int i : entry->FailoverOrder(index, *version)) {
-    const std::string where =
-        several ? absl::StrFormat(" on %s", entry->instances[i]->name) : "";
     absl::Status s = version->Forward(i, batch.input.data(), batch.rows,
                                       result.output.data());
     if (s.ok()) {
       if (!entry->Healthy(i)) entry->SetHealthy(i, true, absl::OkStatus());
       return result;
     }
+    const std::string where =
+        several ? absl::StrFormat(" on %s", entry->instances[i]->name) : "";
     s = absl::Status(s.code(),
                      absl::StrFormat("model '%s' version %d%s: %s", entry->name,
                                      version->version(), where, s.message()));
