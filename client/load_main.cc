@@ -785,6 +785,9 @@ int Main() {
 }  // namespace bitnet
 
 int main(int argc, char** argv) {
+  // Debian's Abseil is built without NDEBUG: its mutex deadlock detector
+  // (one global lock) would throttle the load generator's threads.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   std::vector<std::string> positional;
   std::string error;
   switch (bitnet::ParseFlagArgs(argc, argv, &positional, &error)) {
