@@ -14,3 +14,10 @@ if(TARGET bitnet_server_lib AND TARGET bitnet_client)
     SOURCES ${CMAKE_CURRENT_LIST_DIR}/multi_device_server_test.cc
     LIBS bitnet_server_lib bitnet_client bitnet_model PkgConfig::BITNET_MD_HTTPLIB)
 endif()
+# Two or more GPUs: --device=all end to end (skips with fewer).
+if(TARGET bitnet_server_lib AND TARGET bitnet_client)
+  bitnet_add_test(multi_device_gpu_test
+    SOURCES ${CMAKE_CURRENT_LIST_DIR}/multi_device_gpu_test.cc
+    LIBS bitnet_server_lib bitnet_client bitnet_model PkgConfig::BITNET_MD_HTTPLIB
+    LABELS gpu)
+endif()

@@ -430,6 +430,8 @@ def run(args, c, tmp, grpc, yaml, promtool, prometheus_bin):
     expect('bitnet_batch_compute_seconds_count{model="demo"}', batches,
            "one compute-time sample per batch")
     expect('bitnet_queue_rows{model="demo"}', 0, "queue empty after traffic")
+    expect('bitnet_instance_healthy{model="demo",device="cpu"}', 1,
+           "the model's one instance is in rotation")
     expect('bitnet_model_info{model="demo",version="1",backend="cpu"}', 1)
     # The CPU backend reports 0 (weights live in ordinary host memory); the
     # series must exist so the dashboard and alerts see every device.
@@ -462,7 +464,9 @@ def run(args, c, tmp, grpc, yaml, promtool, prometheus_bin):
         "bitnet_batch_rows", "bitnet_batch_compute_seconds",
         "bitnet_queue_rows", "bitnet_model_info",
         "bitnet_device_memory_used_bytes", "bitnet_finetune_steps_total",
-        "bitnet_finetune_loss", "bitnet_build_info"}
+        "bitnet_finetune_loss", "bitnet_build_info",
+        # Added with multi-device serving (docs/api.md "Metrics").
+        "bitnet_instance_healthy"}
     suffixes = ("", "_bucket", "_sum", "_count")
     unexpected = {n for n in names if n.startswith("bitnet_") and
                   not any(n == m + s for m in fixed for s in suffixes)}
