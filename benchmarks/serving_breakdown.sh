@@ -14,7 +14,7 @@
 #
 #   benchmarks/serving_breakdown.sh [CONCURRENCY]          # default 1024
 # Environment: BUILD_DIR [build], DEVICE [cuda:0], DEMO_MODEL [large],
-#   DURATION [6s] (measured), CONNECTIONS [4], ROWS [1] rows per request,
+#   DURATION [6s] (measured), CONNECTIONS [16], ROWS [1] rows per request,
 #   SERVER_FLAGS [], OUT_DIR [breakdown-<date>].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ BUILD_DIR="${BUILD_DIR:-build}"
 DEVICE="${DEVICE:-cuda:0}"
 DEMO_MODEL="${DEMO_MODEL:-large}"
 DURATION="${DURATION:-6s}"
-CONNECTIONS="${CONNECTIONS:-4}"
+CONNECTIONS="${CONNECTIONS:-16}"
 ROWS="${ROWS:-1}"
 SERVER_FLAGS="${SERVER_FLAGS:-}"
 OUT_DIR="${OUT_DIR:-breakdown-$(date +%Y%m%d-%H%M%S)}"

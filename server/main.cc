@@ -65,7 +65,7 @@ ABSL_FLAG(absl::Duration, batch_arrival_gap, absl::Microseconds(250),
           "A batch of >= --preferred_batch_rows rows keeps gathering rows "
           "while they keep arriving, and leaves once none has arrived for "
           "this long (0: leave at once; never beyond --max_queue_delay)");
-ABSL_FLAG(int, completion_threads, 4,
+ABSL_FLAG(int, completion_threads, 8,
           "Threads per model instance that encode and send answers, so the "
           "device starts the next batch at once");
 ABSL_FLAG(int64_t, max_queue_rows, 8192,

@@ -422,6 +422,35 @@ TEST_F(BatcherTest, ArrivalGapNeverHoldsABatchPastMaxQueueDelay) {
   EXPECT_EQ(model_.batches()[0].rows, 6);
 }
 
+// Under a steady stream the gap never comes: a full-enough batch then
+// leaves once the worker has been free for about one batch's compute time.
+TEST_F(BatcherTest, SteadyStreamWaitsNoLongerThanOneComputeTime) {
+  model_.Gate();
+  BatcherOptions o = Options(/*preferred=*/2, /*max=*/100, absl::Milliseconds(20));
+  o.arrival_gap = absl::Milliseconds(5);
+  Start(o);
+  ASSERT_TRUE(Send(1, 2).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  clock_.Advance(absl::Milliseconds(5));  // the gap: batch 1 leaves
+  model_.AwaitBatches(1);
+  clock_.Advance(absl::Milliseconds(2));  // batch 1 computes for 2 ms
+  ASSERT_TRUE(Send(2, 2).ok());
+  model_.ReleaseThrough(1);
+  results_.AwaitCount(1);  // worker free at 7 ms; compute estimate 2 ms
+  for (int id = 3; id <= 5; ++id) {  // a row every 0.5 ms, never a 5 ms gap
+    clock_.Advance(absl::Microseconds(500));
+    ASSERT_TRUE(Send(id, 1).ok());
+    batcher_->AwaitDispatcherIdleForTesting();
+    EXPECT_EQ(model_.batches().size(), 1u) << "left early, before row " << id;
+  }
+  clock_.Advance(absl::Microseconds(500));  // 9 ms = free at 7 ms + 2 ms
+  model_.AwaitBatches(2);
+  EXPECT_THAT(model_.batches()[1].request_rows, ElementsAre(2, 1, 1, 1));
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  results_.AwaitCount(5);
+}
+
 // Closed-loop clients: while batch 1 (group A) computes, group B queues.
 // When the worker frees, the clients A just got their answers and send
 // again within arrival_gap: they join B, and the two groups become one

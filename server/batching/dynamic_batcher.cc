@@ -358,9 +358,17 @@ absl::Time DynamicBatcher::HandOffTime() const {
       options_.max_queue_delay;
   if (open_.batch.rows < options_.preferred_batch_rows) return delay_end;
   // Full enough: wait only while rows keep arriving, including the clients
-  // answered by the batch that just finished.
-  return std::min(delay_end, std::max(last_arrival_, worker_idle_since_) +
-                                 options_.arrival_gap);
+  // answered by the batch that just finished; and never longer than about
+  // one batch's compute time after the worker became free: by then the
+  // device could have computed these rows and be ready for the next ones
+  // (under a steady stream of arrivals the gap never comes, and waiting
+  // would only add latency).
+  absl::Time end = std::min(delay_end, std::max(last_arrival_, worker_idle_since_) +
+                                           options_.arrival_gap);
+  if (compute_estimate_ > absl::ZeroDuration()) {
+    end = std::min(end, worker_idle_since_ + compute_estimate_);
+  }
+  return end;
 }
 
 bool DynamicBatcher::ReadyToHandOff(absl::Time now) const {
@@ -462,6 +470,10 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
     absl::MutexLock lock(&mu_);
     worker_busy_ = false;
     worker_idle_since_ = end;
+    // Exponentially weighted (1/4 new), so one slow batch does not decide.
+    compute_estimate_ = compute_estimate_ == absl::ZeroDuration()
+                            ? end - start
+                            : (3 * compute_estimate_ + (end - start)) / 4;
     ++enqueue_seq_;  // a change the dispatcher must examine (tests wait on it)
     dispatcher_cv_.Signal();
   }

@@ -27,7 +27,10 @@
 //     does not fit), or
 //   it holds >= preferred_batch_rows rows and no request has arrived for
 //     arrival_gap since the later of the last arrival and the moment the
-//     worker became free (rows still streaming in join the batch), or
+//     worker became free (rows still streaming in join the batch), or the
+//     worker has been free for about one batch's compute time (a moving
+//     average of the run callback's time: waiting longer than computing
+//     gains nothing under a steady stream), or
 //   the oldest request has waited >= max_queue_delay and the worker has been
 //     free for >= max_queue_delay (partial batches wait for company: the
 //     clients just answered get max_queue_delay to send their next rows), or
@@ -321,6 +324,8 @@ class DynamicBatcher {
   // The worker is running a batch through the run callback.
   bool worker_busy_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time worker_idle_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Recent run-callback time (moving average); zero until a batch has run.
+  absl::Duration compute_estimate_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   bool dispatcher_exited_ ABSL_GUARDED_BY(mu_) = false;
   // For AwaitDispatcherIdleForTesting().
   uint64_t enqueue_seq_ ABSL_GUARDED_BY(mu_) = 0;

@@ -73,7 +73,7 @@ struct ServerOptions {
   // arriving, until they pause this long (BatcherOptions::arrival_gap).
   absl::Duration batch_arrival_gap = absl::Microseconds(250);
   // Threads per model instance that deliver answers (encode + send).
-  int completion_threads = 4;
+  int completion_threads = 8;
   int64_t max_queue_rows = 8192;
   // Largest single request; must be <= max_batch_rows.
   int64_t max_request_rows = 512;
