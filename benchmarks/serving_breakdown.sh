@@ -13,6 +13,9 @@
 #   - server CPU microseconds per request.
 #
 #   benchmarks/serving_breakdown.sh [CONCURRENCY]          # default 1024
+#   RATE=37000 benchmarks/serving_breakdown.sh              # open loop instead
+#     (Poisson arrivals at RATE requests/s): also checks issue 6's latency
+#     goal, p99 <= max_queue_delay + 3 x the mean batch compute time
 # Environment: BUILD_DIR [build], DEVICE [cuda:0], DEMO_MODEL [large],
 #   DURATION [6s] (measured), CONNECTIONS [16], ROWS [1] rows per request,
 #   SERVER_FLAGS [], OUT_DIR [breakdown-<date>].
@@ -60,7 +63,9 @@ done
 # throughout (rows/s and latencies below come from the server's metrics in
 # the window, bitnet-load's summary is in load.txt).
 window=$(python3 -c "import re;d='$DURATION';m=re.fullmatch(r'([0-9.]+)(ms|s|m)',d);print(0.8*float(m[1])*{'ms':1e-3,'s':1,'m':60}[m[2]])")
-"$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
+if [[ -n "${RATE:-}" ]]; then load_mode=(--rate="$RATE"); concurrency="rate $RATE/s"
+else load_mode=(--concurrency="$concurrency"); fi
+"$load_bin" --address="127.0.0.1:$port" --model=demo "${load_mode[@]}" \
   --duration="$DURATION" --warmup=2s --connections="$CONNECTIONS" \
   --rows_per_request="$ROWS" --max_error_rate=1 --json="$OUT_DIR/load.json" \
   > "$OUT_DIR/load.txt" 2>&1 &
@@ -81,9 +86,10 @@ sleep "$window"  # 80% of the load's measured window, well inside it
 snap end
 wait "$load_pid" || true
 
-python3 - "$OUT_DIR" "$(getconf CLK_TCK)" "$(nproc)" "$concurrency" "$DEVICE" <<'PY'
+delay=$(sed -n 's/.*event=server_started .* max_queue_delay=\([^ ]*\).*/\1/p' "$OUT_DIR/server.log")
+python3 - "$OUT_DIR" "$(getconf CLK_TCK)" "$(nproc)" "$concurrency" "$DEVICE" "${delay:-2ms}" <<'PY'
 import json, os, re, sys
-out, tck, cores, conc, device = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+out, tck, cores, conc, device, delay = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 def read(name): return open(os.path.join(out, name)).read().strip()
 def metric(text, name):
     total = 0.0
@@ -110,6 +116,12 @@ if batches:
     print(f"server: {rows / wall:.0f} rows/s in {batches / wall:.0f} batches/s, mean batch {rows / batches:.1f} rows, "
           f"mean Forward {1e3 * compute / batches:.3f} ms/batch -> device path alone {rows / compute:.0f} rows/s")
     print(f"device-path busy fraction: {compute / wall:.2f}")
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", delay)
+    delay_ms = float(m[1]) * {"us": 1e-3, "ms": 1, "s": 1e3}[m[2]] if m else float("nan")
+    bound = delay_ms + 3e3 * compute / batches
+    p99 = load["latency_ms"]["p99"]
+    print(f"latency goal: p99 {p99:.2f} ms vs max_queue_delay {delay_ms:g} ms + 3 x {1e3 * compute / batches:.3f} ms "
+          f"= {bound:.2f} ms: {'met' if p99 <= bound else 'missed'}")
 print(f"CPU: server {server_cores:.2f} cores, load client {load_cores:.2f} cores, "
       f"together {server_cores + load_cores:.2f} of {cores}")
 if requests:

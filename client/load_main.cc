@@ -8,8 +8,10 @@
 // Every request goes through the gRPC callback API (Client::InferAsync): no
 // thread per request, so thousands of requests can be in flight from a few
 // gRPC threads. Closed loop: `concurrency` chains, each sending its next
-// request from the previous one's completion. Open loop: one scheduler thread
-// sends requests at their arrival times (constant spacing or Poisson),
+// request from the previous one's completion. Open loop: --open_loop_threads
+// scheduler threads, each an independent arrival process at rate / threads
+// (Poisson processes add up to a Poisson process at the total rate; constant
+// spacing is staggered), send requests at their arrival times,
 // whatever the server's speed, and latency is measured from the intended
 // arrival time (no coordinated omission); at most --max_outstanding requests
 // are in flight, arrivals beyond it are counted as client_overflow.
@@ -81,6 +83,9 @@ ABSL_FLAG(int64_t, rows_per_request, 1, "rows in each request");
 ABSL_FLAG(int, connections, 1, "gRPC channels (TCP connections per address)");
 ABSL_FLAG(std::string, dtype, "fp32", "input dtype on the wire: fp32, fp16, bf16");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "deadline of each request");
+ABSL_FLAG(int, open_loop_threads, 8,
+          "open loop: threads that send requests (starting a call costs tens "
+          "of microseconds: one thread cannot send much more than 20k/s)");
 ABSL_FLAG(int64_t, max_outstanding, 10000,
           "open loop: most requests in flight; arrivals beyond count as "
           "client_overflow");
@@ -134,6 +139,7 @@ struct Config {
   int connections = 1;
   absl::Duration timeout;
   int64_t max_outstanding = 0;
+  int open_loop_threads = 1;
   std::string model;
   bool progress = false;
   bool progress_tty = false;
@@ -227,13 +233,16 @@ class LoadPoint {
 
   PointResult Run(BatchSource* batches) {
     const absl::Time start = absl::Now();
-    std::thread scheduler;
+    std::vector<std::thread> schedulers;
     if (config_.closed) {
       for (int64_t i = 0; i < static_cast<int64_t>(point_); ++i) {
         Issue(static_cast<size_t>(i), absl::Now());
       }
     } else {
-      scheduler = std::thread([this] { Schedule(); });
+      const int threads = config_.open_loop_threads;
+      for (int t = 0; t < threads; ++t) {
+        schedulers.emplace_back([this, t, threads] { Schedule(t, threads); });
+      }
     }
     WaitFor(start + config_.warmup, "warmup");
     std::optional<BatchSource::Snapshot> before;
@@ -263,7 +272,7 @@ class LoadPoint {
       auto s = batches->Read();
       if (s.ok()) after = *s;
     }
-    if (scheduler.joinable()) scheduler.join();
+    for (std::thread& t : schedulers) t.join();
     // Every call carries a deadline, so in-flight calls end by then.
     const absl::Time drain_deadline = absl::Now() + config_.timeout + absl::Seconds(5);
     bool warned = false;
@@ -345,13 +354,18 @@ class LoadPoint {
     outstanding_.fetch_sub(1);
   }
 
-  // Open loop: the arrival process, on its own thread.
-  void Schedule() {
-    std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) + static_cast<uint64_t>(point_));
-    std::exponential_distribution<double> exponential(point_);
-    const double spacing = 1.0 / point_;
-    absl::Time next = absl::Now();
-    size_t chain = 0;
+  // Open loop: arrival process `index` of `threads`, on its own thread, at
+  // rate point_ / threads.
+  void Schedule(int index, int threads) {
+    const double rate = point_ / threads;
+    std::mt19937_64 rng(absl::GetFlag(FLAGS_seed) + static_cast<uint64_t>(point_) +
+                        1000003ULL * static_cast<uint64_t>(index));
+    std::exponential_distribution<double> exponential(rate);
+    const double spacing = 1.0 / rate;
+    // Constant arrivals: thread i starts i / point_ seconds in, so the
+    // threads' arrivals interleave evenly.
+    absl::Time next = absl::Now() + absl::Seconds(config_.poisson ? 0.0 : index / point_);
+    size_t chain = static_cast<size_t>(index);
     while (phase_.load() != kStop) {
       const absl::Time now = absl::Now();
       // Send everything that is due (a late wake-up sends a burst, as
@@ -360,7 +374,8 @@ class LoadPoint {
         if (outstanding_.load() >= config_.max_outstanding) {
           if (phase_.load() == kMeasure) overflow_.fetch_add(1);
         } else {
-          Issue(chain++, next);
+          Issue(chain, next);
+          chain += static_cast<size_t>(threads);
         }
         next += absl::Seconds(config_.poisson ? exponential(rng) : spacing);
       }
@@ -558,6 +573,10 @@ int Main() {
   config.connections = absl::GetFlag(FLAGS_connections);
   config.timeout = absl::GetFlag(FLAGS_timeout);
   config.max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
+  config.open_loop_threads = absl::GetFlag(FLAGS_open_loop_threads);
+  if (config.open_loop_threads < 1 || config.open_loop_threads > 256) {
+    return UsageError("--open_loop_threads: expected 1..256");
+  }
   config.model = absl::GetFlag(FLAGS_model);
   if (config.requests < 0) return UsageError("--requests: expected >= 0");
   if (config.requests == 0 && config.duration <= absl::ZeroDuration()) {

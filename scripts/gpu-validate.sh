@@ -18,7 +18,8 @@ echo "== $(date -u) $(nvidia-smi --query-gpu=name,driver_version --format=csv,no
 for step in $steps; do
   case $step in
     tests)
-      for t in cuda_kernels_test cuda_backend_test training_cuda_test finetune_gpu_test finetune_test; do
+      for t in cuda_kernels_test cuda_backend_test training_cuda_test finetune_gpu_test finetune_test \
+          multi_device_gpu_test multi_device_server_test; do
         [[ -x "$bundle/$t" ]] || { echo "tests: $t missing"; continue; }
         timeout 240 "$bundle/$t" --gtest_brief=1 > "$out/$t.log" 2>&1
         echo "tests: $t rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED)  \]' "$out/$t.log" | tr '\n' ' ')"
@@ -36,7 +37,39 @@ for step in $steps; do
       BUILD_DIR=$tree OUT_DIR="$out/serving" DURATION=${DURATION:-4s} \
         CONCURRENCY=${CONCURRENCY:-1:1024:*4} timeout 400 benchmarks/serving_sweep.sh 2>&1 |
         tail -n 30
+      python3 -c "import json,sys; print(round(max(p['rows_per_second'] for p in json.load(open(sys.argv[1]))['points'])))" \
+        "$out/serving/load.json" > "$out/saturation.txt" || true
       tar -C "$out" -czf "$out/serving.tgz" serving && rm -rf "$out/serving"
+      ;;
+    breakdown)
+      # Where the time goes at saturation and at the 256-client point.
+      tree=$(mktemp -d)
+      mkdir -p "$tree/server" "$tree/client"
+      ln -s "$bundle/bitnet-server" "$tree/server/bitnet-server"
+      ln -s "$bundle/bitnet-load" "$tree/client/bitnet-load"
+      for c in ${BREAKDOWN_CONCURRENCY:-256 1024}; do
+        BUILD_DIR=$tree OUT_DIR="$out/breakdown-$c" timeout 120 benchmarks/serving_breakdown.sh "$c" 2>&1 |
+          tail -n 8 | tee "$out/breakdown-$c.txt"
+        rm -rf "$out/breakdown-$c"
+      done
+      ;;
+    halfload)
+      # Issue 6's latency goal: open loop at half the saturating rows/s of the
+      # serving step (single-row requests, so rows/s = requests/s).
+      sat=$(cat "$out/saturation.txt" 2> /dev/null || echo 60000)
+      tree=$(mktemp -d)
+      mkdir -p "$tree/server" "$tree/client"
+      ln -s "$bundle/bitnet-server" "$tree/server/bitnet-server"
+      ln -s "$bundle/bitnet-load" "$tree/client/bitnet-load"
+      echo "halfload: saturation $sat rows/s -> rate $((sat / 2))/s"
+      BUILD_DIR=$tree RATE=$((sat / 2)) OUT_DIR="$out/halfload" timeout 120 benchmarks/serving_breakdown.sh 2>&1 |
+        tail -n 8 | tee "$out/halfload.txt"
+      rm -rf "$out/halfload"
+      ;;
+    multigpu)
+      timeout 420 benchmarks/multi_gpu_sweep.sh "$bundle" "$out/multigpu" 2>&1 | tail -n 40
+      cp "$out/multigpu/results.md" "$out/multigpu.md" 2> /dev/null
+      tar -C "$out" -czf "$out/multigpu.tgz" multigpu && rm -rf "$out/multigpu"
       ;;
     train)
       timeout 240 "$bundle/bitnet-bench" train --device=cuda --steps=5 --warmup=1 2>&1 | tail -n 30 | tee "$out/train.txt"
