@@ -122,6 +122,23 @@ if batches:
     p99 = load["latency_ms"]["p99"]
     print(f"latency goal: p99 {p99:.2f} ms vs max_queue_delay {delay_ms:g} ms + 3 x {1e3 * compute / batches:.3f} ms "
           f"= {bound:.2f} ms: {'met' if p99 <= bound else 'missed'}")
+def quantile(name, q):
+    # Upper bound of the histogram bucket holding quantile q over the window.
+    buckets = {}
+    for text, sign in ((m1, 1), (m0, -1)):
+        for line in text.splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = re.search(r'le="([^"]+)"', line)[1]
+                buckets[le] = buckets.get(le, 0) + sign * float(line.rsplit(" ", 1)[1])
+    bounds = sorted(((float(le), c) for le, c in buckets.items()), key=lambda x: x[0])
+    if not bounds or bounds[-1][1] <= 0:
+        return float("nan")
+    for le, c in bounds:
+        if c >= q * bounds[-1][1]:
+            return le
+    return float("inf")
+print(f"server-side p99 (histogram bucket bound): request {1e3 * quantile('bitnet_request_duration_seconds', 0.99):g} ms, "
+      f"queue {1e3 * quantile('bitnet_queue_duration_seconds', 0.99):g} ms")
 print(f"CPU: server {server_cores:.2f} cores, load client {load_cores:.2f} cores, "
       f"together {server_cores + load_cores:.2f} of {cores}")
 if requests:
