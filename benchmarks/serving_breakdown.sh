@@ -138,7 +138,8 @@ def quantile(name, q):
             return le
     return float("inf")
 print(f"server-side p99 (histogram bucket bound): request {1e3 * quantile('bitnet_request_duration_seconds', 0.99):g} ms, "
-      f"queue {1e3 * quantile('bitnet_queue_duration_seconds', 0.99):g} ms")
+      f"queue {1e3 * quantile('bitnet_queue_duration_seconds', 0.99):g} ms, "
+      f"batch Forward {1e3 * quantile('bitnet_batch_compute_seconds', 0.99):g} ms (p99 of batches)")
 print(f"CPU: server {server_cores:.2f} cores, load client {load_cores:.2f} cores, "
       f"together {server_cores + load_cores:.2f} of {cores}")
 if requests:

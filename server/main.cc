@@ -118,6 +118,11 @@ int main(int argc, char** argv) {
   // threads (it showed as ~4% of CPU on 2 cores, more contended on 16).
   // The tests keep it on; the lock order is checked there.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // CUDA loads kernels lazily by default (CUDA_MODULE_LOADING=LAZY): the
+  // first batch of each new shape would pay for loading its kernel while
+  // requests wait. Load them all when the device is first used instead,
+  // unless the operator chose otherwise.
+  setenv("CUDA_MODULE_LOADING", "EAGER", /*overwrite=*/0);
 
   if (const std::string out = absl::GetFlag(FLAGS_write_demo_model);
       !out.empty()) {

@@ -322,6 +322,14 @@ std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeJoiners(
   }
   queue_ = std::move(rest);
   if (open_empty && !joiners.empty()) open_.batch.model_version = key;
+  if (!joiners.empty() && open_.batch.input.capacity() == 0 &&
+      !spare_inputs_.empty()) {
+    // A buffer whose pages are already mapped: a fresh 8 MB allocation per
+    // batch means page faults (and unmapping, with TLB shootdowns) on the
+    // dispatcher's path.
+    open_.batch.input = std::move(spare_inputs_.back());
+    spare_inputs_.pop_back();
+  }
   return joiners;
 }
 
@@ -464,12 +472,15 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
   absl::StatusOr<BatchResult> result = run_(batch);
   const absl::Time end = clock_->Now();
   observer_->OnBatch(batch.rows, Seconds(end - start));
+  std::vector<float> spare = std::move(assembled.batch.input);
+  spare.clear();
   {
     // Computing is over: the open batch may leave now, while this batch's
     // answers are being delivered.
     absl::MutexLock lock(&mu_);
     worker_busy_ = false;
     worker_idle_since_ = end;
+    if (spare_inputs_.size() < 2) spare_inputs_.push_back(std::move(spare));
     // Exponentially weighted (1/4 new), so one slow batch does not decide.
     compute_estimate_ = compute_estimate_ == absl::ZeroDuration()
                             ? end - start

@@ -320,6 +320,8 @@ class DynamicBatcher {
   std::multiset<absl::Time> deadlines_ ABSL_GUARDED_BY(mu_);
   absl::Time last_arrival_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
+  // Input buffers of finished batches, reused by the next open batches.
+  std::vector<std::vector<float>> spare_inputs_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // The worker is running a batch through the run callback.
   bool worker_busy_ ABSL_GUARDED_BY(mu_) = false;

@@ -184,9 +184,22 @@ class CudaBackend final : public Backend {
     absl::StatusOr<CudaHostBuffer> host_out = CudaHostBuffer::Create(
         static_cast<size_t>(max_rows * model.output_features()) * sizeof(float));
     if (!host_out.ok()) return host_out.status();
-    return std::unique_ptr<ModelInstance>(new CudaModelInstance(
+    auto instance = std::make_unique<CudaModelInstance>(
         device_, max_rows, std::move(layers), *std::move(stream), *std::move(act_a),
-        *std::move(act_b), *std::move(workspace), *std::move(host_in), *std::move(host_out)));
+        *std::move(act_b), *std::move(workspace), *std::move(host_in), *std::move(host_out));
+    // Warm-up: one forward per power-of-two batch size (and max_rows) runs
+    // every kernel configuration the dispatcher can pick once, so the first
+    // real batch of a new size does not pay for first-launch set-up
+    // (module loading, shared-memory attributes) while requests wait.
+    std::vector<float> in(static_cast<size_t>(max_rows * model.input_features()), 0.0f);
+    std::vector<float> out(static_cast<size_t>(max_rows * model.output_features()));
+    for (int64_t m = 1;; m = std::min(2 * m, max_rows)) {
+      if (absl::Status s = instance->Forward(in.data(), m, out.data()); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("cuda load: warm-up: ", s.message()));
+      }
+      if (m == max_rows) break;
+    }
+    return std::unique_ptr<ModelInstance>(std::move(instance));
   }
 
   std::string device() const override { return absl::StrFormat("cuda:%d", device_); }
