@@ -18,6 +18,7 @@
 #     goal, p99 <= max_queue_delay + 3 x the mean batch compute time
 # Environment: BUILD_DIR [build], DEVICE [cuda:0], DEMO_MODEL [large],
 #   DURATION [6s] (measured), CONNECTIONS [16], ROWS [1] rows per request,
+#   DTYPE [fp32] input dtype on the wire,
 #   SERVER_FLAGS [], OUT_DIR [breakdown-<date>].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ DEMO_MODEL="${DEMO_MODEL:-large}"
 DURATION="${DURATION:-6s}"
 CONNECTIONS="${CONNECTIONS:-16}"
 ROWS="${ROWS:-1}"
+DTYPE="${DTYPE:-fp32}"
 SERVER_FLAGS="${SERVER_FLAGS:-}"
 OUT_DIR="${OUT_DIR:-breakdown-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT_DIR"
@@ -43,7 +45,7 @@ cleanup() {
 trap cleanup EXIT
 # shellcheck disable=SC2086  # SERVER_FLAGS is a list of flags
 "$server_bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
-  --device="$DEVICE" --demo_model="$DEMO_MODEL" --max_queue_rows=65536 $SERVER_FLAGS \
+  --device="$DEVICE" --demo_model="$DEMO_MODEL" --max_queue_rows=1048576 $SERVER_FLAGS \
   > "$OUT_DIR/server.log" 2>&1 &
 server_pid=$!
 port= metrics_port=
@@ -67,7 +69,7 @@ if [[ -n "${RATE:-}" ]]; then load_mode=(--rate="$RATE"); concurrency="rate $RAT
 else load_mode=(--concurrency="$concurrency"); fi
 "$load_bin" --address="127.0.0.1:$port" --model=demo "${load_mode[@]}" \
   --duration="$DURATION" --warmup=2s --connections="$CONNECTIONS" \
-  --rows_per_request="$ROWS" --max_error_rate=1 --json="$OUT_DIR/load.json" \
+  --rows_per_request="$ROWS" --dtype="$DTYPE" --max_error_rate=1 --json="$OUT_DIR/load.json" \
   > "$OUT_DIR/load.txt" 2>&1 &
 load_pid=$!
 snap() {  # label: time, CPU ticks of both processes, /metrics (cheap: no python)
