@@ -276,18 +276,32 @@ void DynamicBatcher::DropDeadFromOpenBatch(absl::Time now,
 
 void DynamicBatcher::DropDeadRequests(absl::Time now,
                                       std::vector<Finished>* dropped) {
-  if (deadlines_.empty() || *deadlines_.begin() > now) return;
-  std::deque<Pending> alive;
-  for (Pending& p : queue_) {
-    absl::Status status = CheckAlive(p, now);
-    if (status.ok()) {
-      alive.push_back(std::move(p));
-      continue;
-    }
-    Unqueue(p);
-    dropped->push_back(Dropped(p, std::move(status), now));
+  const bool deadline_passed = !deadlines_.empty() && *deadlines_.begin() <= now;
+  if (!deadline_passed && now < next_cancel_sweep_) return;
+  // Cancelled requests are looked for every kCancelSweepInterval as well:
+  // a storm of cancelled calls must not hold queue room (and their callers'
+  // resources) until the device gets to them.
+  next_cancel_sweep_ = now + kCancelSweepInterval;
+  std::vector<absl::Status> statuses;
+  statuses.reserve(queue_.size());
+  bool any_dead = false;
+  for (const Pending& p : queue_) {
+    statuses.push_back(CheckAlive(p, now));
+    any_dead = any_dead || !statuses.back().ok();
   }
-  queue_ = std::move(alive);
+  if (any_dead) {
+    std::deque<Pending> alive;
+    for (size_t i = 0; i < queue_.size(); ++i) {
+      Pending& p = queue_[i];
+      if (statuses[i].ok()) {
+        alive.push_back(std::move(p));
+        continue;
+      }
+      Unqueue(p);
+      dropped->push_back(Dropped(p, std::move(statuses[i]), now));
+    }
+    queue_ = std::move(alive);
+  }
   DropDeadFromOpenBatch(now, dropped);
   if (!dropped->empty()) observer_->OnQueueRows(queued_rows_);
 }
@@ -321,6 +335,7 @@ std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeJoiners(
     rest.push_back(std::move(p));
   }
   queue_ = std::move(rest);
+  if (!dropped->empty()) observer_->OnQueueRows(queued_rows_);
   if (open_empty && !joiners.empty()) open_.batch.model_version = key;
   if (!joiners.empty() && open_.batch.input.capacity() == 0 &&
       !spare_inputs_.empty()) {
@@ -387,6 +402,9 @@ bool DynamicBatcher::ReadyToHandOff(absl::Time now) const {
 absl::Time DynamicBatcher::NextWakeup() const {
   absl::Time wakeup =
       deadlines_.empty() ? absl::InfiniteFuture() : *deadlines_.begin();
+  if (!queue_.empty() || !open_.requests.empty()) {
+    wakeup = std::min(wakeup, next_cancel_sweep_);
+  }
   // While the worker is busy (or the hand-off full) the open batch cannot
   // leave; only the worker becoming free (a signal) changes that.
   if (!handoff_.has_value() && !worker_busy_) {

@@ -45,7 +45,9 @@
 // DEADLINE_EXCEEDED, cancelled -> CANCELLED, and it never reaches the run
 // callback. The dispatcher also wakes at the earliest deadline of any
 // waiting request (queued or in the open batch) and sweeps, so an expired
-// request is answered at its deadline, not when its batch would have left.
+// request is answered at its deadline, not when its batch would have left;
+// and it sweeps for cancelled requests every 10 ms while any are waiting, so
+// cancelled calls free their queue room while the device is busy.
 // Cost: O(log n) per Enqueue and wake-up; O(rows) copying per request.
 //
 // Units: rows are matrix rows (one feature vector each); times are absl::Time
@@ -319,6 +321,9 @@ class DynamicBatcher {
   // sweep, without scanning on every wake-up.
   std::multiset<absl::Time> deadlines_ ABSL_GUARDED_BY(mu_);
   absl::Time last_arrival_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Waiting requests are also swept for cancellation this often.
+  static constexpr absl::Duration kCancelSweepInterval = absl::Milliseconds(10);
+  absl::Time next_cancel_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
   // Input buffers of finished batches, reused by the next open batches.
   std::vector<std::vector<float>> spare_inputs_ ABSL_GUARDED_BY(mu_);
