@@ -82,6 +82,8 @@ if command -v nvidia-smi > /dev/null; then
   sed 's/^/multi_gpu_sweep: GPU /' "$out/gpu.txt" >&2
 fi
 
+# shellcheck source=benchmarks/server_launch.sh
+source "$(dirname "$0")/server_launch.sh"
 server_pid=
 cleanup() {
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2> /dev/null; then
@@ -96,28 +98,11 @@ for config in $CONFIGS; do
   echo "$config" > "$dir/config.txt"
   echo "multi_gpu_sweep: --device=$config: starting bitnet-server" >&2
   # shellcheck disable=SC2086  # SERVER_FLAGS is a list of flags
-  "$server_bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
+  launch_server "$server_bin" "$dir/server.log" \
     --device="$config" --demo_model="$DEMO_MODEL" --max_queue_rows=1048576 \
     --max_request_rows="$((ROWS_PER_REQUEST > 512 ? ROWS_PER_REQUEST : 512))" \
     --max_batch_rows="$((ROWS_PER_REQUEST > 512 ? ROWS_PER_REQUEST : 512))" \
-    $SERVER_FLAGS > "$dir/server.log" 2>&1 &
-  server_pid=$!
-  port='' metrics_port=''
-  for _ in $(seq 1 1800); do  # generating the large demo model takes seconds
-    if grep -q "event=serving" "$dir/server.log"; then
-      port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\1/p' "$dir/server.log")
-      metrics_port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\2/p' "$dir/server.log")
-      break
-    fi
-    kill -0 "$server_pid" 2> /dev/null || break
-    sleep 0.1
-  done
-  if [[ -z "$port" ]]; then
-    echo "multi_gpu_sweep: bitnet-server --device=$config did not start:" >&2
-    cat "$dir/server.log" >&2
-    exit 1
-  fi
-  preferred=$(sed -n 's/.*event=server_started .* preferred_batch_rows=\([0-9]*\).*/\1/p' "$dir/server.log")
+    $SERVER_FLAGS
   metrics_url="http://127.0.0.1:$metrics_port/metrics"
 
   # The cap grows with the devices, so that every config reaches the same

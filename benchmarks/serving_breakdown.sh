@@ -43,22 +43,11 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+# shellcheck source=benchmarks/server_launch.sh
+source benchmarks/server_launch.sh
 # shellcheck disable=SC2086  # SERVER_FLAGS is a list of flags
-"$server_bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
-  --device="$DEVICE" --demo_model="$DEMO_MODEL" --max_queue_rows=1048576 $SERVER_FLAGS \
-  > "$OUT_DIR/server.log" 2>&1 &
-server_pid=$!
-port= metrics_port=
-for _ in $(seq 1 1200); do
-  if grep -q "event=serving" "$OUT_DIR/server.log"; then
-    port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\1/p' "$OUT_DIR/server.log")
-    metrics_port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\2/p' "$OUT_DIR/server.log")
-    break
-  fi
-  kill -0 "$server_pid" 2> /dev/null || break
-  sleep 0.1
-done
-[[ -n "$port" ]] || { echo "serving_breakdown: server did not start" >&2; cat "$OUT_DIR/server.log" >&2; exit 1; }
+launch_server "$server_bin" "$OUT_DIR/server.log" \
+  --device="$DEVICE" --demo_model="$DEMO_MODEL" --max_queue_rows=1048576 $SERVER_FLAGS
 
 # The load client warms up for 2 s and then measures for DURATION; the
 # window here is the middle 80% of that, so both processes are busy

@@ -60,25 +60,12 @@ cleanup() {
 trap cleanup EXIT
 
 echo "serving_sweep: starting bitnet-server --device=$DEVICE --demo_model=$DEMO_MODEL $SERVER_FLAGS" >&2
+# shellcheck source=benchmarks/server_launch.sh
+source benchmarks/server_launch.sh
 # shellcheck disable=SC2086  # SERVER_FLAGS is a list of flags
-"$server_bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
+launch_server "$server_bin" "$OUT_DIR/server.log" \
   --device="$DEVICE" --demo_model="$DEMO_MODEL" --cpu_threads="$CPU_THREADS" \
-  --max_queue_rows=65536 $SERVER_FLAGS > "$OUT_DIR/server.log" 2>&1 &
-server_pid=$!
-port= metrics_port=
-for _ in $(seq 1 1200); do  # the large demo model takes a few seconds to generate
-  if grep -q "event=serving" "$OUT_DIR/server.log"; then
-    port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\1/p' "$OUT_DIR/server.log")
-    metrics_port=$(sed -n 's/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*/\2/p' "$OUT_DIR/server.log")
-    break
-  fi
-  kill -0 "$server_pid" 2> /dev/null || break
-  sleep 0.1
-done
-if [[ -z "$port" ]]; then
-  echo "serving_sweep: bitnet-server did not start:" >&2; cat "$OUT_DIR/server.log" >&2; exit 1
-fi
-preferred=$(sed -n 's/.*event=server_started .* preferred_batch_rows=\([0-9]*\).*/\1/p' "$OUT_DIR/server.log")
+  --max_queue_rows=65536 $SERVER_FLAGS
 
 "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$CONCURRENCY" \
   --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
