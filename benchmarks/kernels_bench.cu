@@ -7,11 +7,11 @@
 // each time against its floors: bytes / measured copy bandwidth, operations /
 // measured cuBLAS peak (fp16 8192^3; int8 8192^3 for the int8 path).
 //
-// Method (ARCHITECTURE.md "Performance method"): CUDA events around each run,
-// warm-up, median of --reps runs (default 200), the L2 flushed before every
-// run by reading a buffer of 2x the L2 size (a read leaves no dirty lines to
-// write back), then a 20 us device spin so that host enqueue time never
-// lands inside the timed region; fresh random data (never zeros).
+// Method (ARCHITECTURE.md "Performance method"): CUDA events, warm-up, median
+// of --reps runs (default 200), fresh random data (never zeros), and no run
+// finding its data in L2: by default every buffer is rotated over sets that
+// together exceed 2x L2 and the runs go back to back (see TimingMethod);
+// --timing flush instead reads 2x L2 before each isolated run.
 // Our outputs are checked against cuBLAS on the same data before timing.
 //
 // Options: --csv FILE --json FILE --reps N --warmup N --m 1,16,... --n 4096,...
@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -70,11 +71,26 @@ using bitnet::CudaTernaryWeights;
     }                                                                                       \
   } while (0)
 
+// How a repetition is kept from finding its data in L2 (ARCHITECTURE.md
+// allows either):
+//  * kRotate (default): `sets` copies of every buffer (weights, x, y) that
+//    together exceed 2x the L2 size; repetition i uses set i % sets, and the
+//    repetitions run back to back, an event between each two, after a device
+//    spin long enough for the host to enqueue the whole group. A repetition's
+//    time is then what a layer costs inside a sequence of layers: its kernels
+//    plus the gaps the GPU needs between dependent launches, without the
+//    fixed cost of starting and stopping an isolated timed region.
+//  * kFlush: before each repetition a read of 2x the L2 size, a 20 us spin,
+//    then start event, the work, stop event (session 1's method; its floor
+//    is an isolated launch, ~3 us on an H100).
+enum class TimingMethod { kRotate, kFlush };
+
 struct Options {
   std::string csv;
   std::string json;
   std::string sweep;
   bool ceilings = true;  // --no-ceilings: skip the copy / 8192^3 measurements
+  TimingMethod timing = TimingMethod::kRotate;  // --timing rotate|flush
   int reps = 200;
   int warmup = 20;
   int device = 0;
@@ -133,13 +149,23 @@ bool ParseOptions(int argc, char** argv, Options* o) {
     } else if (a == "--k") {
       if ((v = value("--k")) == nullptr) return false;
       o->k = std::atoll(v);
+    } else if (a == "--timing") {
+      if ((v = value("--timing")) == nullptr) return false;
+      if (std::string(v) == "rotate") {
+        o->timing = TimingMethod::kRotate;
+      } else if (std::string(v) == "flush") {
+        o->timing = TimingMethod::kFlush;
+      } else {
+        std::fprintf(stderr, "kernels bench: --timing is %s; must be rotate or flush\n", v);
+        return false;
+      }
     } else if (a == "--no-ceilings") {
       o->ceilings = false;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "bitnet-bench kernels [--csv FILE] [--json FILE] [--sweep FILE] [--reps N]\n"
           "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n"
-          "  [--no-ceilings]\n");
+          "  [--no-ceilings] [--timing rotate|flush]\n");
       std::exit(0);
     } else {
       std::fprintf(stderr, "kernels bench: unknown option %s\n", a.c_str());
@@ -176,43 +202,93 @@ __global__ void spin_kernel(unsigned long long ns) {
 
 __global__ void empty_kernel() {}
 
-// Times `run` (which enqueues work on `stream`) with the L2 flushed before
-// each repetition; returns the median in microseconds.
+
+// Times `run(i)` (which enqueues repetition i on `stream`); returns the
+// median in microseconds.
 class Timer {
  public:
-  bool Init(cudaStream_t stream, size_t l2_bytes, int sms) {
+  static constexpr int kGroup = 64;  // repetitions enqueued behind one spin
+
+  bool Init(cudaStream_t stream, size_t l2_bytes, int sms, TimingMethod method) {
     stream_ = stream;
     sms_ = sms;
+    method_ = method;
+    l2_bytes_ = l2_bytes;
     flush_bytes_ = std::max<size_t>(2 * l2_bytes, 64 << 20);
     BENCH_CHECK_CUDA(cudaMalloc(&flush_, flush_bytes_));
     BENCH_CHECK_CUDA(cudaMemset(flush_, 0x5A, flush_bytes_));
     BENCH_CHECK_CUDA(cudaMalloc(&sink_, sizeof(unsigned)));
-    BENCH_CHECK_CUDA(cudaEventCreate(&start_));
-    BENCH_CHECK_CUDA(cudaEventCreate(&stop_));
+    for (cudaEvent_t& e : events_) BENCH_CHECK_CUDA(cudaEventCreate(&e));
     return true;
   }
   ~Timer() {
     if (flush_ != nullptr) cudaFree(flush_);
     if (sink_ != nullptr) cudaFree(sink_);
-    if (start_ != nullptr) cudaEventDestroy(start_);
-    if (stop_ != nullptr) cudaEventDestroy(stop_);
+    for (cudaEvent_t e : events_) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
   }
+  // Buffer sets a repetition of `bytes_per_run` needs so that the sets
+  // together exceed 2x L2 (1 when the L2 is flushed instead).
+  int SetsFor(double bytes_per_run, int max_sets = 32) const {
+    if (method_ == TimingMethod::kFlush) return 1;
+    const double need = 2.0 * static_cast<double>(l2_bytes_) / std::max(bytes_per_run, 1.0);
+    return static_cast<int>(std::clamp<double>(std::ceil(need), 2, max_sets));
+  }
+
   template <typename F>
   bool Median(F&& run, int warmup, int reps, double* us) {
     for (int i = 0; i < warmup; ++i) {
-      if (!run()) return false;
+      if (!run(i)) return false;
     }
-    std::vector<float> t(static_cast<size_t>(reps));
-    for (int i = 0; i < reps; ++i) {
-      flush_l2_kernel<<<4 * sms_, 512, 0, stream_>>>(static_cast<const uint4*>(flush_),
-                                                       flush_bytes_ / 16, sink_);
-      spin_kernel<<<1, 1, 0, stream_>>>(20000);
-      BENCH_CHECK_CUDA(cudaGetLastError());
-      BENCH_CHECK_CUDA(cudaEventRecord(start_, stream_));
-      if (!run()) return false;
-      BENCH_CHECK_CUDA(cudaEventRecord(stop_, stream_));
-      BENCH_CHECK_CUDA(cudaEventSynchronize(stop_));
-      BENCH_CHECK_CUDA(cudaEventElapsedTime(&t[static_cast<size_t>(i)], start_, stop_));
+    std::vector<float> t;
+    t.reserve(static_cast<size_t>(reps));
+    if (method_ == TimingMethod::kFlush) {
+      for (int i = 0; i < reps; ++i) {
+        flush_l2_kernel<<<4 * sms_, 512, 0, stream_>>>(static_cast<const uint4*>(flush_),
+                                                         flush_bytes_ / 16, sink_);
+        spin_kernel<<<1, 1, 0, stream_>>>(20000);
+        BENCH_CHECK_CUDA(cudaGetLastError());
+        BENCH_CHECK_CUDA(cudaEventRecord(events_[0], stream_));
+        if (!run(i)) return false;
+        BENCH_CHECK_CUDA(cudaEventRecord(events_[1], stream_));
+        BENCH_CHECK_CUDA(cudaEventSynchronize(events_[1]));
+        float ms = 0;
+        BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, events_[0], events_[1]));
+        t.push_back(ms);
+      }
+    } else {
+      int done = 0;
+      int retries = 0;
+      while (done < reps) {
+        const int g = std::min(kGroup, reps - done);
+        spin_kernel<<<1, 1, 0, stream_>>>(spin_ns_);
+        BENCH_CHECK_CUDA(cudaGetLastError());
+        const auto host0 = std::chrono::steady_clock::now();
+        BENCH_CHECK_CUDA(cudaEventRecord(events_[0], stream_));
+        for (int j = 0; j < g; ++j) {
+          if (!run(done + j)) return false;
+          BENCH_CHECK_CUDA(cudaEventRecord(events_[static_cast<size_t>(j) + 1], stream_));
+        }
+        const double host_ns =
+            std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - host0)
+                .count();
+        BENCH_CHECK_CUDA(cudaEventSynchronize(events_[static_cast<size_t>(g)]));
+        if (host_ns > 0.8 * static_cast<double>(spin_ns_) && retries < 8) {
+          // The GPU may have caught up with the host inside the group: the
+          // times would include host enqueue gaps. Spin longer and redo it.
+          spin_ns_ = static_cast<unsigned long long>(2.0 * host_ns) + 100000;
+          ++retries;
+          continue;
+        }
+        for (int j = 0; j < g; ++j) {
+          float ms = 0;
+          BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, events_[static_cast<size_t>(j)],
+                                                events_[static_cast<size_t>(j) + 1]));
+          t.push_back(ms);
+        }
+        done += g;
+      }
     }
     std::sort(t.begin(), t.end());
     *us = 1000.0 * t[t.size() / 2];
@@ -222,11 +298,13 @@ class Timer {
  private:
   cudaStream_t stream_ = nullptr;
   int sms_ = 1;
+  TimingMethod method_ = TimingMethod::kRotate;
+  size_t l2_bytes_ = 0;
   void* flush_ = nullptr;
   unsigned* sink_ = nullptr;
   size_t flush_bytes_ = 0;
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
+  unsigned long long spin_ns_ = 500000;
+  cudaEvent_t events_[kGroup + 1] = {};
 };
 
 struct Ceilings {
@@ -244,7 +322,7 @@ bool MeasureCeilings(cublasHandle_t h, cudaStream_t stream, Timer& timer, Ceilin
     BENCH_CHECK_CUDA(cudaMemset(a, 1, bytes));
     double us = 0;
     const bool ok = timer.Median(
-        [&] { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream) == cudaSuccess; },
+        [&](int) { return cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream) == cudaSuccess; },
         3, 10, &us);
     cudaFree(a);
     cudaFree(b);
@@ -268,7 +346,7 @@ bool MeasureCeilings(cublasHandle_t h, cudaStream_t stream, Timer& timer, Ceilin
   const float alpha = 1.0f, beta = 0.0f;
   double us = 0;
   if (!timer.Median(
-          [&] {
+          [&](int) {
             return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16F, n, b,
                                 CUDA_R_16F, n, &beta, d, CUDA_R_16F, n, CUBLAS_COMPUTE_32F,
                                 CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
@@ -279,7 +357,7 @@ bool MeasureCeilings(cublasHandle_t h, cudaStream_t stream, Timer& timer, Ceilin
   c->fp16_tflops = 2.0 * n * n * double(n) / (us * 1e-6) / 1e12;
   const int32_t ialpha = 1, ibeta = 0;
   if (timer.Median(
-          [&] {
+          [&](int) {
             return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &ialpha, a, CUDA_R_8I, n, b,
                                 CUDA_R_8I, n, &ibeta, d, CUDA_R_32I, n, CUBLAS_COMPUTE_32I,
                                 CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
@@ -338,7 +416,8 @@ bool Run(const Options& o) {
   BENCH_CHECK_CUBLAS(cublasCreate(&h));
   BENCH_CHECK_CUBLAS(cublasSetStream(h, stream));
   Timer timer;
-  if (!timer.Init(stream, static_cast<size_t>(prop.l2CacheSize), prop.multiProcessorCount)) {
+  if (!timer.Init(stream, static_cast<size_t>(prop.l2CacheSize), prop.multiProcessorCount,
+                  o.timing)) {
     return false;
   }
 
@@ -348,6 +427,10 @@ bool Run(const Options& o) {
   std::printf("# card: %s (sm_%d%d, %d SMs, L2 %d MB), wgmma kernels: %s, date: %s\n", prop.name,
               prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize >> 20,
               *has_wgmma ? "yes" : "no", date);
+  std::printf("# timing: %s\n",
+              o.timing == TimingMethod::kRotate
+                  ? "rotate (buffer sets > 2x L2, repetitions back to back, an event between each)"
+                  : "flush (L2 read-flushed, spin, isolated start/stop events per repetition)");
   Ceilings ceil;
   if (o.ceilings) {
     if (!MeasureCeilings(h, stream, timer, &ceil)) return false;
@@ -358,7 +441,7 @@ bool Run(const Options& o) {
   }
   double empty_us = 0;
   if (!timer.Median(
-          [&] {
+          [&](int) {
             empty_kernel<<<1, 32, 0, stream>>>();
             return cudaGetLastError() == cudaSuccess;
           },
@@ -396,48 +479,75 @@ bool Run(const Options& o) {
     const std::vector<float> deq = bitnet::Dequantize(packed->view());
     std::vector<__half> wh(deq.size());
     for (size_t i = 0; i < deq.size(); ++i) wh[i] = __float2half(deq[i]);
-    absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> w =
-        CudaTernaryWeights::Create(packed->view(), nullptr, o.device);
-    BENCH_CHECK_STATUS(w.status());
-    void* dw = nullptr;
-    BENCH_CHECK_CUDA(cudaMalloc(&dw, wh.size() * 2));
-    BENCH_CHECK_CUDA(cudaMemcpy(dw, wh.data(), wh.size() * 2, cudaMemcpyHostToDevice));
+    // Identical copies at different addresses: repetition i reads copy
+    // i % copies, so (with kRotate) no repetition finds its weights in L2.
+    const double ours_w_bytes = n * k / 4.0 + 4.0 * n;
+    const double fp16_w_bytes = 2.0 * n * k;
+    std::vector<std::unique_ptr<CudaTernaryWeights>> w;
+    for (int c = 0; c < timer.SetsFor(ours_w_bytes); ++c) {
+      absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> wc =
+          CudaTernaryWeights::Create(packed->view(), nullptr, o.device);
+      BENCH_CHECK_STATUS(wc.status());
+      w.push_back(*std::move(wc));
+    }
+    std::vector<void*> dw(static_cast<size_t>(timer.SetsFor(fp16_w_bytes)), nullptr);
+    for (void*& d : dw) {
+      BENCH_CHECK_CUDA(cudaMalloc(&d, wh.size() * 2));
+      BENCH_CHECK_CUDA(cudaMemcpy(d, wh.data(), wh.size() * 2, cudaMemcpyHostToDevice));
+    }
 
     for (int64_t m : o.ms) {
       Row row;
       row.n = n;
       row.k = k;
       row.m = m;
+      // x / y sets: every repetition also reads a cold x and writes a y
+      // that is not in L2 (set 0 is the one checked for correctness).
+      const double io_bytes = 2.0 * m * k + 2.0 * m * n;
+      const int cublas_sets = std::min<int>(timer.SetsFor(fp16_w_bytes + io_bytes),
+                                            static_cast<int>(dw.size()));
+      const int ours_sets = std::min<int>(timer.SetsFor(ours_w_bytes + io_bytes),
+                                          static_cast<int>(w.size()));
+      const int io_sets = std::max(cublas_sets, ours_sets);
       std::vector<__half> xh(static_cast<size_t>(m * k));
-      for (auto& v : xh) v = __float2half(normal(rng));
-      void *dx = nullptr, *dy_ref = nullptr, *dy = nullptr;
-      BENCH_CHECK_CUDA(cudaMalloc(&dx, xh.size() * 2));
-      BENCH_CHECK_CUDA(cudaMemcpy(dx, xh.data(), xh.size() * 2, cudaMemcpyHostToDevice));
-      BENCH_CHECK_CUDA(cudaMalloc(&dy_ref, static_cast<size_t>(m * n) * 2));
-      BENCH_CHECK_CUDA(cudaMalloc(&dy, static_cast<size_t>(m * n) * 2));
+      std::vector<void*> dx(static_cast<size_t>(io_sets), nullptr);
+      std::vector<void*> dy_ref(static_cast<size_t>(io_sets), nullptr);
+      std::vector<void*> dy(static_cast<size_t>(io_sets), nullptr);
+      for (int c = 0; c < io_sets; ++c) {
+        for (auto& v : xh) v = __float2half(normal(rng));
+        BENCH_CHECK_CUDA(cudaMalloc(&dx[c], xh.size() * 2));
+        BENCH_CHECK_CUDA(cudaMemcpy(dx[c], xh.data(), xh.size() * 2, cudaMemcpyHostToDevice));
+        BENCH_CHECK_CUDA(cudaMalloc(&dy_ref[c], static_cast<size_t>(m * n) * 2));
+        BENCH_CHECK_CUDA(cudaMalloc(&dy[c], static_cast<size_t>(m * n) * 2));
+      }
 
       const float alpha = 1.0f, beta = 0.0f;
-      auto cublas = [&] {
+      auto cublas = [&](int i) {
+        const int c = i % cublas_sets;
         return cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                            static_cast<int>(k), &alpha, dw, CUDA_R_16F, static_cast<int>(k), dx,
-                            CUDA_R_16F, static_cast<int>(k), &beta, dy_ref, CUDA_R_16F,
+                            static_cast<int>(k), &alpha, dw[c], CUDA_R_16F, static_cast<int>(k),
+                            dx[c], CUDA_R_16F, static_cast<int>(k), &beta, dy_ref[c], CUDA_R_16F,
                             static_cast<int>(n), CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
       };
       if (!timer.Median(cublas, o.warmup, o.reps, &row.cublas_us)) return false;
       std::vector<__half> y_ref(static_cast<size_t>(m * n));
-      BENCH_CHECK_CUDA(cudaMemcpy(y_ref.data(), dy_ref, y_ref.size() * 2, cudaMemcpyDeviceToHost));
+      // The reference is set 0's answer: computed once more, alone.
+      if (!cublas(0)) return false;
+      BENCH_CHECK_CUDA(cudaStreamSynchronize(stream));
+      BENCH_CHECK_CUDA(
+          cudaMemcpy(y_ref.data(), dy_ref[0], y_ref.size() * 2, cudaMemcpyDeviceToHost));
 
       auto time_ours = [&](ActivationQuant mode, int config, int split, int warmup, int reps,
                            double* us, double* rel_err, std::string* config_name,
                            int* split_used) -> bool {
         CudaLinearArgs a;
         a.m = m;
-        a.x = dx;
+        a.x = dx[0];
         a.x_dtype = CudaDType::kF16;
-        a.weights = w->get();
+        a.weights = w[0].get();
         a.act_quant = mode;
-        a.y = dy;
+        a.y = dy[0];
         a.y_dtype = CudaDType::kF16;
         a.config = config;
         a.split_k = split;
@@ -448,11 +558,11 @@ bool Run(const Options& o) {
         BENCH_CHECK_STATUS(ws->Fill(0, stream));
         a.workspace = ws->data();
         a.workspace_bytes = ws->bytes();
-        BENCH_CHECK_CUDA(cudaMemsetAsync(dy, 0xFF, static_cast<size_t>(m * n) * 2, stream));
+        BENCH_CHECK_CUDA(cudaMemsetAsync(dy[0], 0xFF, static_cast<size_t>(m * n) * 2, stream));
         BENCH_CHECK_STATUS(bitnet::CudaTernaryLinear(a, stream));
         BENCH_CHECK_CUDA(cudaStreamSynchronize(stream));
         std::vector<__half> y(static_cast<size_t>(m * n));
-        BENCH_CHECK_CUDA(cudaMemcpy(y.data(), dy, y.size() * 2, cudaMemcpyDeviceToHost));
+        BENCH_CHECK_CUDA(cudaMemcpy(y.data(), dy[0], y.size() * 2, cudaMemcpyDeviceToHost));
         *rel_err = RelErr(y, y_ref);
         if (config_name != nullptr) *config_name = bitnet::CudaKernelConfigs()[plan->config].name;
         if (split_used != nullptr) *split_used = plan->split_k;
@@ -465,7 +575,15 @@ bool Run(const Options& o) {
           return false;
         }
         return timer.Median(
-            [&] { return bitnet::CudaTernaryLinear(a, stream).ok(); }, warmup, reps, us);
+            [&](int i) {
+              const int c = i % ours_sets;
+              CudaLinearArgs ai = a;
+              ai.x = dx[c];
+              ai.weights = w[c].get();
+              ai.y = dy[c];
+              return bitnet::CudaTernaryLinear(ai, stream).ok();
+            },
+            warmup, reps, us);
       };
       // A failure is reported and recorded (NaN), and the run goes on, so one
       // run on the GPU host shows every shape.
@@ -518,11 +636,13 @@ bool Run(const Options& o) {
           row.fp16_split, row.int8_us, row.cublas_us / row.int8_us, row.int8_config.c_str(),
           row.int8_split);
       std::fflush(stdout);
-      cudaFree(dx);
-      cudaFree(dy_ref);
-      cudaFree(dy);
+      for (int c = 0; c < io_sets; ++c) {
+        cudaFree(dx[c]);
+        cudaFree(dy_ref[c]);
+        cudaFree(dy[c]);
+      }
     }
-    cudaFree(dw);
+    for (void* d : dw) cudaFree(d);
   }
   if (sweep != nullptr) std::fclose(sweep);
 
