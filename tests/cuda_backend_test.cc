@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,6 +18,8 @@
 #include "server/model/model.h"
 #include "server/model/reference_forward.h"
 #include "server/runtime/backend.h"
+#include "server/host/element_type.h"
+#include "server/host/host_buffer.h"
 
 namespace bitnet {
 namespace {
@@ -76,6 +79,73 @@ TEST(CudaBackendTest, LargeDemoModelMatchesReferenceForward) {
   if (!HasGpu()) GTEST_SKIP() << "no CUDA device";
   // ReferenceForward is plain loops: keep the CPU side to a few rows.
   CompareWithReference(MakeDemoModel(DemoModelSize::kLarge), 256, {1, 5});
+}
+
+// The batcher's path: fp16/bf16 rows in the backend's pinned buffers. An
+// int8 model widens fp16/bf16 input exactly and rounds the fp32 result to
+// nearest even, so the answer must be bit for bit the fp32 Forward of the
+// widened rows, rounded on the host. Pinned or not must not matter.
+TEST(CudaBackendTest, HalfRowsInPinnedBuffersEqualFp32ForwardRounded) {
+  if (!HasGpu()) GTEST_SKIP() << "no CUDA device";
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCudaBackend(0);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  EXPECT_TRUE((*backend)->native_half_rows());
+  for (DemoModelSize size : {DemoModelSize::kSmall, DemoModelSize::kLarge}) {
+    const Model model = MakeDemoModel(size);
+    const int64_t in_f = model.input_features();
+    const int64_t out_f = model.output_features();
+    absl::StatusOr<std::unique_ptr<ModelInstance>> inst = (*backend)->Load(model, 512);
+    ASSERT_TRUE(inst.ok()) << inst.status();
+    HostBuffer in_buf = (*backend)->AllocateHostBuffer(512 * in_f * 4);
+    HostBuffer out_buf = (*backend)->AllocateHostBuffer(512 * out_f * 4);
+    EXPECT_TRUE(in_buf.pinned());
+    EXPECT_TRUE(out_buf.pinned());
+    for (ElementType type : {ElementType::kF16, ElementType::kBF16}) {
+      for (int64_t rows : {1, 33, 512}) {
+        SCOPED_TRACE(std::string(ElementTypeName(type)) + " rows=" + std::to_string(rows));
+        const int64_t n_in = rows * in_f;
+        const int64_t n_out = rows * out_f;
+        // Rows rounded to `type`, and the same values as fp32.
+        std::vector<float> x = RandomInput(rows, in_f);
+        std::vector<uint16_t> x_half(n_in);
+        ConvertElements(x.data(), ElementType::kF32, x_half.data(), type, n_in);
+        ConvertElements(x_half.data(), type, x.data(), ElementType::kF32, n_in);
+        std::vector<float> want_f32(n_out);
+        ASSERT_TRUE((*inst)->Forward(x.data(), rows, want_f32.data()).ok());
+        std::vector<uint16_t> want(n_out);
+        ConvertElements(want_f32.data(), ElementType::kF32, want.data(), type, n_out);
+
+        for (bool pinned : {true, false}) {
+          std::vector<uint16_t> plain_in = x_half, plain_out(n_out, 0xffff);
+          if (pinned) {
+            std::memcpy(in_buf.data(), x_half.data(), n_in * 2);
+            std::memset(out_buf.data(), 0xff, n_out * 2);
+          }
+          ForwardArgs args;
+          args.rows = rows;
+          args.input_features = in_f;
+          args.output_features = out_f;
+          args.input = pinned ? in_buf.data() : plain_in.data();
+          args.input_dtype = type;
+          args.input_pinned = pinned;
+          args.output = pinned ? out_buf.data() : plain_out.data();
+          args.output_dtype = type;
+          args.output_pinned = pinned;
+          const absl::Status s = (*inst)->ForwardRows(args);
+          ASSERT_TRUE(s.ok()) << s;
+          const auto* got = static_cast<const uint16_t*>(args.output);
+          int64_t bad = 0;
+          for (int64_t i = 0; i < n_out; ++i) {
+            if (got[i] != want[i] && bad++ == 0) {
+              ADD_FAILURE() << "pinned=" << pinned << " first mismatch at " << i << ": 0x"
+                            << std::hex << got[i] << " want 0x" << want[i];
+            }
+          }
+          EXPECT_EQ(bad, 0);
+        }
+      }
+    }
+  }
 }
 
 TEST(CudaBackendTest, ErrorsAreClear) {

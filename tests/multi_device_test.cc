@@ -544,7 +544,7 @@ TEST_F(MultiDeviceTest, PublishUnderConcurrentLoadNeverMixesVersions) {
         }
         RequestResult r = reply.Await();
         const bool ok = r.status.ok() && r.model_version >= last_version &&
-                        r.output.size() == static_cast<size_t>(rows * kOut) &&
+                        r.output.size() == rows * kOut &&
                         r.output[0] == static_cast<float>(r.model_version) &&
                         r.output[2] == static_cast<float>(id);
         if (!ok) {

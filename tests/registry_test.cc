@@ -291,17 +291,17 @@ TEST_F(RegistryTest, ResponsesCarryVersionAndPinningWorks) {
   RequestResult r = Infer(1, 3);
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.model_version, 1);
-  EXPECT_EQ(r.output, Oracle(model1_, MakeInput(1, 3)));
+  EXPECT_EQ(r.output.ToFloats(), Oracle(model1_, MakeInput(1, 3)));
 
   ASSERT_TRUE(registry_->Load("m", model2_, "v2").ok());
   r = Infer(2, 2);
   EXPECT_EQ(r.model_version, 2);
-  EXPECT_EQ(r.output, Oracle(model2_, MakeInput(2, 2)));
+  EXPECT_EQ(r.output.ToFloats(), Oracle(model2_, MakeInput(2, 2)));
 
   r = Infer(3, 4, /*version=*/1);  // pinned to the previous version
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.model_version, 1);
-  EXPECT_EQ(r.output, Oracle(model1_, MakeInput(3, 4)));
+  EXPECT_EQ(r.output.ToFloats(), Oracle(model1_, MakeInput(3, 4)));
 }
 
 TEST_F(RegistryTest, RejectsShapeChangeAndInvalidModels) {
@@ -329,7 +329,7 @@ TEST_F(RegistryTest, FailedLoadKeepsCurrentVersionServing) {
   backend_->set_fail_loads(false);
   RequestResult r = Infer(1, 2);
   EXPECT_EQ(r.model_version, 1);
-  EXPECT_EQ(r.output, Oracle(model1_, MakeInput(1, 2)));
+  EXPECT_EQ(r.output.ToFloats(), Oracle(model1_, MakeInput(1, 2)));
 }
 
 // A batch running on v1 while v2 is loaded and v1 unloaded finishes on v1;
@@ -354,9 +354,9 @@ TEST_F(RegistryTest, InFlightBatchFinishesOnItsVersionAcrossSwapAndUnload) {
   ASSERT_TRUE(r1.status.ok()) << r1.status;
   ASSERT_TRUE(r2.status.ok()) << r2.status;
   EXPECT_EQ(r1.model_version, 1);
-  EXPECT_EQ(r1.output, Oracle(model1_, MakeInput(1, 8)));
+  EXPECT_EQ(r1.output.ToFloats(), Oracle(model1_, MakeInput(1, 8)));
   EXPECT_EQ(r2.model_version, 2);
-  EXPECT_EQ(r2.output, Oracle(model2_, MakeInput(2, 8)));
+  EXPECT_EQ(r2.output.ToFloats(), Oracle(model2_, MakeInput(2, 8)));
 }
 
 // Client threads send requests back to back while versions 2 and 3 are
@@ -385,7 +385,7 @@ TEST_F(RegistryTest, SwapDuringTrafficDropsNothing) {
         ASSERT_TRUE(r.status.ok()) << r.status;
         ASSERT_GE(r.model_version, last_version) << "went back in time";
         last_version = r.model_version;
-        ASSERT_EQ(r.output, Oracle(*models.at(r.model_version), MakeInput(id, rows)))
+        ASSERT_EQ(r.output.ToFloats(), Oracle(*models.at(r.model_version), MakeInput(id, rows)))
             << "request " << id << " version " << r.model_version;
         ++seen[t][r.model_version];
         answered.fetch_add(1);
@@ -428,8 +428,8 @@ TEST_F(RegistryTest, UnloadingTheModelDrainsItsQueue) {
   ASSERT_TRUE(a.Done() && b.Done());
   RequestResult ra = a.Await(), rb = b.Await();
   ASSERT_TRUE(ra.status.ok()) << ra.status;
-  EXPECT_EQ(ra.output, Oracle(model1_, MakeInput(1, 2)));
-  EXPECT_EQ(rb.output, Oracle(model1_, MakeInput(2, 3)));
+  EXPECT_EQ(ra.output.ToFloats(), Oracle(model1_, MakeInput(1, 2)));
+  EXPECT_EQ(rb.output.ToFloats(), Oracle(model1_, MakeInput(2, 3)));
   EXPECT_EQ(rb.model_version, 1);
 
   Reply c;
@@ -463,17 +463,17 @@ TEST_F(RegistryTest, PinnedRequestsQueuedBeforeUnloadStillComplete) {
   RequestResult r1 = pinned1.Await();
   ASSERT_TRUE(r1.status.ok()) << r1.status;
   EXPECT_EQ(r1.model_version, 1);
-  EXPECT_EQ(r1.output, Oracle(model1_, MakeInput(1, 1)));
+  EXPECT_EQ(r1.output.ToFloats(), Oracle(model1_, MakeInput(1, 1)));
   clock_.Advance(absl::Milliseconds(10));
   RequestResult r2 = pinned2.Await();
   ASSERT_TRUE(r2.status.ok()) << r2.status;
   EXPECT_EQ(r2.model_version, 2);
-  EXPECT_EQ(r2.output, Oracle(model2_, MakeInput(2, 2)));
+  EXPECT_EQ(r2.output.ToFloats(), Oracle(model2_, MakeInput(2, 2)));
   clock_.Advance(absl::Milliseconds(10));
   RequestResult rc = current.Await();
   ASSERT_TRUE(rc.status.ok()) << rc.status;
   EXPECT_EQ(rc.model_version, 4) << "unpinned: the current version at dispatch";
-  EXPECT_EQ(rc.output, Oracle(model4, MakeInput(3, 1)));
+  EXPECT_EQ(rc.output.ToFloats(), Oracle(model4, MakeInput(3, 1)));
   EXPECT_FALSE(late.Done());
 }
 
@@ -490,7 +490,7 @@ TEST_F(RegistryTest, DrainAndShutdownRejectNewWorkButFinishQueued) {
             absl::StatusCode::kUnavailable);
   RequestResult r = queued.Await();  // no clock advance needed
   ASSERT_TRUE(r.status.ok()) << r.status;
-  EXPECT_EQ(r.output, Oracle(model1_, MakeInput(1, 2)));
+  EXPECT_EQ(r.output.ToFloats(), Oracle(model1_, MakeInput(1, 2)));
   registry_->Shutdown();
   registry_->Shutdown();
   EXPECT_EQ(registry_->Enqueue("m", MakeRequest(3, 1, &late)).code(),

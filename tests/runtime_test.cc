@@ -232,6 +232,47 @@ TEST(CpuBackendTest, LoadRejectsInvalidModelsAndSizes) {
 
 // Many client threads with distinct rows through one batcher whose run
 // callback is the CPU backend: every response equals ReferenceForward of the
+TEST(CpuBackendTest, ForwardRowsConvertsHalfRowsAroundFp32) {
+  const Model model = MakeDemoModel(DemoModelSize::kSmall);
+  std::unique_ptr<ModelInstance> instance = LoadCpu(model, 64, 1);
+  ASSERT_NE(instance, nullptr);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend("cpu");
+  ASSERT_TRUE(backend.ok());
+  EXPECT_FALSE((*backend)->native_half_rows());
+  EXPECT_FALSE((*backend)->AllocateHostBuffer(64).pinned());
+  const int64_t rows = 9;
+  const int64_t in = model.input_features();
+  const int64_t out = model.output_features();
+  for (ElementType type : {ElementType::kF16, ElementType::kBF16}) {
+    std::vector<float> x = RandomInput(77, rows, in);
+    std::vector<uint16_t> x_half(x.size());
+    ConvertElements(x.data(), ElementType::kF32, x_half.data(), type, rows * in);
+    ConvertElements(x_half.data(), type, x.data(), ElementType::kF32, rows * in);
+    std::vector<float> want_f32(rows * out);
+    ASSERT_TRUE(instance->Forward(x.data(), rows, want_f32.data()).ok());
+    std::vector<uint16_t> want(rows * out);
+    ConvertElements(want_f32.data(), ElementType::kF32, want.data(), type, rows * out);
+
+    std::vector<uint16_t> got(rows * out);
+    ForwardArgs args;
+    args.rows = rows;
+    args.input_features = in;
+    args.output_features = out;
+    args.input = x_half.data();
+    args.input_dtype = type;
+    args.output = got.data();
+    args.output_dtype = type;
+    ASSERT_TRUE(instance->ForwardRows(args).ok());
+    EXPECT_EQ(got, want) << ElementTypeName(type);
+    // fp16 in, fp32 out.
+    std::vector<float> got_f32(rows * out);
+    args.output = got_f32.data();
+    args.output_dtype = ElementType::kF32;
+    ASSERT_TRUE(instance->ForwardRows(args).ok());
+    EXPECT_EQ(got_f32, want_f32);
+  }
+}
+
 // request's own rows.
 TEST(CpuBackendTest, BatcherFromManyThreadsReturnsEachRequestItsOwnRows) {
   const Model model = MakeDemoModel(DemoModelSize::kSmall);
@@ -245,10 +286,17 @@ TEST(CpuBackendTest, BatcherFromManyThreadsReturnsEachRequestItsOwnRows) {
     batches.fetch_add(1);
     BatchResult result;
     result.model_version = 1;
-    result.output.resize(batch.rows * out);
-    absl::Status s =
-        instance->Forward(batch.input.data(), batch.rows, result.output.data());
+    ForwardArgs args;
+    args.rows = batch.rows;
+    args.input_features = in;
+    args.output_features = out;
+    args.input = batch.input.data();
+    args.input_dtype = batch.input_dtype;
+    args.output = batch.output.data();
+    args.output_dtype = batch.output_dtype;
+    absl::Status s = instance->ForwardRows(args);
     if (!s.ok()) return s;
+    result.output_dtype = batch.output_dtype;
     return result;
   };
   BatcherOptions options;
@@ -290,7 +338,7 @@ TEST(CpuBackendTest, BatcherFromManyThreadsReturnsEachRequestItsOwnRows) {
     const int64_t rows = 1 + id % 7;
     ASSERT_TRUE(result.status.ok()) << result.status;
     EXPECT_EQ(result.model_version, 1);
-    ASSERT_EQ(result.output,
+    ASSERT_EQ(result.output.ToFloats(),
               Oracle(model, RandomInput(5000 + id, rows, in), rows))
         << "request " << id;
   }

@@ -141,6 +141,50 @@ TEST(TensorCodecTest, EncodesOutputDtypes) {
   EXPECT_FALSE(EncodeOutput(values.data(), 2, 2, static_cast<v1::DType>(9), &t).ok());
 }
 
+TEST(TensorCodecTest, ValidateInputViewsTheBytesWithoutCopying) {
+  const std::vector<float> values = {1.0f, -2.5f, 0.5f, 3.0f, 0.0f, 8.0f};
+  std::string data(values.size() * 2, '\0');
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t bits = FloatToHalf(values[i]);
+    std::memcpy(data.data() + 2 * i, &bits, 2);
+  }
+  v1::Tensor t;
+  t.set_dtype(v1::DTYPE_FP16);
+  t.add_shape(2);
+  t.add_shape(3);
+  // The bytes may live outside the tensor (InferStream moves them out).
+  auto in = ValidateInput(t, data, Expect(3, 4));
+  ASSERT_TRUE(in.ok()) << in.status();
+  EXPECT_EQ(in->data, data.data());
+  EXPECT_EQ(in->dtype, ElementType::kF16);
+  EXPECT_EQ(in->rows, 2);
+  // Non-finite values are found on the bits, with the same message.
+  const uint16_t nan = 0x7e00;
+  std::memcpy(data.data() + 2 * 4, &nan, 2);
+  auto bad = ValidateInput(t, data, Expect(3, 4));
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("input.data: element [1, 1] is NaN; expected finite values"));
+}
+
+TEST(TensorCodecTest, EncodesFromHalfValues) {
+  const std::vector<float> values = {1.0f, -3.14159f, 1e-8f, 70000.0f};
+  std::vector<uint16_t> halves(values.size());
+  for (size_t i = 0; i < values.size(); ++i) halves[i] = FloatToHalf(values[i]);
+  v1::Tensor t;
+  // fp16 values, fp16 wanted: the same bits.
+  ASSERT_TRUE(EncodeOutput(halves.data(), ElementType::kF16, 2, 2, v1::DTYPE_FP16, &t).ok());
+  ASSERT_EQ(t.data().size(), 8u);
+  EXPECT_EQ(std::memcmp(t.data().data(), halves.data(), 8), 0);
+  // fp16 values, fp32 wanted: widened exactly.
+  ASSERT_TRUE(EncodeOutput(halves.data(), ElementType::kF16, 2, 2, v1::DTYPE_FP32, &t).ok());
+  ASSERT_EQ(t.data().size(), 16u);
+  for (int i = 0; i < 4; ++i) {
+    float f;
+    std::memcpy(&f, t.data().data() + 4 * i, 4);
+    EXPECT_EQ(f, HalfToFloat(halves[i])) << i;
+  }
+}
+
 TEST(GrpcStatusTest, KeepsCodeAndMessage) {
   const grpc::Status s = ToGrpcStatus(absl::ResourceExhaustedError("queue full: 10 rows"));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);

@@ -1,6 +1,7 @@
 #include "server/batching/dynamic_batcher.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <utility>
 
@@ -14,6 +15,44 @@ class NoOpObserver final : public BatcherObserver {};
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 }  // namespace
+
+std::vector<float> Batch::InputFloats(int64_t input_features) const {
+  std::vector<float> out(static_cast<size_t>(rows * input_features));
+  ConvertElements(input.data(), input_dtype, out.data(), ElementType::kF32,
+                  rows * input_features);
+  return out;
+}
+
+ElementType Batch::WriteOutput(const std::vector<float>& values) const {
+  ConvertElements(values.data(), ElementType::kF32, output.data(), output_dtype,
+                  static_cast<int64_t>(values.size()));
+  return output_dtype;
+}
+
+HostBuffer DynamicBatcher::BufferPool::Take() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!spares_.empty()) {
+      HostBuffer b = std::move(spares_.back());
+      spares_.pop_back();
+      return b;
+    }
+  }
+  // Outside the lock: a pinned allocation takes milliseconds.
+  return allocate_ ? allocate_(bytes_) : HostBuffer::Allocate(bytes_);
+}
+
+void DynamicBatcher::BufferPool::Give(HostBuffer buffer) {
+  if (!buffer) return;
+  {
+    absl::MutexLock lock(&mu_);
+    if (spares_.size() < max_spares_) {
+      spares_.push_back(std::move(buffer));
+      return;
+    }
+  }
+  // Freed outside the lock (freeing pinned memory synchronizes the device).
+}
 
 absl::Status ValidateBatcherOptions(const BatcherOptions& o) {
   if (o.input_features <= 0) {
@@ -74,6 +113,22 @@ absl::StatusOr<std::unique_ptr<DynamicBatcher>> DynamicBatcher::Create(
   std::unique_ptr<DynamicBatcher> batcher(new DynamicBatcher(
       std::move(options), std::move(run),
       clock != nullptr ? clock : RealClock::Default(), observer));
+  // Buffers hold max_batch_rows fp32 rows (half rows use the first half).
+  // Inputs: the open batch, the hand-off, the computing batch. Outputs: the
+  // computing batch and the ones being delivered. Two of each are made now
+  // so that the first batches do not allocate (pinned memory is slow to
+  // allocate).
+  const BatcherOptions& o = batcher->options_;
+  batcher->input_pool_ = std::make_shared<BufferPool>(
+      o.allocate, static_cast<size_t>(o.max_batch_rows * o.input_features) * 4, 3);
+  batcher->output_pool_ = std::make_shared<BufferPool>(
+      o.allocate, static_cast<size_t>(o.max_batch_rows * o.output_features) * 4, 4);
+  for (BufferPool* pool : {batcher->input_pool_.get(), batcher->output_pool_.get()}) {
+    HostBuffer a = pool->Take();
+    HostBuffer b = pool->Take();
+    pool->Give(std::move(a));
+    pool->Give(std::move(b));
+  }
   // Threads start only once the object is fully constructed.
   batcher->dispatcher_ = std::thread([b = batcher.get()] { b->DispatcherLoop(); });
   batcher->worker_ = std::thread([b = batcher.get()] { b->WorkerLoop(); });
@@ -110,7 +165,8 @@ absl::Status DynamicBatcher::Enqueue(BatchRequest request) {
         options_.name, request.rows, options_.max_batch_rows));
   }
   const int64_t expected = request.rows * options_.input_features;
-  if (static_cast<int64_t>(request.input.size()) != expected) {
+  if (request.input_data == nullptr &&
+      static_cast<int64_t>(request.input.size()) != expected) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "model '%s': input has %d values, expected rows * input_features = "
         "%d * %d = %d",
@@ -245,7 +301,9 @@ void DynamicBatcher::DropDeadFromOpenBatch(absl::Time now,
   if (!any_dead) return;
   // Compact: keep the live requests' rows, in order.
   Batch& batch = open_.batch;
-  const int64_t width = options_.input_features;
+  const int64_t width = options_.input_features *
+                        static_cast<int64_t>(ElementBytes(batch.input_dtype));
+  char* rows_data = static_cast<char*>(batch.input.data());
   std::vector<Pending> alive;
   std::vector<int64_t> alive_rows;
   int64_t src = 0;
@@ -254,9 +312,8 @@ void DynamicBatcher::DropDeadFromOpenBatch(absl::Time now,
     const int64_t rows = requests[i].request.rows;
     if (statuses[i].ok()) {
       if (dst != src) {
-        std::copy(batch.input.begin() + src * width,
-                  batch.input.begin() + (src + rows) * width,
-                  batch.input.begin() + dst * width);
+        std::memmove(rows_data + dst * width, rows_data + src * width,
+                     static_cast<size_t>(rows * width));
       }
       dst += rows;
       alive_rows.push_back(rows);
@@ -267,7 +324,6 @@ void DynamicBatcher::DropDeadFromOpenBatch(absl::Time now,
     }
     src += rows;
   }
-  batch.input.resize(dst * width);
   batch.rows = dst;
   batch.request_rows = std::move(alive_rows);
   requests = std::move(alive);
@@ -337,14 +393,6 @@ std::vector<DynamicBatcher::Pending> DynamicBatcher::TakeJoiners(
   queue_ = std::move(rest);
   if (!dropped->empty()) observer_->OnQueueRows(queued_rows_);
   if (open_empty && !joiners.empty()) open_.batch.model_version = key;
-  if (!joiners.empty() && open_.batch.input.capacity() == 0 &&
-      !spare_inputs_.empty()) {
-    // A buffer whose pages are already mapped: a fresh 8 MB allocation per
-    // batch means page faults (and unmapping, with TLB shootdowns) on the
-    // dispatcher's path.
-    open_.batch.input = std::move(spare_inputs_.back());
-    spare_inputs_.pop_back();
-  }
   return joiners;
 }
 
@@ -353,16 +401,39 @@ void DynamicBatcher::AppendToOpenBatch(std::vector<Pending> joiners)
   // Called without mu_: only the dispatcher thread touches open_'s rows, and
   // the bookkeeping other threads read (queued_rows_) did not change.
   Batch& batch = open_.batch;
-  if (batch.input.capacity() == 0) {
-    batch.input.reserve(options_.max_batch_rows * options_.input_features);
-  }
+  // A reused buffer: its pages are already mapped (and pinned, on a GPU).
+  if (!batch.input && !joiners.empty()) batch.input = input_pool_->Take();
+  const int64_t width = options_.input_features;
   for (Pending& p : joiners) {
-    batch.input.insert(batch.input.end(), p.request.input.begin(),
-                       p.request.input.end());
-    batch.rows += p.request.rows;
-    batch.request_rows.push_back(p.request.rows);
+    BatchRequest& r = p.request;
+    const bool borrowed = r.input_data != nullptr;
+    const void* src = borrowed ? r.input_data : r.input.data();
+    const ElementType src_type = borrowed ? r.input_dtype : ElementType::kF32;
+    const ElementType want_out =
+        options_.half_rows ? r.output_dtype : ElementType::kF32;
+    if (batch.rows == 0) {
+      batch.input_dtype = options_.half_rows ? src_type : ElementType::kF32;
+      batch.output_dtype = want_out;
+    } else {
+      if (src_type != batch.input_dtype &&
+          batch.input_dtype != ElementType::kF32) {
+        // Mixed input types: the batch becomes fp32 (rare; in place).
+        WidenToF32InPlace(batch.input.data(), batch.input_dtype,
+                          batch.rows * width);
+        batch.input_dtype = ElementType::kF32;
+      }
+      if (want_out != batch.output_dtype) batch.output_dtype = ElementType::kF32;
+    }
+    const size_t elem = ElementBytes(batch.input_dtype);
+    ConvertElements(src, src_type,
+                    static_cast<char*>(batch.input.data()) +
+                        static_cast<size_t>(batch.rows * width) * elem,
+                    batch.input_dtype, r.rows * width);
+    batch.rows += r.rows;
+    batch.request_rows.push_back(r.rows);
     // The rows now live in the batch; free the request's copy early.
-    std::vector<float>().swap(p.request.input);
+    std::vector<float>().swap(r.input);
+    r.input_data = nullptr;
     open_.requests.push_back(std::move(p));
   }
 }
@@ -485,20 +556,19 @@ void DynamicBatcher::WorkerLoop() {
 }
 
 void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
-  const Batch& batch = assembled.batch;
+  Batch& batch = assembled.batch;
+  batch.output = output_pool_->Take();
   const absl::Time start = clock_->Now();
   absl::StatusOr<BatchResult> result = run_(batch);
   const absl::Time end = clock_->Now();
   observer_->OnBatch(batch.rows, Seconds(end - start));
-  std::vector<float> spare = std::move(assembled.batch.input);
-  spare.clear();
+  input_pool_->Give(std::move(batch.input));
   {
     // Computing is over: the open batch may leave now, while this batch's
     // answers are being delivered.
     absl::MutexLock lock(&mu_);
     worker_busy_ = false;
     worker_idle_since_ = end;
-    if (spare_inputs_.size() < 2) spare_inputs_.push_back(std::move(spare));
     // Exponentially weighted (1/4 new), so one slow batch does not decide.
     compute_estimate_ = compute_estimate_ == absl::ZeroDuration()
                             ? end - start
@@ -508,14 +578,34 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
   }
 
   const int64_t out_features = options_.output_features;
-  if (result.ok() &&
-      static_cast<int64_t>(result->output.size()) != batch.rows * out_features) {
+  if (result.ok() && result->output_dtype != ElementType::kF32 &&
+      result->output_dtype != batch.output_dtype) {
     result = absl::InternalError(absl::StrFormat(
-        "model '%s': run callback returned %d output values for a batch of "
-        "%d rows x %d output_features",
-        options_.name, result->output.size(), batch.rows, out_features));
+        "model '%s': run callback returned %s output for a batch that wants "
+        "%s (or f32)",
+        options_.name, ElementTypeName(result->output_dtype),
+        ElementTypeName(batch.output_dtype)));
   }
-  auto shared = std::make_shared<absl::StatusOr<BatchResult>>(std::move(result));
+  const absl::Status status = result.ok() ? absl::OkStatus() : result.status();
+  const int64_t model_version = result.ok() ? result->model_version : 0;
+  const ElementType out_type =
+      result.ok() ? result->output_dtype : ElementType::kF32;
+  // The answers are views into the output buffer, which goes back to the
+  // pool once the last of them is gone.
+  std::shared_ptr<const HostBuffer> output;
+  if (status.ok()) {
+    std::weak_ptr<BufferPool> pool = output_pool_;
+    output = std::shared_ptr<const HostBuffer>(
+        new HostBuffer(std::move(batch.output)), [pool](const HostBuffer* b) {
+          HostBuffer buffer = std::move(*const_cast<HostBuffer*>(b));
+          delete b;
+          if (std::shared_ptr<BufferPool> p = pool.lock()) {
+            p->Give(std::move(buffer));
+          }
+        });
+  } else {
+    output_pool_->Give(std::move(batch.output));
+  }
 
   // Scattering each request's rows is part of delivering it: done by the
   // completion threads, in parallel, from the shared result.
@@ -528,19 +618,18 @@ void DynamicBatcher::RunAndScatter(AssembledBatch assembled) {
     const int64_t first = row;
     const int64_t rows = p.request.rows;
     row += rows;
-    // The result is copied out when the completion thread runs on_done.
-    auto on_done = [shared, first, rows, out_features,
-                    done = std::move(p.request.on_done)](RequestResult answer) {
-      if (shared->ok()) {
-        answer.model_version = (*shared)->model_version;
-        const auto begin = (*shared)->output.begin() + first * out_features;
-        answer.output.assign(begin, begin + rows * out_features);
-      }
-      done(std::move(answer));
-    };
+    if (status.ok()) {
+      r.model_version = model_version;
+      r.output = SharedRows(
+          output,
+          static_cast<const char*>(output->data()) +
+              static_cast<size_t>(first * out_features) * ElementBytes(out_type),
+          out_type, rows * out_features);
+    }
     // The outcome code must be known before delivery (observer order).
-    r.status = shared->ok() ? absl::OkStatus() : shared->status();
-    finished.push_back(Finished{std::move(on_done), std::move(r), rows});
+    r.status = status;
+    finished.push_back(
+        Finished{std::move(p.request.on_done), std::move(r), rows});
   }
   Deliver(std::move(finished));
 }

@@ -50,6 +50,16 @@
 // cancelled calls free their queue room while the device is busy.
 // Cost: O(log n) per Enqueue and wake-up; O(rows) copying per request.
 //
+// Memory. Batch inputs and outputs are HostBuffers from
+// BatcherOptions::allocate (pinned memory for a GPU instance), reused from
+// batch to batch: a request's rows are copied (or converted) once, from the
+// caller's bytes straight into the open batch, and its answer is a view of
+// the batch's output buffer (RequestResult::output), which goes back to the
+// pool when the last view is gone. With BatcherOptions::half_rows a batch
+// keeps fp16/bf16 rows when all of its requests send them and asks for
+// fp16/bf16 output when all of them want it (else fp32: rows of another type
+// widen the batch to fp32 in place), halving copies and transfers.
+//
 // Units: rows are matrix rows (one feature vector each); times are absl::Time
 // from the injected Clock; observer durations are seconds (double).
 #ifndef BITNET_SERVER_BATCHING_DYNAMIC_BATCHER_H_
@@ -72,6 +82,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/batching/clock.h"
+#include "server/host/element_type.h"
+#include "server/host/host_buffer.h"
 
 namespace bitnet {
 
@@ -80,9 +92,11 @@ struct RequestResult {
   // OK, or DEADLINE_EXCEEDED / CANCELLED (dropped before dispatch), or the
   // run callback's error, or INTERNAL if the callback returned malformed output.
   absl::Status status;
-  // [rows, output_features] row-major, this request's own rows only; empty
-  // unless status is OK.
-  std::vector<float> output;
+  // [rows, output_features] row-major, this request's own rows only, of
+  // BatchRequest::output_dtype or fp32 (output.dtype() says which); a view
+  // into the batch's output buffer that keeps it alive. Empty unless status
+  // is OK.
+  SharedRows output;
   // The model version that computed `output` (BatchResult::model_version);
   // 0 when the request never reached the run callback.
   int64_t model_version = 0;
@@ -91,8 +105,20 @@ struct RequestResult {
 };
 
 struct BatchRequest {
-  // [rows, input_features] row-major fp32. Moved into the batcher.
+  // The rows, [rows, input_features] row-major, one of:
+  //  - `input`: fp32 values owned by the request (moved into the batcher);
+  //  - `input_data` (when not null): elements of `input_dtype`, not owned:
+  //    they must stay valid until on_done is called. The dispatcher copies
+  //    (or converts) them straight into the batch, so the caller need not
+  //    decode them first (the service points this at the request's bytes).
+  //    The caller vouches for the size: rows * input_features elements.
   std::vector<float> input;
+  const void* input_data = nullptr;
+  ElementType input_dtype = ElementType::kF32;
+  // The element type the caller wants to read the output in. With
+  // BatcherOptions::half_rows, a batch whose requests all want the same type
+  // asks the run callback for it; otherwise the output is fp32.
+  ElementType output_dtype = ElementType::kF32;
   int64_t rows = 0;
   // Honoured before dispatch: a request still queued at its deadline is
   // answered DEADLINE_EXCEEDED. absl::InfiniteFuture() = none.
@@ -117,17 +143,33 @@ struct BatchRequest {
 struct Batch {
   int64_t rows = 0;           // total rows, <= max_batch_rows
   int64_t model_version = 0;  // the key shared by all its requests
-  // [rows, input_features] row-major: the requests' rows back to back in the
-  // order of request_rows.
-  std::vector<float> input;
+  // [rows, input_features] row-major of input_dtype: the requests' rows
+  // back to back in the order of request_rows. From BatcherOptions::allocate
+  // (input.pinned() says whether a GPU can copy from it directly); room for
+  // max_batch_rows fp32 rows.
+  HostBuffer input;
+  ElementType input_dtype = ElementType::kF32;
+  // The run callback writes [rows, output_features] row-major into `output`
+  // (also from BatcherOptions::allocate, room for max_batch_rows fp32 rows),
+  // either of output_dtype (what every request of the batch wants) or fp32,
+  // and says which in BatchResult::output_dtype.
+  HostBuffer output;
+  ElementType output_dtype = ElementType::kF32;
   std::vector<int64_t> request_rows;  // rows of each request, in order
+
+  // The input rows as fp32 (tests, fakes).
+  std::vector<float> InputFloats(int64_t input_features) const;
+  // Writes fp32 values into `output`, converted to output_dtype; returns
+  // output_dtype (for fakes that compute in fp32).
+  ElementType WriteOutput(const std::vector<float>& values) const;
 };
 
 struct BatchResult {
-  // [batch.rows, output_features] row-major.
-  std::vector<float> output;
   // The version that actually computed it, reported to every request.
   int64_t model_version = 0;
+  // What the run callback wrote into Batch::output: Batch::output_dtype or
+  // kF32 (anything else is answered INTERNAL).
+  ElementType output_dtype = ElementType::kF32;
 };
 
 // Runs one batch. Called on the worker thread only, one batch at a time, so
@@ -184,6 +226,14 @@ struct BatcherOptions {
   int completion_threads = 1;
   // Used in error messages ("model 'x': ...").
   std::string name = "model";
+  // Makes the batch input and output buffers (reused; a few per batcher).
+  // Empty = HostBuffer::Allocate. A GPU instance's allocator gives pinned
+  // memory, so the device copies straight from and into the batches.
+  HostAllocator allocate;
+  // Whether batches may carry fp16/bf16 rows and outputs (see "Memory"
+  // above): for a run callback whose device takes them natively. Otherwise
+  // rows are converted to fp32 as they join, and outputs are fp32.
+  bool half_rows = false;
 };
 
 // Checks option ranges: INVALID_ARGUMENT naming the field otherwise.
@@ -255,6 +305,24 @@ class DynamicBatcher {
     std::vector<Pending> requests;
     absl::Time dispatched;
   };
+  // Reusable buffers of one size, Thread-safe. Answers that hold an output
+  // buffer give it back through a weak reference (freed instead if the
+  // batcher is gone).
+  class BufferPool {
+   public:
+    BufferPool(HostAllocator allocate, size_t bytes, size_t max_spares)
+        : allocate_(std::move(allocate)), bytes_(bytes), max_spares_(max_spares) {}
+    // A spare buffer, or a new one.
+    HostBuffer Take();
+    void Give(HostBuffer buffer);
+
+   private:
+    const HostAllocator allocate_;
+    const size_t bytes_;
+    const size_t max_spares_;
+    absl::Mutex mu_;
+    std::vector<HostBuffer> spares_ ABSL_GUARDED_BY(mu_);
+  };
   struct Finished {
     std::function<void(RequestResult)> on_done;
     RequestResult result;
@@ -325,8 +393,11 @@ class DynamicBatcher {
   static constexpr absl::Duration kCancelSweepInterval = absl::Milliseconds(10);
   absl::Time next_cancel_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::optional<AssembledBatch> handoff_ ABSL_GUARDED_BY(mu_);
-  // Input buffers of finished batches, reused by the next open batches.
-  std::vector<std::vector<float>> spare_inputs_ ABSL_GUARDED_BY(mu_);
+  // Batch input buffers (the open batch's, the handed-off one's, the
+  // computing one's) and output buffers (the computing batch's, and those
+  // whose answers are still being delivered).
+  std::shared_ptr<BufferPool> input_pool_;
+  std::shared_ptr<BufferPool> output_pool_;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // The worker is running a batch through the run callback.
   bool worker_busy_ ABSL_GUARDED_BY(mu_) = false;

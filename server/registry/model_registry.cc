@@ -231,6 +231,17 @@ absl::Status ModelVersion::Forward(int i, const float* input, int64_t rows,
   return replica.instance->Forward(input, rows, output);
 }
 
+absl::Status ModelVersion::ForwardRows(int i, const ForwardArgs& args) const {
+  if (!HasReplica(i)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "model '%s' version %d has no replica on instance %d", model_name_,
+        version_, i));
+  }
+  const Replica& replica = *replicas_[i];
+  absl::MutexLock lock(&replica.forward_mu);
+  return replica.instance->ForwardRows(args);
+}
+
 absl::Status ModelVersion::Forward(const float* input, int64_t rows,
                                    float* output) const {
   for (int i = 0; i < instance_count(); ++i) {
@@ -317,12 +328,21 @@ absl::StatusOr<BatchResult> ModelRegistry::RunBatch(Entry* entry, int index,
   }
   BatchResult result;
   result.model_version = version->version();
-  result.output.resize(batch.rows * version->output_features());
+  result.output_dtype = batch.output_dtype;
+  ForwardArgs args;
+  args.rows = batch.rows;
+  args.input_features = version->input_features();
+  args.output_features = version->output_features();
+  args.input = batch.input.data();
+  args.input_dtype = batch.input_dtype;
+  args.input_pinned = batch.input.pinned();
+  args.output = batch.output.data();
+  args.output_dtype = batch.output_dtype;
+  args.output_pinned = batch.output.pinned();
   const bool several = entry->instances.size() > 1;
   absl::Status last_failure;
   for (int i : entry->FailoverOrder(index, *version)) {
-    absl::Status s = version->Forward(i, batch.input.data(), batch.rows,
-                                      result.output.data());
+    absl::Status s = version->ForwardRows(i, args);
     if (s.ok()) {
       if (!entry->Healthy(i)) entry->SetHealthy(i, true, absl::OkStatus());
       return result;
@@ -478,6 +498,13 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
       batching.name = n == 1 ? entry->name
                              : absl::StrFormat("%s' instance '%s", entry->name,
                                                instance.name);
+      // Batch buffers in the memory this instance's device reads fastest
+      // (pinned for a GPU), rows in the types it takes natively.
+      std::shared_ptr<Backend> backend = backends_[i];
+      batching.allocate = [backend](size_t bytes) {
+        return backend->AllocateHostBuffer(bytes);
+      };
+      batching.half_rows = backend->native_half_rows();
       absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher =
           DynamicBatcher::Create(
               batching,

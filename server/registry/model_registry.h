@@ -108,6 +108,8 @@ class ModelVersion {
   // replica; else as ModelInstance::Forward.
   absl::Status Forward(int i, const float* input, int64_t rows,
                        float* output) const;
+  // ForwardRows on instance `i`'s replica; errors as Forward(i, ...).
+  absl::Status ForwardRows(int i, const ForwardArgs& args) const;
   // Forward on the first replica (e.g. a probe batch).
   absl::Status Forward(const float* input, int64_t rows, float* output) const;
 

@@ -12,9 +12,30 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/host/element_type.h"
+#include "server/host/host_buffer.h"
 #include "server/model/model.h"
 
 namespace bitnet {
+
+// One batch for ModelInstance::ForwardRows: host rows of any element type.
+struct ForwardArgs {
+  int64_t rows = 0;
+  // The model's feature counts (the caller knows them from the Model).
+  int64_t input_features = 0;
+  int64_t output_features = 0;
+  // [rows, input_features] row-major of input_dtype.
+  const void* input = nullptr;
+  ElementType input_dtype = ElementType::kF32;
+  // [rows, output_features] row-major of output_dtype.
+  void* output = nullptr;
+  ElementType output_dtype = ElementType::kF32;
+  // Page-locked memory (Backend::AllocateHostBuffer of a GPU backend): the
+  // device copies straight from / into it. Otherwise ordinary memory, which
+  // a GPU instance stages through its own pinned buffers.
+  bool input_pinned = false;
+  bool output_pinned = false;
+};
 
 // One model loaded onto one device: owns its weights (in the backend's
 // execution layout) and its scratch buffers.
@@ -29,6 +50,17 @@ class ModelInstance {
   // Errors: INVALID_ARGUMENT if rows > max_rows(); INTERNAL on device failure.
   virtual absl::Status Forward(const float* input, int64_t rows,
                                float* output) = 0;
+
+  // Forward() for rows of any element type (the batcher's buffers).
+  // Numerics: fp16/bf16 input rows are exactly those values (an int8 layer
+  // widens them to fp32 first, so results match fp32 input bit for bit; a
+  // GPU layer in "none" mode feeds them to its fp16/bf16 tensor cores
+  // directly, within the error stated in kernels/cuda/ternary_cuda.h); an
+  // fp16/bf16 output is the fp32 result rounded to nearest even, the same
+  // bits as converting the fp32 output on the host. The default converts to
+  // and from fp32 around Forward() (no copy when both are fp32).
+  // Errors: as Forward().
+  virtual absl::Status ForwardRows(const ForwardArgs& args);
 
   // Largest batch this instance was sized for at load time.
   virtual int64_t max_rows() const = 0;
@@ -47,6 +79,16 @@ class Backend {
       const Model& model, int64_t max_rows) = 0;
   // "cpu" or "cuda:N".
   virtual std::string device() const = 0;
+
+  // Host memory that this backend's instances read and write fastest:
+  // page-locked on a GPU (pass ForwardArgs::input_pinned / output_pinned),
+  // ordinary on the CPU (the default). Never fails: falls back to ordinary
+  // memory. Thread-safe.
+  virtual HostBuffer AllocateHostBuffer(size_t bytes);
+  // Whether ForwardRows takes fp16/bf16 rows natively (a GPU): batches then
+  // keep them, halving host copies and transfers. Otherwise the batcher
+  // converts rows to fp32 as they arrive.
+  virtual bool native_half_rows() const { return false; }
 };
 
 // Settings that apply to whichever backend CreateBackend() picks.

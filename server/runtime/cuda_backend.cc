@@ -38,27 +38,44 @@ class CudaModelInstance final : public ModelInstance {
         host_out_(std::move(host_out)) {}
 
   absl::Status Forward(const float* input, int64_t rows, float* output) override {
+    ForwardArgs args;
+    args.rows = rows;
+    args.input = input;
+    args.output = output;
+    return ForwardRows(args);
+  }
+
+  absl::Status ForwardRows(const ForwardArgs& args) override {
+    const int64_t rows = args.rows;
     if (rows < 0 || rows > max_rows_) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "cuda forward: rows is %d, expected 0 <= rows <= max_rows = %d", rows, max_rows_));
     }
     if (rows == 0) return absl::OkStatus();
-    if (input == nullptr || output == nullptr) {
+    if (args.input == nullptr || args.output == nullptr) {
       return absl::InvalidArgumentError("cuda forward: input and output must not be null");
     }
     const int64_t in_features = layers_.front().spec.in_features;
     const int64_t out_features = layers_.back().spec.out_features;
-    const size_t in_bytes = static_cast<size_t>(rows * in_features) * sizeof(float);
-    const size_t out_bytes = static_cast<size_t>(rows * out_features) * sizeof(float);
-    // Pinned staging makes the copies true DMA transfers on our stream.
-    std::memcpy(host_in_.data(), input, in_bytes);
-    absl::Status s = Run(rows, in_bytes, out_bytes);
+    const size_t in_bytes =
+        static_cast<size_t>(rows * in_features) * ElementBytes(args.input_dtype);
+    const size_t out_bytes =
+        static_cast<size_t>(rows * out_features) * ElementBytes(args.output_dtype);
+    // Transfers are DMA from and into pinned memory: the caller's when it is
+    // pinned (the batcher's buffers), else our staging buffers.
+    const void* in = args.input;
+    if (!args.input_pinned) {
+      std::memcpy(host_in_.data(), args.input, in_bytes);
+      in = host_in_.data();
+    }
+    void* out = args.output_pinned ? args.output : host_out_.data();
+    absl::Status s = Run(rows, in, args.input_dtype, out, args.output_dtype, in_bytes, out_bytes);
     if (!s.ok()) {
       // A failed launch may leave work queued: drain before reporting.
       (void)stream_.Synchronize();
       return absl::InternalError(absl::StrCat("cuda forward on ", device(), ": ", s.ToString()));
     }
-    std::memcpy(output, host_out_.data(), out_bytes);
+    if (!args.output_pinned) std::memcpy(args.output, host_out_.data(), out_bytes);
     return absl::OkStatus();
   }
 
@@ -71,10 +88,21 @@ class CudaModelInstance final : public ModelInstance {
   }
 
  private:
-  absl::Status Run(int64_t rows, size_t in_bytes, size_t out_bytes) {
+  static CudaDType ToCuda(ElementType type) {
+    switch (type) {
+      case ElementType::kF16: return CudaDType::kF16;
+      case ElementType::kBF16: return CudaDType::kBF16;
+      case ElementType::kF32: break;
+    }
+    return CudaDType::kF32;
+  }
+
+  // `in` and `out` are pinned host memory. Intermediate layers stay fp32;
+  // only the first layer reads `in_type` and the last writes `out_type`.
+  absl::Status Run(int64_t rows, const void* in, ElementType in_type, void* out,
+                   ElementType out_type, size_t in_bytes, size_t out_bytes) {
     void* stream = stream_.get();
-    if (absl::Status s = CudaMemcpyAsync(act_[0].data(), host_in_.data(), in_bytes, stream);
-        !s.ok()) {
+    if (absl::Status s = CudaMemcpyAsync(act_[0].data(), in, in_bytes, stream); !s.ok()) {
       return s;
     }
     // Layers ping-pong between the two device buffers.
@@ -83,12 +111,12 @@ class CudaModelInstance final : public ModelInstance {
       CudaLinearArgs a;
       a.m = rows;
       a.x = act_[i % 2].data();
-      a.x_dtype = CudaDType::kF32;
+      a.x_dtype = i == 0 ? ToCuda(in_type) : CudaDType::kF32;
       a.weights = layer.weights.get();
       a.act_quant = layer.spec.act_quant;
       a.activation = layer.spec.activation;
       a.y = act_[(i + 1) % 2].data();
-      a.y_dtype = CudaDType::kF32;
+      a.y_dtype = i + 1 == layers_.size() ? ToCuda(out_type) : CudaDType::kF32;
       a.workspace = workspace_.data();
       a.workspace_bytes = workspace_.bytes();
       if (absl::Status s = CudaTernaryLinear(a, stream); !s.ok()) {
@@ -96,8 +124,7 @@ class CudaModelInstance final : public ModelInstance {
       }
     }
     const CudaBuffer& last = act_[layers_.size() % 2];
-    if (absl::Status s = CudaMemcpyAsync(host_out_.data(), last.data(), out_bytes, stream);
-        !s.ok()) {
+    if (absl::Status s = CudaMemcpyAsync(out, last.data(), out_bytes, stream); !s.ok()) {
       return s;
     }
     return stream_.Synchronize();
@@ -150,21 +177,24 @@ class CudaBackend final : public Backend {
     for (const CudaLayer& layer : layers) {
       CudaLinearArgs a;
       a.x = reinterpret_cast<const void*>(uintptr_t{256});  // alignment only
-      a.x_dtype = CudaDType::kF32;
       a.weights = layer.weights.get();
       a.act_quant = layer.spec.act_quant;
       a.activation = layer.spec.activation;
       a.y = reinterpret_cast<void*>(uintptr_t{256});
-      for (int64_t m = 1; m <= max_rows; m += (m < 512 ? 1 : 16)) {
-        a.m = std::min(m, max_rows);
+      // The first layer may read fp16/bf16 batch rows as well as fp32.
+      for (CudaDType x_dtype : {CudaDType::kF32, CudaDType::kF16, CudaDType::kBF16}) {
+        a.x_dtype = x_dtype;
+        for (int64_t m = 1; m <= max_rows; m += (m < 512 ? 1 : 16)) {
+          a.m = std::min(m, max_rows);
+          absl::StatusOr<size_t> bytes = CudaLinearWorkspaceBytes(a);
+          if (!bytes.ok()) return bytes.status();
+          workspace_bytes = std::max(workspace_bytes, *bytes);
+        }
+        a.m = max_rows;
         absl::StatusOr<size_t> bytes = CudaLinearWorkspaceBytes(a);
         if (!bytes.ok()) return bytes.status();
         workspace_bytes = std::max(workspace_bytes, *bytes);
       }
-      a.m = max_rows;
-      absl::StatusOr<size_t> bytes = CudaLinearWorkspaceBytes(a);
-      if (!bytes.ok()) return bytes.status();
-      workspace_bytes = std::max(workspace_bytes, *bytes);
     }
 
     const size_t act_bytes = static_cast<size_t>(max_rows * widest) * sizeof(float);
@@ -191,18 +221,41 @@ class CudaBackend final : public Backend {
     // every kernel configuration the dispatcher can pick once, so the first
     // real batch of a new size does not pay for first-launch set-up
     // (module loading, shared-memory attributes) while requests wait.
+    // fp16 batches (the batcher's half rows) get their own warm-up: other
+    // conversion and epilogue instantiations.
     std::vector<float> in(static_cast<size_t>(max_rows * model.input_features()), 0.0f);
     std::vector<float> out(static_cast<size_t>(max_rows * model.output_features()));
-    for (int64_t m = 1;; m = std::min(2 * m, max_rows)) {
-      if (absl::Status s = instance->Forward(in.data(), m, out.data()); !s.ok()) {
-        return absl::Status(s.code(), absl::StrCat("cuda load: warm-up: ", s.message()));
+    for (ElementType type : {ElementType::kF32, ElementType::kF16}) {
+      for (int64_t m = 1;; m = std::min(2 * m, max_rows)) {
+        ForwardArgs args;
+        args.rows = m;
+        args.input = in.data();  // zeros in either type
+        args.input_dtype = type;
+        args.output = out.data();
+        args.output_dtype = type;
+        if (absl::Status s = instance->ForwardRows(args); !s.ok()) {
+          return absl::Status(s.code(), absl::StrCat("cuda load: warm-up: ", s.message()));
+        }
+        if (m == max_rows) break;
       }
-      if (m == max_rows) break;
     }
     return std::unique_ptr<ModelInstance>(std::move(instance));
   }
 
   std::string device() const override { return absl::StrFormat("cuda:%d", device_); }
+
+  // Page-locked (cudaHostAlloc): with unified addressing (every 64-bit CUDA
+  // platform) it is pinned for every device, so a batch may also fail over
+  // to another GPU's instance. Ordinary memory if pinning fails.
+  HostBuffer AllocateHostBuffer(size_t bytes) override {
+    absl::StatusOr<CudaHostBuffer> pinned = CudaHostBuffer::Create(bytes);
+    if (!pinned.ok()) return HostBuffer::Allocate(bytes);
+    auto owner = std::make_shared<CudaHostBuffer>(*std::move(pinned));
+    void* data = owner->data();
+    return HostBuffer(data, bytes, /*pinned=*/true, [owner](void*) mutable { owner.reset(); });
+  }
+
+  bool native_half_rows() const override { return true; }
 
  private:
   const int device_;

@@ -6,11 +6,18 @@
 // preallocates everything Forward() needs: pinned host staging buffers for
 // input and output (cudaHostAlloc), two device activation buffers of
 // [max_rows, widest layer] fp32, one zeroed workspace sized for every batch
-// size up to max_rows, and its own stream. Forward() copies the input in,
-// launches all layers back to back on that stream (bias and activation fused
-// into each layer's epilogue; the next layer's int8 quantization is its own
-// small launch, since it needs whole-row absmax), copies the output back and
-// synchronizes once.
+// size up to max_rows (and fp32/fp16/bf16 first-layer input), and its own
+// stream; then warms every batch-size class up in fp32 and in fp16.
+// ForwardRows() copies the input in (DMA straight from the caller's buffer
+// when it is pinned, i.e. the batcher's buffers from AllocateHostBuffer;
+// else through the staging buffer), launches all layers back to back on that
+// stream (bias and activation fused into each layer's epilogue; the next
+// layer's int8 quantization is its own small launch, since it needs
+// whole-row absmax), copies the output back (into the caller's pinned buffer
+// directly, or through staging) and synchronizes once. fp16/bf16 rows go in
+// and out as such: the first layer reads them, the last layer's epilogue
+// writes them (round to nearest even, as the host would); the transfers are
+// half the size.
 //
 // Intermediates stay fp32 so that a layer with int8 activations quantizes
 // exactly the values the CPU would: int8 models (the demo models) then match

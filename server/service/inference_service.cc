@@ -30,7 +30,12 @@ using InferDone = std::function<void(const absl::Status&)>;
 // filled (on success) and the request metrics recorded. On an error nothing
 // is enqueued, `done` is never called, and the caller answers with the
 // returned status (its metrics are already recorded).
+// The input bytes are not copied here: the batcher reads them straight into
+// its batch. They are request.input().data(), which must then stay alive
+// until `done` (a unary call's request does), or `owned_data` when not null
+// (kept alive by the request until done).
 absl::Status SubmitInfer(ServingState& state, const v1::InferRequest& request,
+                         std::shared_ptr<const std::string> owned_data,
                          absl::Time start, absl::Time deadline,
                          std::function<bool()> is_cancelled,
                          v1::InferResponse* out, InferDone done) {
@@ -73,19 +78,26 @@ absl::Status SubmitInfer(ServingState& state, const v1::InferRequest& request,
   expect.max_rows = state.config().max_request_rows;
   expect.field = "input";
   expect.model_description = description;
-  absl::StatusOr<std::vector<float>> input = DecodeInput(request.input(), expect);
+  const std::string& bytes =
+      owned_data != nullptr ? *owned_data : request.input().data();
+  absl::StatusOr<InputRows> input = ValidateInput(
+      request.input(), std::string_view(bytes.data(), bytes.size()), expect);
   if (!input.ok()) return reject(input.status());
 
-  const int64_t rows = request.input().shape(0);
+  const int64_t rows = input->rows;
   const int64_t output_features = (*model)->output_features();
   BatchRequest batch_request;
-  batch_request.input = *std::move(input);
+  batch_request.input_data = input->data;
+  batch_request.input_dtype = input->dtype;
+  // DTYPE_UNSPECIFIED = fp32.
+  ElementTypeOf(request.output_dtype(), &batch_request.output_dtype);
   batch_request.rows = rows;
   batch_request.deadline = deadline;
   batch_request.is_cancelled = std::move(is_cancelled);
   // 0 = whichever version is current when the batch is dispatched.
   batch_request.model_version = version;
   batch_request.on_done = [&state, name, rows, output_features, start, out,
+                           owned_data = std::move(owned_data),
                            output_dtype = request.output_dtype(),
                            request_id = request.request_id(),
                            done = std::move(done)](RequestResult result) {
@@ -97,8 +109,9 @@ absl::Status SubmitInfer(ServingState& state, const v1::InferRequest& request,
           " rows; expected ", rows * output_features));
     }
     if (status.ok()) {
-      status = EncodeOutput(result.output.data(), rows, output_features,
-                            output_dtype, out->mutable_output());
+      status = EncodeOutput(result.output.data(), result.output.dtype(), rows,
+                            output_features, output_dtype,
+                            out->mutable_output());
     }
     if (status.ok()) {
       out->set_model(name);
@@ -226,7 +239,7 @@ class InferStreamReactor final
   }
 
  private:
-  void Submit(const v1::InferRequest& request) {
+  void Submit(v1::InferRequest& request) {
     const absl::Time start = absl::Now();
     auto answer = std::make_shared<v1::InferStreamResponse>();
     answer->set_request_id(request.request_id());
@@ -234,8 +247,12 @@ class InferStreamReactor final
     if (status.ok()) {
       grpc::CallbackServerContext* context = context_;
       ServingState* state = state_;
+      // request_ is the read buffer, reused by the next read: the input
+      // bytes move out of it and live with the request until it is done.
+      auto owned = std::make_shared<std::string>(
+          std::move(*request.mutable_input()->mutable_data()));
       status = SubmitInfer(
-          *state_, request, start, DeadlineOf(context_),
+          *state_, request, std::move(owned), start, DeadlineOf(context_),
           [context] { return context->IsCancelled(); },
           answer->mutable_response(),
           [this, state, answer](const absl::Status& s) {
@@ -324,7 +341,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(
     return reactor;
   }
   status = SubmitInfer(
-      *state_, *request, start, DeadlineOf(context),
+      *state_, *request, /*owned_data=*/nullptr, start, DeadlineOf(context),
       [context] { return context->IsCancelled(); }, response,
       [finish, state](const absl::Status& s) {
         finish(s);

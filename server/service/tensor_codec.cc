@@ -8,7 +8,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "server/model/half.h"
 
 namespace bitnet {
 
@@ -25,8 +24,18 @@ int64_t DTypeSize(v1::DType dtype) {
   }
 }
 
-absl::StatusOr<std::vector<float>> DecodeInput(const v1::Tensor& tensor,
-                                               const InputExpectation& expect) {
+bool ElementTypeOf(v1::DType dtype, ElementType* type) {
+  switch (dtype) {
+    case v1::DTYPE_FP32: *type = ElementType::kF32; return true;
+    case v1::DTYPE_FP16: *type = ElementType::kF16; return true;
+    case v1::DTYPE_BF16: *type = ElementType::kBF16; return true;
+    default: return false;
+  }
+}
+
+absl::StatusOr<InputRows> ValidateInput(const v1::Tensor& tensor,
+                                        std::string_view data,
+                                        const InputExpectation& expect) {
   // Debian's Abseil has its own string_view type: convert for StrCat.
   const absl::string_view f(expect.field.data(), expect.field.size());
   const absl::string_view model_description(expect.model_description.data(),
@@ -58,37 +67,46 @@ absl::StatusOr<std::vector<float>> DecodeInput(const v1::Tensor& tensor,
   }
   const int64_t count = rows * expect.features;
   const int64_t want_bytes = count * elem;
-  if (static_cast<int64_t>(tensor.data().size()) != want_bytes) {
+  if (static_cast<int64_t>(data.size()) != want_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        f, ".data: ", tensor.data().size(), " bytes; expected ", want_bytes,
+        f, ".data: ", data.size(), " bytes; expected ", want_bytes,
         " (", rows, " x ", expect.features, " elements of ",
         v1::DType_Name(tensor.dtype()), ", ", elem, " bytes each)"));
   }
-  std::vector<float> out(static_cast<size_t>(count));
-  const char* src = tensor.data().data();
-  if (tensor.dtype() == v1::DTYPE_FP32) {
-    std::memcpy(out.data(), src, static_cast<size_t>(want_bytes));
-  } else {
-    const bool fp16 = tensor.dtype() == v1::DTYPE_FP16;
-    for (int64_t i = 0; i < count; ++i) {
-      uint16_t bits;
-      std::memcpy(&bits, src + 2 * i, 2);
-      out[i] = fp16 ? HalfToFloat(bits) : BFloat16ToFloat(bits);
-    }
+  InputRows in;
+  in.data = data.data();
+  in.rows = rows;
+  ElementTypeOf(tensor.dtype(), &in.dtype);  // known: elem != 0
+  if (const int64_t i = FindNonFinite(in.data, in.dtype, count); i >= 0) {
+    float value;
+    ConvertElements(data.data() + i * elem, in.dtype, &value, ElementType::kF32, 1);
+    return absl::InvalidArgumentError(absl::StrCat(
+        f, ".data: element [", i / expect.features, ", ", i % expect.features,
+        "] is ", std::isnan(value) ? "NaN" : "infinite",
+        "; expected finite values"));
   }
-  for (int64_t i = 0; i < count; ++i) {
-    if (!std::isfinite(out[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          f, ".data: element [", i / expect.features, ", ",
-          i % expect.features, "] is ", std::isnan(out[i]) ? "NaN" : "infinite",
-          "; expected finite values"));
-    }
-  }
+  return in;
+}
+
+absl::StatusOr<std::vector<float>> DecodeInput(const v1::Tensor& tensor,
+                                               const InputExpectation& expect) {
+  absl::StatusOr<InputRows> in = ValidateInput(
+      tensor, std::string_view(tensor.data().data(), tensor.data().size()), expect);
+  if (!in.ok()) return in.status();
+  std::vector<float> out(static_cast<size_t>(in->rows * expect.features));
+  ConvertElements(in->data, in->dtype, out.data(), ElementType::kF32,
+                  static_cast<int64_t>(out.size()));
   return out;
 }
 
 absl::Status EncodeOutput(const float* values, int64_t rows, int64_t cols,
                           v1::DType dtype, v1::Tensor* out) {
+  return EncodeOutput(values, ElementType::kF32, rows, cols, dtype, out);
+}
+
+absl::Status EncodeOutput(const void* values, ElementType values_type,
+                          int64_t rows, int64_t cols, v1::DType dtype,
+                          v1::Tensor* out) {
   if (dtype == v1::DTYPE_UNSPECIFIED) dtype = v1::DTYPE_FP32;
   const int64_t elem = DTypeSize(dtype);
   if (elem == 0) {
@@ -101,18 +119,11 @@ absl::Status EncodeOutput(const float* values, int64_t rows, int64_t cols,
   out->clear_shape();
   out->add_shape(rows);
   out->add_shape(cols);
+  ElementType type = ElementType::kF32;
+  ElementTypeOf(dtype, &type);
   std::string* data = out->mutable_data();
   data->resize(static_cast<size_t>(count * elem));
-  if (dtype == v1::DTYPE_FP32) {
-    std::memcpy(data->data(), values, static_cast<size_t>(count * elem));
-    return absl::OkStatus();
-  }
-  const bool fp16 = dtype == v1::DTYPE_FP16;
-  for (int64_t i = 0; i < count; ++i) {
-    const uint16_t bits =
-        fp16 ? FloatToHalf(values[i]) : FloatToBFloat16(values[i]);
-    std::memcpy(data->data() + 2 * i, &bits, 2);
-  }
+  ConvertElements(values, values_type, data->data(), type, count);
   return absl::OkStatus();
 }
 
