@@ -3,6 +3,7 @@
 //   bitnet-bench kernels [...]   (CUDA builds only)
 //   bitnet-bench train [--device=cuda|cpu|both] [--rows=256] ...
 //   bitnet-bench serving [--device=cpu|cuda:0] [--demo_model=small|large] ...
+//   bitnet-bench hostpath [--rows=32] [--in=4096] [--out=4096]
 // Each subcommand receives argv shifted by one (argv[0] is the subcommand).
 #include <cstdio>
 #include <cstring>
@@ -10,6 +11,7 @@
 int RunCpuBenchmarks(int argc, char** argv);
 int RunTrainBenchmarks(int argc, char** argv);
 int RunServingBenchmarks(int argc, char** argv);
+int RunHostPathBenchmarks(int argc, char** argv);
 #ifdef BITNET_HAVE_CUDA
 int RunKernelBenchmarks(int argc, char** argv);
 #endif
@@ -28,7 +30,9 @@ void PrintUsage(const char* program) {
                "  train     STE training steps/s (--device=cuda|cpu|both, --rows, "
                "--in, --hidden, --out, --act_quant, --optimizer, --steps)\n"
                "  serving   batched forward rows/s through the Backend (--device, "
-               "--demo_model, --model_file, --batches=1,2,4,..., --json)\n"
+               "--demo_model, --model_file, --batches=1,2,4,..., --io, --json)\n"
+               "  hostpath  host CPU per request of the server's per-element work, "
+               "before/after pinned fp16 batches (--rows, --in, --out)\n"
                "Options after the family are passed to it (Google Benchmark flags "
                "included, e.g. --benchmark_filter=int8).\n",
                program);
@@ -44,6 +48,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(argv[1], "cpu") == 0) return RunCpuBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "train") == 0) return RunTrainBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "serving") == 0) return RunServingBenchmarks(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "hostpath") == 0) return RunHostPathBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "kernels") == 0) {
 #ifdef BITNET_HAVE_CUDA
     return RunKernelBenchmarks(argc - 1, argv + 1);

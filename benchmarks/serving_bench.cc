@@ -7,7 +7,14 @@
 //
 //   bitnet-bench serving [--device=cpu|cuda:0|auto] [--demo_model=small|large]
 //       [--model_file=FILE] [--batches=1,2,4,...] [--cpu_threads=N]
-//       [--min_time=1.0] [--json=FILE|-]
+//       [--io=plain-f32|batch-f32|batch-f16] [--min_time=1.0] [--json=FILE|-]
+//
+// --io: where the rows live and their type. plain-f32 (default): ordinary
+// host memory, fp32 (Forward; a GPU instance stages through its own pinned
+// buffers). batch-f32 / batch-f16: the batcher's buffers, i.e. memory from
+// Backend::AllocateHostBuffer (pinned on a GPU: no staging copies), rows and
+// output in fp32 / fp16 (ForwardRows), as the server runs fp32 / fp16
+// batches.
 //
 // Per batch size: 3 warm-up forwards, then forwards until --min_time seconds
 // and at least 5 runs; the median time of one forward gives rows/s = B /
@@ -30,6 +37,8 @@
 #include "server/model/demo_model.h"
 #include "server/model/model.h"
 #include "server/model/model_file.h"
+#include "server/host/element_type.h"
+#include "server/host/host_buffer.h"
 #include "server/runtime/backend.h"
 
 int RunServingBenchmarks(int argc, char** argv);
@@ -43,6 +52,7 @@ struct ServingArgs {
   std::vector<int64_t> batches = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
   int cpu_threads = 0;
   double min_time = 1.0;
+  std::string io = "plain-f32";
   std::string json;
 };
 
@@ -97,6 +107,12 @@ bool ParseArgs(int argc, char** argv, ServingArgs* args, std::string* error) {
         *error = "--min_time: expected seconds > 0";
         return false;
       }
+    } else if (name == "io") {
+      if (value != "plain-f32" && value != "batch-f32" && value != "batch-f16") {
+        *error = "--io: expected plain-f32, batch-f32 or batch-f16";
+        return false;
+      }
+      args->io = value;
     } else if (name == "json") {
       args->json = value;
     } else {
@@ -149,9 +165,13 @@ int RunServingBenchmarks(int argc, char** argv) {
   FILE* table = args.json == "-" ? stderr : stdout;
   const int64_t in = model.input_features();
   const int64_t out = model.output_features();
-  std::fprintf(table, "# serving forward: model %s (%lld -> %lld), device %s, cpu_threads %d\n",
-              model_name.c_str(), static_cast<long long>(in), static_cast<long long>(out),
-              (*backend)->device().c_str(), args.cpu_threads);
+  std::fprintf(table,
+               "# serving forward: model %s (%lld -> %lld), device %s, cpu_threads %d, io %s\n",
+               model_name.c_str(), static_cast<long long>(in), static_cast<long long>(out),
+               (*backend)->device().c_str(), args.cpu_threads, args.io.c_str());
+  const bool batch_io = args.io != "plain-f32";
+  const bitnet::ElementType io_type =
+      args.io == "batch-f16" ? bitnet::ElementType::kF16 : bitnet::ElementType::kF32;
   std::fprintf(table, "%8s %8s %12s %12s %14s\n", "batch", "runs", "median_ms", "p90_ms",
               "rows_per_s");
   std::vector<Point> points;
@@ -172,9 +192,33 @@ int RunServingBenchmarks(int argc, char** argv) {
       for (float& v : x) v = static_cast<float>(rng.NextNormal());
     }
     std::vector<float> y(batch * out);
+    // --io=batch-*: the same rows in the backend's batch buffers.
+    std::vector<bitnet::HostBuffer> batch_inputs;
+    bitnet::HostBuffer batch_output;
+    if (batch_io) {
+      for (const auto& x : inputs) {
+        batch_inputs.push_back((*backend)->AllocateHostBuffer(x.size() * sizeof(float)));
+        bitnet::ConvertElements(x.data(), bitnet::ElementType::kF32, batch_inputs.back().data(),
+                                io_type, static_cast<int64_t>(x.size()));
+      }
+      batch_output = (*backend)->AllocateHostBuffer(y.size() * sizeof(float));
+    }
+    auto forward = [&](int i) {
+      if (!batch_io) return (*instance)->Forward(inputs[i % kInputs].data(), batch, y.data());
+      bitnet::ForwardArgs a;
+      a.rows = batch;
+      a.input_features = in;
+      a.output_features = out;
+      a.input = batch_inputs[i % kInputs].data();
+      a.input_dtype = io_type;
+      a.input_pinned = batch_inputs[i % kInputs].pinned();
+      a.output = batch_output.data();
+      a.output_dtype = io_type;
+      a.output_pinned = batch_output.pinned();
+      return (*instance)->ForwardRows(a);
+    };
     for (int i = 0; i < 3; ++i) {
-      if (absl::Status s = (*instance)->Forward(inputs[i % kInputs].data(), batch, y.data());
-          !s.ok()) {
+      if (absl::Status s = forward(i); !s.ok()) {
         std::fprintf(stderr, "bitnet-bench serving: Forward: %s\n", s.ToString().c_str());
         return 1;
       }
@@ -185,8 +229,7 @@ int RunServingBenchmarks(int argc, char** argv) {
            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() <
                args.min_time) {
       const auto t0 = std::chrono::steady_clock::now();
-      absl::Status s =
-          (*instance)->Forward(inputs[times.size() % kInputs].data(), batch, y.data());
+      absl::Status s = forward(static_cast<int>(times.size()));
       const auto t1 = std::chrono::steady_clock::now();
       if (!s.ok()) {
         std::fprintf(stderr, "bitnet-bench serving: Forward: %s\n", s.ToString().c_str());
@@ -211,7 +254,8 @@ int RunServingBenchmarks(int argc, char** argv) {
     std::ostringstream json;
     json << "{\"model\": \"" << model_name << "\", \"device\": \"" << (*backend)->device()
          << "\", \"input_features\": " << in << ", \"output_features\": " << out
-         << ", \"cpu_threads\": " << args.cpu_threads << ", \"points\": [";
+         << ", \"cpu_threads\": " << args.cpu_threads << ", \"io\": \"" << args.io
+         << "\", \"points\": [";
     for (size_t i = 0; i < points.size(); ++i) {
       json << (i ? ", " : "")
            << absl::StrFormat(
