@@ -31,6 +31,8 @@
 #   DEMO_MODEL [large]       large (4096->11008->4096) or small (64->128->32)
 #   ROWS_PER_REQUEST [32]    rows per Infer request
 #   DTYPE [fp16]             input dtype on the wire (fp32, fp16, bf16)
+#   OUTPUT_DTYPE []          output dtype asked for (fp32, fp16, bf16; empty:
+#                            unset = fp32). fp16 + fp16 is fp16 end to end.
 #   START_CONCURRENCY [4]    first point; each next point doubles it
 #   MAX_CONCURRENCY [1024]   last point at most (times the config's devices)
 #   SATURATION_GAIN [0.05]   stop after two points in a row that add less
@@ -51,6 +53,7 @@ CONFIGS="${CONFIGS:-cuda:0 cuda:0,cuda:1}"
 DEMO_MODEL="${DEMO_MODEL:-large}"
 ROWS_PER_REQUEST="${ROWS_PER_REQUEST:-32}"
 DTYPE="${DTYPE:-fp16}"
+OUTPUT_DTYPE="${OUTPUT_DTYPE:-}"
 START_CONCURRENCY="${START_CONCURRENCY:-4}"
 MAX_CONCURRENCY="${MAX_CONCURRENCY:-1024}"
 SATURATION_GAIN="${SATURATION_GAIN:-0.05}"
@@ -114,7 +117,7 @@ for config in $CONFIGS; do
   while ((concurrency <= MAX_CONCURRENCY * instances)); do
     "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
       --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
-      --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" \
+      --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" --output_dtype="$OUTPUT_DTYPE" \
       --metrics_url="$metrics_url" --preferred_batch_rows="${preferred:-128}" \
       --max_error_rate=1 --json="$dir/point-$concurrency.json" >&2
     # Saturated: two points in a row that add < SATURATION_GAIN to the best.
@@ -153,9 +156,10 @@ PY
   server_pid=
 done
 
-python3 - "$out" "$CONFIGS" "$ROWS_PER_REQUEST" "$DTYPE" "$CONNECTIONS" "$DURATION" "$DEMO_MODEL" <<'PY'
+python3 - "$out" "$CONFIGS" "$ROWS_PER_REQUEST" "$DTYPE" "$CONNECTIONS" "$DURATION" "$DEMO_MODEL" \
+  "${OUTPUT_DTYPE:-fp32}" <<'PY'
 import csv, glob, json, os, sys
-out, configs, rpr, dtype, connections, duration, model = sys.argv[1:8]
+out, configs, rpr, dtype, connections, duration, model, out_dtype = sys.argv[1:9]
 configs = configs.split()
 gpus = {}
 if os.path.exists(os.path.join(out, "gpu.txt")):
@@ -195,7 +199,7 @@ def card(device):
     return device
 
 md = []
-md.append(f"Demo model `{model}`, unary Infer, {rpr} rows per request ({dtype} on the wire), "
+md.append(f"Demo model `{model}`, unary Infer, {rpr} rows per request ({dtype} on the wire, {out_dtype} answers), "
           f"closed loop, {connections} connections, {duration} per point, server and "
           f"bitnet-load on the same host; concurrency doubled until two points in a row "
           f"added < 5% rows/s.\n")

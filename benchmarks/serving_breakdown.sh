@@ -18,7 +18,8 @@
 #     goal, p99 <= max_queue_delay + 3 x the mean batch compute time
 # Environment: BUILD_DIR [build], DEVICE [cuda:0], DEMO_MODEL [large],
 #   DURATION [6s] (measured), CONNECTIONS [16], ROWS [1] rows per request,
-#   DTYPE [fp32] input dtype on the wire,
+#   DTYPE [fp32] input dtype on the wire, OUTPUT_DTYPE [] output dtype asked
+#   for (empty: unset = fp32),
 #   SERVER_FLAGS [], OUT_DIR [breakdown-<date>].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ DURATION="${DURATION:-6s}"
 CONNECTIONS="${CONNECTIONS:-16}"
 ROWS="${ROWS:-1}"
 DTYPE="${DTYPE:-fp32}"
+OUTPUT_DTYPE="${OUTPUT_DTYPE:-}"
 SERVER_FLAGS="${SERVER_FLAGS:-}"
 OUT_DIR="${OUT_DIR:-breakdown-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT_DIR"
@@ -58,7 +60,7 @@ if [[ -n "${RATE:-}" ]]; then load_mode=(--rate="$RATE"); concurrency="rate $RAT
 else load_mode=(--concurrency="$concurrency"); fi
 "$load_bin" --address="127.0.0.1:$port" --model=demo "${load_mode[@]}" \
   --duration="$DURATION" --warmup=2s --connections="$CONNECTIONS" \
-  --rows_per_request="$ROWS" --dtype="$DTYPE" --max_error_rate=1 --json="$OUT_DIR/load.json" \
+  --rows_per_request="$ROWS" --dtype="$DTYPE" --output_dtype="$OUTPUT_DTYPE" --max_error_rate=1 --json="$OUT_DIR/load.json" \
   > "$OUT_DIR/load.txt" 2>&1 &
 load_pid=$!
 snap() {  # label: time, CPU ticks of both processes, /metrics (cheap: no python)

@@ -82,6 +82,9 @@ ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1),
 ABSL_FLAG(int64_t, rows_per_request, 1, "rows in each request");
 ABSL_FLAG(int, connections, 1, "gRPC channels (TCP connections per address)");
 ABSL_FLAG(std::string, dtype, "fp32", "input dtype on the wire: fp32, fp16, bf16");
+ABSL_FLAG(std::string, output_dtype, "",
+          "output dtype asked of the server: fp32, fp16, bf16 (empty: unset, "
+          "which the server answers in fp32)");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "deadline of each request");
 ABSL_FLAG(int, open_loop_threads, 8,
           "open loop: threads that send requests (starting a call costs tens "
@@ -606,6 +609,19 @@ int Main() {
   } else {
     return UsageError(absl::StrCat("--dtype=", dtype_name, ": expected fp32, fp16 or bf16"));
   }
+  v1::DType output_dtype = v1::DTYPE_UNSPECIFIED;
+  const std::string output_dtype_name =
+      absl::AsciiStrToLower(absl::GetFlag(FLAGS_output_dtype));
+  if (output_dtype_name == "fp32") {
+    output_dtype = v1::DTYPE_FP32;
+  } else if (output_dtype_name == "fp16") {
+    output_dtype = v1::DTYPE_FP16;
+  } else if (output_dtype_name == "bf16") {
+    output_dtype = v1::DTYPE_BF16;
+  } else if (!output_dtype_name.empty()) {
+    return UsageError(absl::StrCat("--output_dtype=", output_dtype_name,
+                                   ": expected fp32, fp16, bf16 or empty"));
+  }
   const int retries = absl::GetFlag(FLAGS_retries);
   if (retries < 1 || retries > 5) return UsageError("--retries: expected 1..5");
   std::unique_ptr<BatchSource> batch_source;
@@ -687,6 +703,7 @@ int Main() {
     auto request = MakeInferRequest(config.model, values, features,
                                     absl::GetFlag(FLAGS_model_version), dtype);
     if (!request.ok()) return UsageError(request.status().message());
+    request->set_output_dtype(output_dtype);
     pool.push_back(std::make_shared<const v1::InferRequest>(*std::move(request)));
   }
 

@@ -5,7 +5,10 @@
 # test binaries (kernels, CUDA backend, CUDA training, GPU fine-tune), the
 # serving sweep of bitnet-server on cuda:0 with the large demo model
 # (benchmarks/serving_sweep.sh; its 256-client point is the batching check),
-# and the training-step benchmark next to PyTorch. BUNDLE_DIR is flat, made
+# and the training-step benchmark next to PyTorch. Steps (STEPS, space-
+# separated): tests serving breakdown halfload forward multigpu train; the
+# environment of the scripts they run passes through (e.g. OUTPUT_DTYPE=fp16
+# for multigpu). BUNDLE_DIR is flat, made
 # by scripts/make-bundle.sh from a CUDA build. Writes a few files under $OUT.
 set -uo pipefail
 bundle=$(cd "${1:?usage: gpu-validate.sh BUNDLE_DIR}" && pwd)
@@ -65,6 +68,16 @@ for step in $steps; do
       BUILD_DIR=$tree RATE=$((sat / 2)) OUT_DIR="$out/halfload" timeout 120 benchmarks/serving_breakdown.sh 2>&1 |
         tail -n 8 | tee "$out/halfload.txt"
       rm -rf "$out/halfload"
+      ;;
+    forward)
+      # One 512-row batch of the large model alone, the three ways the rows
+      # can reach ForwardRows (issue 9: host copies around the GPU work), and
+      # the host's per-element request work before/after.
+      for io in plain-f32 batch-f32 batch-f16; do
+        timeout 120 "$bundle/bitnet-bench" serving --device=cuda:0 --demo_model=large \
+          --batches=32,128,512 --io=$io 2>&1 | tail -n 4
+      done | tee "$out/forward.txt"
+      timeout 60 "$bundle/bitnet-bench" hostpath 2>&1 | tee -a "$out/forward.txt"
       ;;
     multigpu)
       timeout 420 benchmarks/multi_gpu_sweep.sh "$bundle" "$out/multigpu" 2>&1 | tail -n 40
