@@ -117,7 +117,7 @@ for config in $CONFIGS; do
   while ((concurrency <= MAX_CONCURRENCY * instances)); do
     "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
       --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
-      --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" --output_dtype="$OUTPUT_DTYPE" \
+      --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" ${OUTPUT_DTYPE:+--output_dtype="$OUTPUT_DTYPE"} \
       --metrics_url="$metrics_url" --preferred_batch_rows="${preferred:-128}" \
       --max_error_rate=1 --json="$dir/point-$concurrency.json" >&2
     # Saturated: two points in a row that add < SATURATION_GAIN to the best.

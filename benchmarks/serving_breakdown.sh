@@ -60,7 +60,7 @@ if [[ -n "${RATE:-}" ]]; then load_mode=(--rate="$RATE"); concurrency="rate $RAT
 else load_mode=(--concurrency="$concurrency"); fi
 "$load_bin" --address="127.0.0.1:$port" --model=demo "${load_mode[@]}" \
   --duration="$DURATION" --warmup=2s --connections="$CONNECTIONS" \
-  --rows_per_request="$ROWS" --dtype="$DTYPE" --output_dtype="$OUTPUT_DTYPE" --max_error_rate=1 --json="$OUT_DIR/load.json" \
+  --rows_per_request="$ROWS" --dtype="$DTYPE" ${OUTPUT_DTYPE:+--output_dtype="$OUTPUT_DTYPE"} --max_error_rate=1 --json="$OUT_DIR/load.json" \
   > "$OUT_DIR/load.txt" 2>&1 &
 load_pid=$!
 snap() {  # label: time, CPU ticks of both processes, /metrics (cheap: no python)
