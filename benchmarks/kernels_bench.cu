@@ -83,14 +83,20 @@ using bitnet::CudaTernaryWeights;
 //  * kFlush: before each repetition a read of 2x the L2 size, a 20 us spin,
 //    then start event, the work, stop event (session 1's method; its floor
 //    is an isolated launch, ~3 us on an H100).
-enum class TimingMethod { kRotate, kFlush };
+//  * kGraph: as kRotate, but the 64 repetitions of a group are captured in a
+//    CUDA graph and replayed (events around each replay; a sample is the
+//    replay time / 64). This is how a server runs a model's layers when it
+//    captures its forward pass: the per-launch cost of a stream launch and
+//    of the events between runs is mostly gone, for both sides.
+enum class TimingMethod { kRotate, kFlush, kGraph };
 
 struct Options {
   std::string csv;
   std::string json;
   std::string sweep;
   bool ceilings = true;  // --no-ceilings: skip the copy / 8192^3 measurements
-  TimingMethod timing = TimingMethod::kRotate;  // --timing rotate|flush
+  TimingMethod timing = TimingMethod::kRotate;  // --timing rotate|flush|graph
+  std::string config;  // --config NAME: force one configuration (profiling)
   int reps = 200;
   int warmup = 20;
   int device = 0;
@@ -155,17 +161,22 @@ bool ParseOptions(int argc, char** argv, Options* o) {
         o->timing = TimingMethod::kRotate;
       } else if (std::string(v) == "flush") {
         o->timing = TimingMethod::kFlush;
+      } else if (std::string(v) == "graph") {
+        o->timing = TimingMethod::kGraph;
       } else {
-        std::fprintf(stderr, "kernels bench: --timing is %s; must be rotate or flush\n", v);
+        std::fprintf(stderr, "kernels bench: --timing is %s; must be rotate, flush or graph\n", v);
         return false;
       }
+    } else if (a == "--config") {
+      if ((v = value("--config")) == nullptr) return false;
+      o->config = v;
     } else if (a == "--no-ceilings") {
       o->ceilings = false;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "bitnet-bench kernels [--csv FILE] [--json FILE] [--sweep FILE] [--reps N]\n"
           "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n"
-          "  [--no-ceilings] [--timing rotate|flush]\n");
+          "  [--no-ceilings] [--timing rotate|flush|graph] [--config NAME]\n");
       std::exit(0);
     } else {
       std::fprintf(stderr, "kernels bench: unknown option %s\n", a.c_str());
@@ -243,7 +254,41 @@ class Timer {
     }
     std::vector<float> t;
     t.reserve(static_cast<size_t>(reps));
-    if (method_ == TimingMethod::kFlush) {
+    if (method_ == TimingMethod::kGraph) {
+      cudaGraph_t graph = nullptr;
+      BENCH_CHECK_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      bool ok = true;
+      for (int j = 0; j < kGroup && ok; ++j) ok = run(j);
+      const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+      if (!ok || end != cudaSuccess) {
+        std::fprintf(stderr, "kernels bench: graph capture failed (%s)\n",
+                     cudaGetErrorString(end));
+        if (graph != nullptr) cudaGraphDestroy(graph);
+        return false;
+      }
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      BENCH_CHECK_CUDA(inst);
+      const int replays = std::max(100, reps / kGroup);
+      bool good = true;
+      for (int r = -3; r < replays && good; ++r) {  // 3 warm-up replays
+        good = cudaEventRecord(events_[0], stream_) == cudaSuccess &&
+               cudaGraphLaunch(exec, stream_) == cudaSuccess &&
+               cudaEventRecord(events_[1], stream_) == cudaSuccess &&
+               cudaEventSynchronize(events_[1]) == cudaSuccess;
+        float ms = 0;
+        if (good && r >= 0) {
+          good = cudaEventElapsedTime(&ms, events_[0], events_[1]) == cudaSuccess;
+          t.push_back(ms / kGroup);
+        }
+      }
+      cudaGraphExecDestroy(exec);
+      if (!good) {
+        std::fprintf(stderr, "kernels bench: graph replay failed\n");
+        return false;
+      }
+    } else if (method_ == TimingMethod::kFlush) {
       for (int i = 0; i < reps; ++i) {
         flush_l2_kernel<<<4 * sms_, 512, 0, stream_>>>(static_cast<const uint4*>(flush_),
                                                          flush_bytes_ / 16, sink_);
@@ -430,6 +475,8 @@ bool Run(const Options& o) {
   std::printf("# timing: %s\n",
               o.timing == TimingMethod::kRotate
                   ? "rotate (buffer sets > 2x L2, repetitions back to back, an event between each)"
+              : o.timing == TimingMethod::kGraph
+                  ? "graph (buffer sets > 2x L2, 64 repetitions per CUDA graph, replay time / 64)"
                   : "flush (L2 read-flushed, spin, isolated start/stop events per repetition)");
   Ceilings ceil;
   if (o.ceilings) {
@@ -463,6 +510,18 @@ bool Run(const Options& o) {
     std::fprintf(sweep, "n,k,m,mode,config,split_k,us\n");
   }
 
+  int forced = bitnet::kCudaAutoConfig;
+  if (!o.config.empty()) {
+    forced = -1;
+    for (const auto& cfg : bitnet::CudaKernelConfigs()) {
+      if (cfg.name == o.config) forced = cfg.id;
+    }
+    if (forced < 0) {
+      std::fprintf(stderr, "kernels bench: --config %s is not a compiled configuration\n",
+                   o.config.c_str());
+      return false;
+    }
+  }
   std::vector<Row> rows;
   int failures = 0;
   std::mt19937_64 rng(std::random_device{}());
@@ -587,12 +646,12 @@ bool Run(const Options& o) {
       };
       // A failure is reported and recorded (NaN), and the run goes on, so one
       // run on the GPU host shows every shape.
-      if (!time_ours(ActivationQuant::kNone, bitnet::kCudaAutoConfig, 0, o.warmup, o.reps,
+      if (!time_ours(ActivationQuant::kNone, forced, 0, o.warmup, o.reps,
                      &row.fp16_us, &row.fp16_rel_err, &row.fp16_config, &row.fp16_split)) {
         row.fp16_us = NAN;
         ++failures;
       }
-      if (!time_ours(ActivationQuant::kInt8, bitnet::kCudaAutoConfig, 0, o.warmup, o.reps,
+      if (!time_ours(ActivationQuant::kInt8, forced, 0, o.warmup, o.reps,
                      &row.int8_us, &row.int8_rel_err, &row.int8_config, &row.int8_split)) {
         row.int8_us = NAN;
         ++failures;

@@ -29,10 +29,15 @@ extern const GemmKernelInfo kMmaKernels[];
 extern const int kMmaKernelCount;
 extern const GemmKernelInfo kWgmmaKernels[];
 extern const int kWgmmaKernelCount;
+extern const GemmKernelInfo kWgmmaWsKernels[];
+extern const int kWgmmaWsKernelCount;
 
-int GemmKernelCount() { return kMmaKernelCount + kWgmmaKernelCount; }
+int GemmKernelCount() { return kMmaKernelCount + kWgmmaKernelCount + kWgmmaWsKernelCount; }
 const GemmKernelInfo& GemmKernel(int id) {
-  return id < kMmaKernelCount ? kMmaKernels[id] : kWgmmaKernels[id - kMmaKernelCount];
+  if (id < kMmaKernelCount) return kMmaKernels[id];
+  id -= kMmaKernelCount;
+  if (id < kWgmmaKernelCount) return kWgmmaKernels[id];
+  return kWgmmaWsKernels[id - kWgmmaKernelCount];
 }
 
 absl::Status CudaErrorToStatus(cudaError_t error, const char* call, const char* file, int line) {
@@ -542,15 +547,35 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // bound: wgmma on Hopper, whose 128 x 64 tile (two blocks per SM) measured
   // best from M = 64 to 2048 in both modes, except the int8 and small-N
   // cases where the 64 x 32 mma.sync tile wins.
-  if (m <= 8) return FindConfig("gemv_w32_b8");
-  if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w32_b16");
+  // 48-row blocks at large N: one wave of two blocks per SM at N = 11008.
+  if (m <= 8) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w48_b8");
+  if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w48_b16");
   if (!wgmma) {
     if (m <= 64) return FindConfig("mma_w64_b32");
     return FindConfig(m <= 256 ? "mma_w128_b64" : "mma_w128_b128");
   }
-  if (m <= 64 && (type == MmaType::kS8 || n < 8192)) return FindConfig("mma_w64_b32");
-  if (m <= 128 && type == MmaType::kS8 && n < 8192) return FindConfig("mma_w64_b32");
-  return FindConfig("wgmma_w128_b64");
+  // Hopper (sweep of 2026-11-26, benchmarks/NOTES-kernels.md): the
+  // warp-specialized, TMA-fed wgmma kernels (ternary_wgmma_ws.cu) from 64
+  // rows in fp16 mode; in int8 mode up to 256 rows at N < 8192 the
+  // two-blocks-per-SM kernels still win (their int8 tiles are cheaper to
+  // fill), and the ws tiles take over above.
+  const bool wide = n >= 8192;
+  if (m <= 32) return FindConfig("mma_w64_b32");
+  if (type == MmaType::kS8) {
+    if (m <= 64) return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
+    if (m <= 256) {
+      if (!wide) return FindConfig("wgmma_w128_b64");
+      return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
+    }
+    return FindConfig(m <= 1024 ? "ws_w128_b128" : "ws_w128_b256");
+  }
+  if (m <= 64) return FindConfig("ws_w128_b64");
+  if (m <= 256) {
+    if (!wide) return FindConfig("ws_w128_b64");
+    return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
+  }
+  if (m <= 1024 || wide) return FindConfig("ws_w128_b128");
+  return FindConfig("ws_w128_b256");
 }
 
 struct ShapeCheck {
@@ -674,10 +699,19 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
     // Split K only when the output tiles leave SMs idle (splitting a full
     // grid measured slower: partial sums cost more than they balance), then
     // aim at ~2 blocks per SM, each split keeping at least 2 k-tiles.
-    if (tiles >= device_sms) {
+    const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(8, w.k_tiles() / 2));
+    if (kernel.blocks_per_sm <= 1) {
+      // Blocks that need a whole SM (warp-specialized wgmma): their split-K
+      // partial sums cost more than a partly idle wave (sweep: 86 tiles on
+      // 132 SMs ran 45 us unsplit, 58-60 us with 2-3 splits), so split only
+      // grids that leave at least half of the SMs idle.
+      splits = tiles * 2 <= device_sms
+                   ? static_cast<int>(std::clamp<int64_t>(device_sms / tiles, 1,
+                                                          std::min<int64_t>(4, max_splits)))
+                   : 1;
+    } else if (tiles >= device_sms) {
       splits = 1;
     } else {
-      const int64_t max_splits = std::max<int64_t>(1, std::min<int64_t>(8, w.k_tiles() / 2));
       splits = static_cast<int>(
           std::clamp<int64_t>((2 * device_sms + tiles - 1) / tiles, 1, max_splits));
     }

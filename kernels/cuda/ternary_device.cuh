@@ -279,13 +279,25 @@ struct WeightCopyPlan {
   }
 };
 
+// Barrier over the threads that compute: the whole block (kNamedThreads ==
+// 0), or the first kNamedThreads threads on named barrier 1 (warp-specialized
+// kernels, whose producer warp does not take part in split-K or epilogue).
+template <int kNamedThreads>
+__device__ __forceinline__ void ComputeSync() {
+  if constexpr (kNamedThreads == 0) {
+    __syncthreads();
+  } else {
+    asm volatile("bar.sync 1, %0;\n" ::"n"(kNamedThreads) : "memory");
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Split-K: every split block writes its raw accumulators (thread-major, so
 // the writes coalesce); the last block of a tile to arrive sums all splits in
 // split order (deterministic) and runs the epilogue. Counters are reset to 0
 // by that block, so the workspace stays ready for the next launch.
 // Returns false for blocks that must exit without an epilogue.
-template <typename T, int kRegs, int kThreads>
+template <typename T, int kRegs, int kThreads, int kNamedThreads = 0>
 __device__ __forceinline__ bool SplitKReduce(T (&acc)[kRegs], const GemmParams& p, int tile) {
   __shared__ int s_last;
   const int z = blockIdx.z;
@@ -305,12 +317,12 @@ __device__ __forceinline__ bool SplitKReduce(T (&acc)[kRegs], const GemmParams& 
     }
   }
   __threadfence();
-  __syncthreads();
+  ComputeSync<kNamedThreads>();
   if (tid == 0) {
     const int prev = atomicAdd(p.counters + tile, 1);
     s_last = (prev == p.splits - 1) ? 1 : 0;
   }
-  __syncthreads();
+  ComputeSync<kNamedThreads>();
   if (!s_last) return false;
   __threadfence();
   if (tid == 0) p.counters[tile] = 0;
@@ -363,9 +375,10 @@ __device__ __forceinline__ float EpilogueValue(const GemmParams& p, T acc, int r
     v = __fmul_rn(static_cast<float>(acc), ws);
     v = __fadd_rn(__fdiv_rn(v, p.row_scale[row_m]), bias);
   } else {
-    v = acc * ws;
-    if (p.row_scale != nullptr) v *= p.row_scale[row_m];
-    v += bias;
+    // acc * ws (* row scale when given: an exact power of two, so * 1 is the
+    // same value) + bias, rounded step by step as in EpilogueRows.
+    const float rs = p.row_scale != nullptr ? p.row_scale[row_m] : 1.0f;
+    v = __fadd_rn(__fmul_rn(__fmul_rn(acc, ws), rs), bias);
   }
   return ApplyAct(p.act, v);
 }
@@ -387,17 +400,143 @@ __device__ __forceinline__ void StoreOutput(const GemmParams& p, int64_t off, fl
   }
 }
 
-// Stages the block's [batch_rows, weight_rows] tile in shared memory (as
-// final float values, or s32 bits) so that the global stores coalesce.
+// Epilogue of one block tile, in two compact phases. The first version ran
+// the whole per-element epilogue (scales, activation switch, output-type
+// switch) inside the fully unrolled fragment loop: ~18k SASS instructions
+// per kernel, and ncu showed the warps stalled on instruction fetch for
+// longer than the whole main loop ran. Now:
+//  1. the raw accumulators go to shared memory as 32-bit words (float or s32
+//     bits) in [batch_rows][weight_rows + 4] order: a short unrolled loop;
+//  2. each thread owns 4 consecutive weight rows (output columns) of the
+//     tile: it loads their scales and bias once, then walks the batch rows,
+//     computing 4 outputs at a time with the activation and output type
+//     fixed by template (one small loop per combination; only the one
+//     launched is fetched) and a vector store when aligned.
 // `acc` is [kGroups][kNTiles][4] in mma C-fragment order: element e of
 // (group r, n-tile j) is weight row row_base(r) + g + 8 * (e >> 1) and batch
 // row col_base(j) + 2t + (e & 1) (block-local).
-template <int kBW, int kBB, int kThreads, typename T, int kGroups, int kNTiles, typename RowBase,
-          typename ColBase>
+
+template <typename T>
+__device__ __forceinline__ uint32_t AccBits(T v) {
+  if constexpr (std::is_same<T, float>::value) {
+    return __float_as_uint(v);
+  } else {
+    return static_cast<uint32_t>(v);
+  }
+}
+
+template <typename T, Act kAct, OutType kOut, int kBW, int kThreads>
+__device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t* tile, int block_w0,
+                                          int block_b0, int n_valid, int m_valid) {
+  constexpr int kLd = kBW + 4;
+  constexpr int kColGroups = kBW / 4;
+  static_assert(kThreads % kColGroups == 0, "a thread's columns are fixed");
+  constexpr int kRowStep = kThreads / kColGroups;
+  const int wl = (threadIdx.x % kColGroups) * 4;
+  if (wl >= n_valid) return;
+  const int gn = block_w0 + wl;
+  const int cols = min(4, n_valid - wl);
+  float ws[4];
+  float bias[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    ws[c] = c < cols ? p.w_scale[gn + c] : 0.0f;
+    bias[c] = (c < cols && p.bias != nullptr) ? p.bias[gn + c] : 0.0f;
+  }
+  using Out = std::conditional_t<kOut == OutType::kF16, __half,
+                                 std::conditional_t<kOut == OutType::kBF16, __nv_bfloat16,
+                                                    std::conditional_t<kOut == OutType::kS32, int,
+                                                                       float>>>;
+  Out* y = static_cast<Out*>(p.y);
+  const bool vec = cols == 4 && p.ldy % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(p.y) % (4 * sizeof(Out)) == 0;
+  for (int bl = threadIdx.x / kColGroups; bl < m_valid; bl += kRowStep) {
+    const int gm = block_b0 + bl;
+    const uint4 raw = *reinterpret_cast<const uint4*>(tile + bl * kLd + wl);
+    const uint32_t bits[4] = {raw.x, raw.y, raw.z, raw.w};
+    Out o[4];
+    if constexpr (kOut == OutType::kS32) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) o[c] = static_cast<int>(bits[c]);
+    } else {
+      float rs = 1.0f;
+      if constexpr (std::is_same<T, int>::value) {
+        rs = p.row_scale[gm];
+      } else {
+        if (p.row_scale != nullptr) rs = p.row_scale[gm];
+      }
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        float v;
+        if constexpr (std::is_same<T, int>::value) {
+          // Int8Dequantize (kernels/activation.h), same float operations and
+          // order: float(acc) * weight_scale / row_scale + bias, no
+          // contraction.
+          v = __fmul_rn(static_cast<float>(static_cast<int>(bits[c])), ws[c]);
+          v = __fadd_rn(__fdiv_rn(v, rs), bias[c]);
+        } else {
+          // acc * ws (* rs when given: an exact power of two, so * 1 is the
+          // same value) + bias.
+          v = __fadd_rn(__fmul_rn(__fmul_rn(__uint_as_float(bits[c]), ws[c]), rs), bias[c]);
+        }
+        v = ApplyAct(kAct, v);
+        if constexpr (kOut == OutType::kF16) {
+          o[c] = __float2half_rn(v);
+        } else if constexpr (kOut == OutType::kBF16) {
+          o[c] = __float2bfloat16_rn(v);
+        } else {
+          o[c] = v;
+        }
+      }
+    }
+    Out* dst = y + static_cast<int64_t>(gm) * p.ldy + gn;
+    if (vec) {
+      if constexpr (sizeof(Out) == 2) {
+        uint2 packed;
+        __builtin_memcpy(&packed, o, 8);
+        *reinterpret_cast<uint2*>(dst) = packed;
+      } else {
+        uint4 packed;
+        __builtin_memcpy(&packed, o, 16);
+        *reinterpret_cast<uint4*>(dst) = packed;
+      }
+    } else {
+      for (int c = 0; c < cols; ++c) dst[c] = o[c];
+    }
+  }
+}
+
+template <typename T, OutType kOut, int kBW, int kThreads>
+__device__ __forceinline__ void EpilogueRowsAct(const GemmParams& p, const uint32_t* tile,
+                                                int block_w0, int block_b0, int n_valid,
+                                                int m_valid) {
+  switch (p.act) {
+    case Act::kRelu:
+      EpilogueRows<T, Act::kRelu, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                       m_valid);
+      break;
+    case Act::kGelu:
+      EpilogueRows<T, Act::kGelu, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                       m_valid);
+      break;
+    case Act::kSilu:
+      EpilogueRows<T, Act::kSilu, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                       m_valid);
+      break;
+    default:
+      EpilogueRows<T, Act::kIdentity, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                           m_valid);
+      break;
+  }
+}
+
+template <int kBW, int kBB, int kThreads, int kNamedThreads = 0, typename T, int kGroups,
+          int kNTiles, typename RowBase, typename ColBase>
 __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][kNTiles][4],
                                          float* smem, int block_w0, int block_b0, RowBase row_base,
                                          ColBase col_base) {
-  constexpr int kLd = kBW + 4;  // +4 floats: conflict-free fragment writes
+  constexpr int kLd = kBW + 4;  // +4 words: conflict-free fragment writes, 16-byte rows
+  uint32_t* tile = reinterpret_cast<uint32_t*>(smem);
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -409,23 +548,30 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
       for (int e = 0; e < 4; ++e) {
         const int wl = row_base(r) + g + 8 * (e >> 1);
         const int bl = col_base(j) + 2 * t + (e & 1);
-        const int gm = block_b0 + bl;
-        const int gn = block_w0 + wl;
-        float v = 0.0f;
-        if (gm < p.m) v = EpilogueValue(p, acc[r][j][e], gm, gn);
-        smem[bl * kLd + wl] = v;
+        tile[bl * kLd + wl] = AccBits(acc[r][j][e]);
       }
     }
   }
-  __syncthreads();
+  ComputeSync<kNamedThreads>();
   const int n_valid = min(kBW, p.n - block_w0);
   const int m_valid = min(kBB, p.m - block_b0);
-  for (int idx = threadIdx.x; idx < kBB * kBW; idx += kThreads) {
-    const int bl = idx / kBW;
-    const int wl = idx - bl * kBW;
-    if (bl >= m_valid || wl >= n_valid) continue;
-    StoreOutput(p, static_cast<int64_t>(block_b0 + bl) * p.ldy + block_w0 + wl,
-                smem[bl * kLd + wl]);
+  switch (p.y_type) {
+    case OutType::kF16:
+      EpilogueRowsAct<T, OutType::kF16, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                       m_valid);
+      break;
+    case OutType::kBF16:
+      EpilogueRowsAct<T, OutType::kBF16, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                        m_valid);
+      break;
+    case OutType::kS32:
+      EpilogueRows<T, Act::kIdentity, OutType::kS32, kBW, kThreads>(p, tile, block_w0, block_b0,
+                                                                    n_valid, m_valid);
+      break;
+    default:
+      EpilogueRowsAct<T, OutType::kF32, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
+                                                       m_valid);
+      break;
   }
 }
 

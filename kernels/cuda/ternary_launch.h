@@ -91,6 +91,9 @@ struct GemmKernelInfo {
   bool gemv;  // no split-K: K is split across the block's warps instead
   // Per MmaType launcher; nullptr when not compiled for that type.
   cudaError_t (*launch[3])(const GemmParams&, dim3 grid, cudaStream_t);
+  // Blocks that fit on one SM (shared memory, registers): the automatic
+  // split-K aims at this many blocks per SM when the output tiles are few.
+  int blocks_per_sm = 2;
 };
 
 // The explicit list (ternary_mma.cu + ternary_wgmma.cu), in config-id order.

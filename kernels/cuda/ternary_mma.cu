@@ -262,7 +262,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
       const int kt = pass_kt0 + warp + Tr::kWarps * i;
 #pragma unroll
       for (int r = 0; r < Tr::kRG; ++r) {
-        wv[r][i] = kt < p.k_tiles
+        // Row groups past n are skipped: with 48-row blocks the last block
+        // may reach beyond the 256-row padding of the weights.
+        wv[r][i] = kt < p.k_tiles && block_w0 + 16 * r < p.n
                        ? __ldg(wrow + (static_cast<int64_t>(r) * p.k_tiles + kt) * 32)
                        : make_uint4(0, 0, 0, 0);
       }
@@ -431,6 +433,10 @@ extern const GemmKernelInfo kMmaKernels[] = {
     BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16),
     BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8),
     BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8),
+    // 48 weight rows per block: at N = 11008, 230 blocks fill one wave of two
+    // blocks per SM (32-row blocks need 1.3 waves).
+    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8),
+    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),

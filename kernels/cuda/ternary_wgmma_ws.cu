@@ -1,0 +1,376 @@
+// Hopper (sm_90a) warp-specialized ternary GEMM: the large-batch path.
+//
+// Same math and operands as ternary_wgmma.cu (weights = wgmma A operand,
+// decoded from the execution layout straight into registers; activations =
+// B operand in 128-byte-swizzled shared memory), but the block is split by
+// role so that the tensor cores never wait for address arithmetic or a
+// block-wide barrier:
+//  * one producer thread: it issues, per k-tile, one TMA
+//    (cp.async.bulk.tensor) per 128-byte column block of activations (the
+//    hardware swizzles, and zero-fills rows past M and columns past K) and
+//    eight 512-byte bulk copies of packed weights, all completing on the
+//    stage's "full" mbarrier;
+//  * two consumer warpgroups (64 weight rows each): wait for "full", load
+//    their 16-byte weight fragment, decode, issue the wgmmas of the tile,
+//    keep one tile of wgmmas in flight, and release the previous tile's stage
+//    on its "empty" mbarrier.
+// Split-K and the epilogue are the shared ones (ternary_device.cuh) on a
+// named barrier over the consumer threads.
+#include <cuda.h>  // CUtensorMap and its enums (header only: no libcuda link)
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/ternary_device.cuh"
+#include "kernels/cuda/ternary_launch.h"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace bitnet::cuda_internal {
+namespace {
+
+template <MmaType kType, int kBN>
+struct WsTraits {
+  static constexpr int kConsumerWarps = 8;  // 2 warpgroups
+  static constexpr int kConsumerThreads = kConsumerWarps * 32;
+  // + a producer warpgroup: one thread issues the copies; the group exists
+  // so that setmaxnreg can move its registers to the consumers (the
+  // register budget is granted per warpgroup).
+  static constexpr int kThreads = kConsumerThreads + 128;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;  // 256 x 232 + 128 x 40 <= 64K
+  static_assert(kConsumerThreads * kConsumerRegs + 128 * kProducerRegs <= 65536,
+                "register file");
+  static constexpr int kBW = 128;                         // weight rows per block
+  static constexpr int kBB = kBN;                         // batch rows per block
+  static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
+  static constexpr int kBoxCols = 128 / kElemBytes;  // elements per 128-byte column block
+  static constexpr int kColBlocks = kElemBytes;      // column blocks per 128-element k-tile
+  static constexpr int kColBlockBytes = kBN * 128;
+  static constexpr int kActStageBytes = kColBlocks * kColBlockBytes;
+  static constexpr int kWGroupBytes = 512;  // 16 weight rows x 128 columns, packed
+  static constexpr int kWStageBytes = (kBW / 16) * kWGroupBytes;
+  static constexpr int kStageBytes = kActStageBytes + kWStageBytes;
+  static constexpr int kBarrierBytes = 256;
+  static constexpr int kSmemLimit = 227 * 1024;  // sm_90 opt-in maximum per block
+  static constexpr int kFit = (kSmemLimit - 1024 - kBarrierBytes) / kStageBytes;
+  static constexpr int kStages = kFit > 8 ? 8 : kFit;
+  static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
+  static constexpr int kAccRegs = kBN / 2;  // m64 x kBN over 128 threads
+  static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kDataBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+  static constexpr int kSmemBytes = kDataBytes + kBarrierBytes + 1024;  // + alignment slack
+  static_assert(kStageBytes % 1024 == 0, "swizzle atoms need 1024-byte alignment");
+  static_assert(kStages >= 3, "the pipeline keeps one tile of wgmmas in flight");
+  static_assert(2 * kStages * 8 <= kBarrierBytes, "full + empty barriers per stage");
+};
+
+#ifdef BITNET_WGMMA_ENABLED
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void TmaLoad2D(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
+__device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+
+__device__ __forceinline__ uint64_t WsSw128Desc(uint32_t addr) {
+  uint64_t d = 0;
+  d |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);  // start address
+  d |= static_cast<uint64_t>(1) << 16;                 // LBO: unused (K-major, swizzled)
+  d |= static_cast<uint64_t>(1024 >> 4) << 32;         // SBO: 8 rows x 128 B
+  d |= static_cast<uint64_t>(1) << 62;                 // 128-byte swizzle
+  return d;
+}
+#endif
+
+template <MmaType kType, int kBN>
+__device__ __forceinline__ void WsWgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
+                                        uint64_t desc) {
+  if constexpr (kType == MmaType::kF16) {
+    if constexpr (kBN == 64) WgmmaF16N64(d, a, desc);
+    if constexpr (kBN == 128) WgmmaF16N128(d, a, desc);
+    if constexpr (kBN == 256) WgmmaF16N256(d, a, desc);
+  } else if constexpr (kType == MmaType::kBF16) {
+    if constexpr (kBN == 64) WgmmaBF16N64(d, a, desc);
+    if constexpr (kBN == 128) WgmmaBF16N128(d, a, desc);
+    if constexpr (kBN == 256) WgmmaBF16N256(d, a, desc);
+  } else {
+    if constexpr (kBN == 64) WgmmaS8N64(d, a, desc);
+    if constexpr (kBN == 128) WgmmaS8N128(d, a, desc);
+    if constexpr (kBN == 256) WgmmaS8N256(d, a, desc);
+  }
+}
+
+template <int kSteps>
+__device__ __forceinline__ void WsFenceRegs(uint32_t (&a)[kSteps][4]) {
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[s][j])::"memory");
+}
+
+template <int I, int N, typename F>
+__device__ __forceinline__ void WsStaticFor(F&& f) {
+  if constexpr (I < N) {
+    f(std::integral_constant<int, I>{});
+    WsStaticFor<I + 1, N>(f);
+  }
+}
+
+template <MmaType kType, int kBN>
+__global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
+    ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map) {
+#ifdef BITNET_WGMMA_ENABLED
+  using Tr = WsTraits<kType, kBN>;
+  constexpr int kStages = Tr::kStages;
+  using T = AccType<kType>;
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  const uint32_t raw_base = SmemAddr(smem_raw);
+  const uint32_t pad = ((raw_base + 1023) & ~1023u) - raw_base;
+  uint8_t* smem = smem_raw + pad;
+  const uint32_t smem_base = raw_base + pad;
+  const uint32_t full_bar = smem_base + Tr::kDataBytes;  // kStages x 8 bytes
+  const uint32_t empty_bar = full_bar + kStages * 8;
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int block_w0 = blockIdx.x * Tr::kBW;
+  const int block_b0 = blockIdx.y * Tr::kBB;
+  const int kt0 = blockIdx.z * p.kt_per_split;
+  const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
+
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      MbarInit(full_bar + 8 * s, 1);                     // the producer's expect_tx arrive
+      MbarInit(empty_bar + 8 * s, Tr::kConsumerWarps);  // one arrive per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp >= Tr::kConsumerWarps) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
+    // Producer. Stage s is refilled for tile i once the consumers released
+    // tile i - kStages (empty barrier phase (i / kStages - 1) & 1).
+    if (warp == Tr::kConsumerWarps && lane == 0) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&act_map))
+                   : "memory");
+      const char* w_block = reinterpret_cast<const char*>(
+          p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32);
+      const int64_t w_group_stride = static_cast<int64_t>(p.k_tiles) * Tr::kWGroupBytes;
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int i = 0; i < nkt; ++i) {
+        if (i >= kStages) MbarWait(empty_bar + 8 * stage, phase ^ 1);
+        const uint32_t bar = full_bar + 8 * stage;
+        MbarArriveExpectTx(bar, Tr::kStageBytes);
+        const uint32_t act = smem_base + stage * Tr::kStageBytes;
+        const int kt = kt0 + i;
+#pragma unroll
+        for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
+          TmaLoad2D(act + cb * Tr::kColBlockBytes, &act_map, kt * 128 + cb * Tr::kBoxCols,
+                    block_b0, bar);
+        }
+        const char* w_tile = w_block + static_cast<int64_t>(kt) * Tr::kWGroupBytes;
+#pragma unroll
+        for (int g = 0; g < Tr::kBW / 16; ++g) {
+          BulkCopy(act + Tr::kActStageBytes + g * Tr::kWGroupBytes, w_tile + g * w_group_stride,
+                   Tr::kWGroupBytes, bar);
+        }
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    return;  // takes no part in the consumers' named barriers
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Tr::kConsumerRegs));
+  // Consumers: warp w owns weight rows 16w..16w+15 of the block (warpgroup
+  // w / 4 owns 64 rows), exactly the rows of its wgmma A fragment.
+  T acc[Tr::kAccRegs];
+#pragma unroll
+  for (int i = 0; i < Tr::kAccRegs; ++i) acc[i] = T(0);
+
+  // One tile of wgmmas in flight per warpgroup, so two register copies of
+  // the decoded A fragments. (A second tile in flight would need a third
+  // copy; 168 registers per thread, what ptxas allocates for 384 threads,
+  // has no room for it with the larger accumulators.)
+  uint32_t a_even[Tr::kSteps][4] = {};
+  uint32_t a_odd[Tr::kSteps][4] = {};
+  int stage = 0;
+  uint32_t phase = 0;
+  int prev_stage = -1;
+  auto tile_step = [&](uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4]) {
+    MbarWait(full_bar + 8 * stage, phase);
+    const uint32_t act = smem_base + stage * Tr::kStageBytes;
+    const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
+    WsStaticFor<0, Tr::kSteps>([&](auto s_const) {
+      constexpr int S = decltype(s_const)::value;
+      if constexpr (kType == MmaType::kS8) {
+        DecodeInt8Step<S>(wv, a[S]);
+      } else {
+        DecodeFpStep<kType, S>(wv, a[S]);
+      }
+    });
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    WsStaticFor<0, Tr::kSteps>([&](auto s_const) {
+      constexpr int S = decltype(s_const)::value;
+      // k-step S covers bytes [32 S, 32 S + 32) of each batch row's k-tile.
+      const uint32_t addr = act + ((32 * S) / 128) * Tr::kColBlockBytes + (32 * S) % 128;
+      WsWgmma<kType, kBN>(acc, a[S], WsSw128Desc(addr));
+    });
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    // The previous tile's wgmmas are done: its A registers may be reused and
+    // its stage refilled.
+    WsFenceRegs(a_prev);
+    if (prev_stage >= 0) {
+      __syncwarp();
+      if (lane == 0) MbarArrive(empty_bar + 8 * prev_stage);
+    }
+    prev_stage = stage;
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  };
+  int i = 0;
+  for (; i + 1 < nkt; i += 2) {
+    tile_step(a_even, a_odd);
+    tile_step(a_odd, a_even);
+  }
+  if (i < nkt) tile_step(a_even, a_odd);
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  WsFenceRegs(a_even);
+  WsFenceRegs(a_odd);
+  WgmmaFenceOperand(acc);
+  // Both warpgroups are done reading the pipeline before the epilogue reuses
+  // its shared memory.
+  ComputeSync<Tr::kConsumerThreads>();
+
+  if (p.splits > 1) {
+    const int tile = blockIdx.x + gridDim.x * blockIdx.y;
+    if (!SplitKReduce<T, Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(acc, p, tile)) {
+      return;
+    }
+  }
+  auto& acc3 = reinterpret_cast<T(&)[1][kBN / 8][4]>(acc);
+  Epilogue<Tr::kBW, Tr::kBB, Tr::kConsumerThreads, Tr::kConsumerThreads>(
+      p, acc3, reinterpret_cast<float*>(smem), block_w0, block_b0,
+      [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
+#else
+  using Tr = WsTraits<kType, kBN>;
+  static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0, "traits are used by the sm_90a body");
+  (void)act_map;
+  __trap();  // never launched: the host checks CudaDeviceHasWgmma first
+#endif
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point, so the
+// library keeps linking only the CUDA runtime.
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn GetEncodeTiled() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+template <MmaType kType, int kBN>
+cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  using Tr = WsTraits<kType, kBN>;
+  const EncodeTiledFn encode = GetEncodeTiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  // Activations [m rows, x_k_limit columns] with row pitch ldx elements; a
+  // box is one 128-byte column block of kBN rows, swizzled as wgmma reads it.
+  // Outside the tensor (rows >= m, columns >= x_k_limit) TMA writes zeros.
+  CUtensorMap map;
+  const CUtensorMapDataType dtype = kType == MmaType::kS8    ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                    : kType == MmaType::kF16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                             : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.x_k_limit), static_cast<cuuint64_t>(p.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.ldx) * Tr::kElemBytes};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(Tr::kBoxCols), static_cast<cuuint32_t>(kBN)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  if (encode(&map, dtype, 2, const_cast<void*>(p.x), dims, strides, box, elem_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return cudaErrorInvalidValue;
+  }
+  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN>;
+  const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, map);
+  return cudaGetLastError();
+}
+
+#define BITNET_WS_CONFIG(name, BN)                                                   \
+  GemmKernelInfo {                                                                    \
+    name, 128, BN, WsTraits<MmaType::kS8, BN>::kThreads, true, false, {            \
+      &LaunchWgmmaWs<MmaType::kF16, BN>, &LaunchWgmmaWs<MmaType::kBF16, BN>,          \
+          &LaunchWgmmaWs<MmaType::kS8, BN>                                         \
+    }, 1                                                                              \
+  }
+}  // namespace
+
+// Warp-specialized configurations (ids follow kWgmmaKernels).
+extern const GemmKernelInfo kWgmmaWsKernels[] = {
+    BITNET_WS_CONFIG("ws_w128_b64", 64),
+    BITNET_WS_CONFIG("ws_w128_b128", 128),
+    BITNET_WS_CONFIG("ws_w128_b256", 256),
+};
+extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
+
+}  // namespace bitnet::cuda_internal
