@@ -22,6 +22,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/ternary_format.h"
+#include "server/host/element_type.h"
+#include "server/host/host_buffer.h"
 #include "server/model/demo_model.h"
 #include "server/registry/model_registry.h"
 #include "server/runtime/backend.h"
@@ -54,7 +56,16 @@ Model MakeModel(float tag) {
   return model;
 }
 
-// A stand-in for one GPU.
+// What one ForwardRows call was given.
+struct ForwardSeen {
+  ElementType input_dtype = ElementType::kF32;
+  ElementType output_dtype = ElementType::kF32;
+  bool input_pinned = false;
+  bool output_pinned = false;
+};
+
+// A stand-in for one GPU: "pinned" batch buffers (marked so; ordinary
+// memory) and native fp16 rows, like the CUDA backend.
 class FakeBackend : public Backend {
  public:
   FakeBackend(std::string device, int index)
@@ -74,6 +85,17 @@ class FakeBackend : public Backend {
         new Instance(this, model.layers[0].bias[0], max_rows));
   }
   std::string device() const override { return device_; }
+  HostBuffer AllocateHostBuffer(size_t bytes) override {
+    auto plain = std::make_shared<HostBuffer>(HostBuffer::Allocate(bytes));
+    void* data = plain->data();
+    return HostBuffer(data, bytes, /*pinned=*/true,
+                      [plain](void*) mutable { plain.reset(); });
+  }
+  bool native_half_rows() const override { return true; }
+  ForwardSeen last_forward() {
+    absl::MutexLock lock(&mu_);
+    return last_forward_;
+  }
 
   void SetForwardOpen(bool open) {
     absl::MutexLock lock(&mu_);
@@ -118,6 +140,15 @@ class FakeBackend : public Backend {
    public:
     Instance(FakeBackend* backend, float tag, int64_t max_rows)
         : backend_(backend), tag_(tag), max_rows_(max_rows) {}
+    // Records what the registry passed, then converts around Forward().
+    absl::Status ForwardRows(const ForwardArgs& args) override {
+      {
+        absl::MutexLock lock(&backend_->mu_);
+        backend_->last_forward_ = {args.input_dtype, args.output_dtype,
+                                   args.input_pinned, args.output_pinned};
+      }
+      return ModelInstance::ForwardRows(args);
+    }
     absl::Status Forward(const float* input, int64_t rows,
                          float* output) override {
       FakeBackend& b = *backend_;
@@ -164,6 +195,7 @@ class FakeBackend : public Backend {
   int forwards_done_ ABSL_GUARDED_BY(mu_) = 0;
   int loads_started_ ABSL_GUARDED_BY(mu_) = 0;
   int loads_done_ ABSL_GUARDED_BY(mu_) = 0;
+  ForwardSeen last_forward_ ABSL_GUARDED_BY(mu_);
 };
 
 // One request's outcome, awaited by the test thread.
@@ -729,6 +761,42 @@ TEST_F(MultiDeviceTest, OneDeviceFailsAndRecovers) {
   ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(2, 1, &again)).ok());
   EXPECT_TRUE(again.Await().status.ok()) << "one device: tried again, recovers";
   EXPECT_THAT(Healthy(), ElementsAre(true));
+}
+
+// The registry gives each instance's batcher the backend's allocator and
+// half-row support: an fp16 request that wants fp16 reaches the device as a
+// pinned fp16 batch and comes back as fp16 rows, on whichever device.
+TEST_F(MultiDeviceTest, HalfRequestsReachTheDeviceAsPinnedHalfBatches) {
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  for (int id = 1; id <= 4; ++id) {
+    std::vector<float> values(2 * kIn, 0.5f);
+    values[0] = values[kIn] = static_cast<float>(id);
+    std::vector<uint16_t> half(values.size());
+    ConvertElements(values.data(), ElementType::kF32, half.data(),
+                    ElementType::kF16, static_cast<int64_t>(values.size()));
+    Reply& reply = NewReply();
+    BatchRequest r;
+    r.rows = 2;
+    r.input_data = half.data();  // alive until answered (Await below)
+    r.input_dtype = ElementType::kF16;
+    r.output_dtype = ElementType::kF16;
+    r.on_done = reply.Callback();
+    ASSERT_TRUE(registry_->Enqueue("m", std::move(r)).ok());
+    RequestResult result = reply.Await();
+    ASSERT_TRUE(result.status.ok()) << result.status;
+    EXPECT_EQ(result.output.dtype(), ElementType::kF16);
+    ASSERT_EQ(result.output.size(), 2 * kOut);
+    EXPECT_EQ(result.output[0], 1.0f) << "v1's tag";
+    EXPECT_EQ(result.output[2], static_cast<float>(id)) << "its own rows";
+    EXPECT_EQ(result.output[kOut + 2], static_cast<float>(id));
+    const int device = DeviceOf(result);
+    ASSERT_TRUE(device == 0 || device == 1) << device;
+    const ForwardSeen seen = backends_[device]->last_forward();
+    EXPECT_EQ(seen.input_dtype, ElementType::kF16);
+    EXPECT_EQ(seen.output_dtype, ElementType::kF16);
+    EXPECT_TRUE(seen.input_pinned);
+    EXPECT_TRUE(seen.output_pinned);
+  }
 }
 
 }  // namespace

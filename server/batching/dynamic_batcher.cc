@@ -122,7 +122,7 @@ absl::StatusOr<std::unique_ptr<DynamicBatcher>> DynamicBatcher::Create(
   batcher->input_pool_ = std::make_shared<BufferPool>(
       o.allocate, static_cast<size_t>(o.max_batch_rows * o.input_features) * 4, 3);
   batcher->output_pool_ = std::make_shared<BufferPool>(
-      o.allocate, static_cast<size_t>(o.max_batch_rows * o.output_features) * 4, 4);
+      o.allocate, static_cast<size_t>(o.max_batch_rows * o.output_features) * 4, 6);
   for (BufferPool* pool : {batcher->input_pool_.get(), batcher->output_pool_.get()}) {
     HostBuffer a = pool->Take();
     HostBuffer b = pool->Take();
