@@ -463,6 +463,84 @@ TEST(CudaKernelsTest, SplitKIsDeterministicAndCorrect) {
   }
 }
 
+// A server runs every layer and batch size through one workspace. An int8
+// call without split-K (its quantized activations in the workspace) followed
+// by a split-K call must still sum the right partials: the split-K counters
+// live where nothing else writes (the first layout put the activations of
+// unsplit calls over them, and the next split-K call returned garbage).
+TEST(CudaKernelsTest, OneWorkspaceServesUnsplitAndSplitCallsInTurn) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t n = 200, k = 1000;
+  const PackedTernaryMatrix w = RandomWeights(rng, n, k, ScaleGranularity::kPerRow);
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+      CudaTernaryWeights::Create(w.view(), nullptr, 0);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  int split_config = -1;
+  for (const CudaKernelConfig& cfg : CudaKernelConfigs()) {
+    if (cfg.name == "mma_w64_b32") split_config = cfg.id;
+  }
+  ASSERT_GE(split_config, 0);
+
+  struct Call {
+    int64_t m;
+    int config;
+    int split_k;
+  };
+  // Unsplit (gemv / large tile) and split calls alternating, twice over.
+  const std::vector<Call> calls = {{1, kCudaAutoConfig, 0},  {40, split_config, 3},
+                                   {300, kCudaAutoConfig, 1}, {40, split_config, 3},
+                                   {7, kCudaAutoConfig, 0},  {33, split_config, 5}};
+  std::vector<CudaLinearArgs> args(calls.size());
+  size_t ws_bytes = 0;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    CudaLinearArgs& a = args[i];
+    a.m = calls[i].m;
+    a.x = reinterpret_cast<const void*>(uintptr_t{256});
+    a.x_dtype = CudaDType::kF32;
+    a.weights = dw->get();
+    a.act_quant = ActivationQuant::kInt8;
+    a.y = reinterpret_cast<void*>(uintptr_t{256});
+    a.y_dtype = CudaDType::kS32;
+    a.config = calls[i].config;
+    a.split_k = calls[i].split_k;
+    absl::StatusOr<size_t> b = CudaLinearWorkspaceBytes(a);
+    ASSERT_TRUE(b.ok()) << b.status();
+    ws_bytes = std::max(ws_bytes, *b);
+  }
+  absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(ws_bytes, 0);
+  ASSERT_TRUE(ws.ok()) << ws.status();
+  ASSERT_TRUE(ws->Fill(0).ok());
+  for (size_t i = 0; i < calls.size(); ++i) {
+    SCOPED_TRACE("call " + std::to_string(i) + ": m=" + std::to_string(calls[i].m));
+    const int64_t m = calls[i].m;
+    const HostInput in = MakeInput(rng, m, k, k, CudaDType::kF32, 3.0f);
+    std::vector<int8_t> xq(static_cast<size_t>(m * k));
+    std::vector<float> s(static_cast<size_t>(m));
+    QuantizeRowsInt8(in.values.data(), m, k, xq.data(), s.data());
+    std::vector<int32_t> want(static_cast<size_t>(m * n));
+    ReferenceInt8Accumulators(xq.data(), m, w.view(), want.data());
+    absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
+    absl::StatusOr<CudaBuffer> dy = CudaBuffer::Create(want.size() * 4, 0);
+    ASSERT_TRUE(dx.ok() && dy.ok());
+    ASSERT_TRUE(dx->CopyFromHost(in.bytes.data(), in.bytes.size()).ok());
+    ASSERT_TRUE(dy->Fill(0x7F).ok());
+    CudaLinearArgs a = args[i];
+    a.x = dx->data();
+    a.y = dy->data();
+    a.workspace = ws->data();
+    a.workspace_bytes = ws->bytes();
+    ASSERT_TRUE(CudaTernaryLinear(a, nullptr).ok());
+    std::vector<int32_t> got(want.size());
+    ASSERT_TRUE(dy->CopyToHost(got.data(), got.size() * 4).ok());
+    int64_t bad = 0;
+    for (size_t j = 0; j < got.size(); ++j) bad += got[j] != want[j];
+    EXPECT_EQ(bad, 0) << "of " << got.size() << " accumulators";
+  }
+}
+
 class CudaErrorsTest : public ::testing::Test {
  protected:
   void SetUp() override {

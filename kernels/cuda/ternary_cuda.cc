@@ -521,10 +521,14 @@ struct WorkspaceLayout {
 WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, int splits,
                        bool prep, size_t prep_elem_bytes, int64_t padded_k) {
   WorkspaceLayout l;
-  size_t off = 0;
+  // The counters always sit at offset 0 and nothing else ever uses those
+  // bytes: when prepared activations shared them (calls without split-K put
+  // them at offset 0), a server reusing one workspace across batches had an
+  // int8 call of one size leave quantized activations where the next split-K
+  // call expected zero counters, and that call summed the wrong partials.
+  l.counters = 0;
+  size_t off = AlignUp(kCudaSplitKCounterBytes);
   if (splits > 1) {
-    l.counters = off;
-    off = AlignUp(off + static_cast<size_t>(tiles) * sizeof(int));
     l.partials = off;
     off = AlignUp(off + static_cast<size_t>(tiles) * splits * kernel.weight_rows *
                             kernel.batch_rows * sizeof(uint32_t));
@@ -715,6 +719,16 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
       splits = static_cast<int>(
           std::clamp<int64_t>((2 * device_sms + tiles - 1) / tiles, 1, max_splits));
     }
+  }
+  constexpr int64_t kMaxSplitTiles = static_cast<int64_t>(kCudaSplitKCounterBytes / sizeof(int));
+  if (splits > 1 && tiles > kMaxSplitTiles) {
+    if (args.split_k > 1) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "split_k is %d but configuration %s has %d output tiles for m = %d; split-K needs "
+          "at most %d tiles (use split_k 0 or 1, or a larger tile)",
+          args.split_k, kernel.name, tiles, args.m, kMaxSplitTiles));
+    }
+    splits = 1;
   }
   // No empty splits.
   const int64_t kt_per_split = (w.k_tiles() + splits - 1) / splits;

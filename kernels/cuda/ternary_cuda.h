@@ -230,6 +230,11 @@ int DecodeCudaInt8Layout(const std::vector<uint32_t>& words, int64_t k_tiles,
                          int64_t row, int64_t col);
 inline constexpr int64_t kCudaRowPad = 256;
 inline constexpr int64_t kCudaColTile = 128;
+// Split-K counters (one int per output tile) at the start of every
+// workspace; a call splits K only when its tiles fit
+// (kCudaSplitKCounterBytes / 4; forcing split_k > 1 beyond that is
+// INVALID_ARGUMENT).
+inline constexpr size_t kCudaSplitKCounterBytes = 16384;
 
 // ---------------------------------------------------------------------------
 // The kernels.
@@ -261,9 +266,11 @@ struct CudaLinearArgs {
   CudaDType y_dtype = CudaDType::kF32;  // kF32, kF16, kBF16; kS32 (int8 only)
   int64_t y_stride = 0;           // elements between rows; 0 = weights->rows()
   // Device scratch, at least CudaLinearWorkspaceBytes(args) bytes. Its first
-  // bytes hold split-K tile counters that must be zero before the first call
-  // (CudaBuffer::Fill(0)); every call leaves them zero again. A workspace must
-  // not be used by two calls that may run concurrently.
+  // kCudaSplitKCounterBytes hold split-K tile counters that must be zero
+  // before the first call (CudaBuffer::Fill(0)); every call leaves them zero
+  // again and nothing else is ever written there, so one workspace serves any
+  // sequence of calls (shapes, modes, configurations). A workspace must not
+  // be used by two calls that may run concurrently.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   // kCudaAutoConfig: chosen by shape and mode. Otherwise an id from
