@@ -28,7 +28,8 @@
 # Environment (defaults in brackets):
 #   CONFIGS ["cuda:0 cuda:0,cuda:1"]  --device values, space-separated; the
 #                            first is the baseline of the speedup
-#   DEMO_MODEL [large]       large (4096->11008->4096) or small (64->128->32)
+#   DEMO_MODEL [large]       large (4096->11008->4096), small (64->128->32) or deep
+#                            (large as 24 blocks: GPU-bound, see benchmarks/RESULTS.md)
 #   ROWS_PER_REQUEST [32]    rows per Infer request
 #   DTYPE [fp16]             input dtype on the wire (fp32, fp16, bf16)
 #   OUTPUT_DTYPE []          output dtype asked for (fp32, fp16, bf16; empty:

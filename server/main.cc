@@ -42,7 +42,9 @@ ABSL_FLAG(std::string, models, "",
           "written by bitnet-pack). Empty: the demo model (--demo_model)");
 ABSL_FLAG(std::string, demo_model, "large",
           "Demo model served as \"demo\" when --models is empty: large "
-          "(4096->11008->4096), small (64->128->32) or none");
+          "(4096->11008->4096), small (64->128->32), deep (large's two "
+          "layers as 24 blocks, 2.2 G weights: GPU-bound load tests) or "
+          "none");
 ABSL_FLAG(std::string, write_demo_model, "",
           "Write the --demo_model model to this file (safetensors) and exit");
 ABSL_FLAG(std::string, device, "auto",
@@ -127,14 +129,13 @@ int main(int argc, char** argv) {
   if (const std::string out = absl::GetFlag(FLAGS_write_demo_model);
       !out.empty()) {
     const std::string size = absl::GetFlag(FLAGS_demo_model);
-    if (size != "large" && size != "small") {
+    bitnet::DemoModelSize demo_size;
+    if (!bitnet::ParseDemoModelSize(size, &demo_size)) {
       return Fail("write_demo_model_failed",
                   absl::InvalidArgumentError(
-                      "--demo_model: expected large or small"));
+                      "--demo_model: expected large, small or deep"));
     }
-    const bitnet::Model model = bitnet::MakeDemoModel(
-        size == "large" ? bitnet::DemoModelSize::kLarge
-                        : bitnet::DemoModelSize::kSmall);
+    const bitnet::Model model = bitnet::MakeDemoModel(demo_size);
     if (absl::Status s = bitnet::WriteModelFile(model, out); !s.ok()) {
       return Fail("write_demo_model_failed", s);
     }

@@ -3,6 +3,7 @@
 #include "server/model/demo_model.h"
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -110,6 +111,37 @@ TEST(DemoModelTest, LargeIsValidAndShapedAsDocumented) {
   // 2 bits per weight plus per-row scales and biases.
   const int64_t words = 11008 * (4096 / 16) + 4096 * (11008 / 16);
   EXPECT_EQ(m.PackedBytes(), 4 * (words + 2 * (11008 + 4096)));
+}
+
+TEST(DemoModelTest, DeepIsLargeStackedWithReluBetweenBlocks) {
+  const Model large = MakeDemoModel(DemoModelSize::kLarge);
+  const Model m = MakeDemoModel(DemoModelSize::kDeep);
+  ASSERT_TRUE(ValidateModel(m).ok()) << ValidateModel(m);
+  ASSERT_EQ(m.layers.size(), 48u);
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    SCOPED_TRACE("layer " + std::to_string(i));
+    const Layer& want = large.layers[i % 2];
+    EXPECT_EQ(m.layers[i].spec.in_features, want.spec.in_features);
+    EXPECT_EQ(m.layers[i].spec.out_features, want.spec.out_features);
+    EXPECT_EQ(m.layers[i].weight.words, want.weight.words);
+    EXPECT_EQ(m.layers[i].weight.scales, want.weight.scales);
+    EXPECT_EQ(m.layers[i].bias, want.bias);
+    EXPECT_EQ(m.layers[i].spec.activation,
+              i + 1 == m.layers.size() ? Activation::kIdentity : Activation::kRelu);
+  }
+  EXPECT_EQ(m.PackedBytes(), 24 * large.PackedBytes());
+}
+
+TEST(DemoModelTest, SizeNamesRoundTrip) {
+  for (DemoModelSize size : {DemoModelSize::kSmall, DemoModelSize::kLarge, DemoModelSize::kDeep}) {
+    DemoModelSize parsed = DemoModelSize::kSmall;
+    ASSERT_TRUE(ParseDemoModelSize(DemoModelSizeName(size), &parsed)) << DemoModelSizeName(size);
+    EXPECT_EQ(parsed, size);
+  }
+  DemoModelSize unchanged = DemoModelSize::kLarge;
+  EXPECT_FALSE(ParseDemoModelSize("huge", &unchanged));
+  EXPECT_FALSE(ParseDemoModelSize("", &unchanged));
+  EXPECT_EQ(unchanged, DemoModelSize::kLarge);
 }
 
 }  // namespace

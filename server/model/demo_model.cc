@@ -67,7 +67,48 @@ double DemoRandom::NextNormal() {
   return (sum - 2.0) * kSqrt3;
 }
 
+bool ParseDemoModelSize(std::string_view name, DemoModelSize* size) {
+  if (name == "small") {
+    *size = DemoModelSize::kSmall;
+  } else if (name == "large") {
+    *size = DemoModelSize::kLarge;
+  } else if (name == "deep") {
+    *size = DemoModelSize::kDeep;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+const char* DemoModelSizeName(DemoModelSize size) {
+  switch (size) {
+    case DemoModelSize::kSmall:
+      return "small";
+    case DemoModelSize::kLarge:
+      return "large";
+    case DemoModelSize::kDeep:
+      return "deep";
+  }
+  return "unknown";
+}
+
 Model MakeDemoModel(DemoModelSize size) {
+  if (size == DemoModelSize::kDeep) {
+    constexpr int kBlocks = 24;
+    const Model block = MakeDemoModel(DemoModelSize::kLarge);
+    Model model;
+    model.layers.reserve(kBlocks * block.layers.size());
+    for (int b = 0; b < kBlocks; ++b) {
+      for (const Layer& layer : block.layers) model.layers.push_back(layer);
+    }
+    // The second layer of a block has no activation; between blocks it needs
+    // the ReLU the first layer of a block has, so that the stack stays a
+    // chain of (linear, ReLU) pairs ending in a plain linear layer.
+    for (size_t i = 1; i + 1 < model.layers.size(); i += 2) {
+      model.layers[i].spec.activation = Activation::kRelu;
+    }
+    return model;
+  }
   const bool small = size == DemoModelSize::kSmall;
   const int64_t in = small ? 64 : 4096;
   const int64_t hidden = small ? 128 : 11008;

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <string_view>
+
 #include "server/model/model.h"
 
 namespace bitnet {
@@ -24,7 +26,18 @@ enum class DemoModelSize {
   // activations, bias, no latent weights (they would be 360 MB). About 22 MB
   // packed; takes a few seconds to generate.
   kLarge,
+  // kLarge's two layers repeated as 24 blocks (48 layers, 2.2 G weights,
+  // 540 MB packed): about the linear-layer work per token of a 2B-parameter
+  // BitNet b1.58 model. For GPU load tests where the device, not the host,
+  // must be the bottleneck (one GPU serves ~150k rows/s of it, against
+  // ~440k of kLarge, where gRPC on the host saturates first). The blocks
+  // share kLarge's weights, so it takes as long to generate as kLarge.
+  kDeep,
 };
+
+// The --demo_model names: "small", "large", "deep".
+bool ParseDemoModelSize(std::string_view name, DemoModelSize* size);
+const char* DemoModelSizeName(DemoModelSize size);
 
 // Always valid (ValidateModel passes). Thread-safe.
 Model MakeDemoModel(DemoModelSize size);

@@ -127,9 +127,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
     return bad("max_message_bytes", o.max_message_bytes,
                absl::StrCat("1024..", INT_MAX));
   }
-  if (o.demo_model != "large" && o.demo_model != "small" &&
-      o.demo_model != "none") {
-    return bad("demo_model", o.demo_model, "large, small or none");
+  DemoModelSize demo_size;
+  if (o.demo_model != "none" && !ParseDemoModelSize(o.demo_model, &demo_size)) {
+    return bad("demo_model", o.demo_model, "large, small, deep or none");
   }
   if (o.max_loaded_versions < 1) {
     return bad("max_loaded_versions", o.max_loaded_versions, ">= 1");
@@ -320,10 +320,9 @@ absl::Status InferenceServer::LoadInitialModels() {
   }
   if (o.models.empty() && o.demo_model != "none") {
     if (o.before_model_load) o.before_model_load("demo");
-    const bool large = o.demo_model == "large";
-    load("demo",
-         MakeDemoModel(large ? DemoModelSize::kLarge : DemoModelSize::kSmall),
-         large ? "demo:large" : "demo:small");
+    DemoModelSize size = DemoModelSize::kLarge;
+    ParseDemoModelSize(o.demo_model, &size);  // validated above
+    load("demo", MakeDemoModel(size), absl::StrCat("demo:", o.demo_model));
   }
   if (first_error.ok()) state_->SetOverallServing(true);
   return first_error;
