@@ -28,7 +28,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/host/element_type.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 
 int RunHostPathBenchmarks(int argc, char** argv);
 

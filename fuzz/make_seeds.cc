@@ -17,7 +17,7 @@
 
 #include "bitnet/v1/inference.pb.h"
 #include "server/model/demo_model.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 #include "server/model/model.h"
 #include "server/model/model_file.h"
 #include "server/model/safetensors.h"

@@ -53,7 +53,7 @@
 #include "fault_server_process.h"
 #include "gmock/gmock.h"
 #include "server/metrics/metrics.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 #include "server/model/model_file.h"
 #include "server/model/safetensors.h"
 #include "server/registry/model_registry.h"

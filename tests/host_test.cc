@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "server/host/element_type.h"
 #include "server/host/host_buffer.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 
 namespace bitnet {
 namespace {

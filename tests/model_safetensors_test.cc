@@ -1,5 +1,5 @@
 // safetensors reader/writer (server/model/safetensors.h) and the F16/BF16
-// conversions (server/model/half.h).
+// conversions (server/host/half.h).
 #include "server/model/safetensors.h"
 
 #include <unistd.h>
@@ -19,7 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/ternary_format.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 
 namespace bitnet::safetensors {
 namespace {

@@ -20,7 +20,7 @@
 #include "gtest/gtest.h"
 #include "kernels/ternary_format.h"
 #include "server/model/demo_model.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 #include "server/model/model_file.h"
 #include "server/model/safetensors.h"
 #include "tools/pack_cli.h"

@@ -23,7 +23,7 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/metrics/metrics.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 #include "server/model/model_file.h"
 #include "server/registry/model_registry.h"
 #include "server/service/serving_state.h"

@@ -14,7 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/metrics/metrics.h"
-#include "server/model/half.h"
+#include "server/host/half.h"
 #include "server/service/admin_auth.h"
 #include "server/service/event_log.h"
 #include "server/service/grpc_status.h"

@@ -37,6 +37,15 @@
 
 namespace bitnet::cuda_internal {
 
+// Compile-time loop: f(std::integral_constant<int, I>) for I in [I0, N).
+template <int I, int N, typename F>
+__device__ __forceinline__ void StaticFor(F&& f) {
+  if constexpr (I < N) {
+    f(std::integral_constant<int, I>{});
+    StaticFor<I + 1, N>(f);
+  }
+}
+
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

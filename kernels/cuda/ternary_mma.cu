@@ -19,14 +19,6 @@
 namespace bitnet::cuda_internal {
 namespace {
 
-template <int I, int N, typename F>
-__device__ __forceinline__ void StaticFor(F&& f) {
-  if constexpr (I < N) {
-    f(std::integral_constant<int, I>{});
-    StaticFor<I + 1, N>(f);
-  }
-}
-
 template <MmaType kType, int kWarpsN, int kWarpsM, int kRG, int kNT, int kSmemBudget>
 struct MmaTraits {
   static constexpr int kThreads = kWarpsN * kWarpsM * 32;

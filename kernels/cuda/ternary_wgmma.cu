@@ -16,7 +16,7 @@
 
 #include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/ternary_launch.h"
-#include "kernels/cuda/wgmma_ops.cuh"
+#include "kernels/cuda/wgmma_util.cuh"
 
 namespace bitnet::cuda_internal {
 namespace {
@@ -45,51 +45,6 @@ struct WgmmaTraits {
   static_assert(kStageBytes % 1024 == 0, "swizzle atoms need 1024-byte alignment");
   static_assert(kStages >= 3, "the pipeline keeps one tile of wgmmas in flight");
 };
-
-#ifdef BITNET_WGMMA_ENABLED
-__device__ __forceinline__ uint64_t MakeSw128Desc(uint32_t addr) {
-  uint64_t d = 0;
-  d |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);  // start address
-  d |= static_cast<uint64_t>(1) << 16;                 // LBO: unused (K-major, swizzled)
-  d |= static_cast<uint64_t>(1024 >> 4) << 32;         // SBO: 8 rows x 128 B
-  d |= static_cast<uint64_t>(1) << 62;                 // 128-byte swizzle
-  return d;
-}
-#endif
-
-template <MmaType kType, int kBN>
-__device__ __forceinline__ void Wgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
-                                      uint64_t desc) {
-  if constexpr (kType == MmaType::kF16) {
-    if constexpr (kBN == 64) WgmmaF16N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaF16N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaF16N256(d, a, desc);
-  } else if constexpr (kType == MmaType::kBF16) {
-    if constexpr (kBN == 64) WgmmaBF16N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaBF16N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaBF16N256(d, a, desc);
-  } else {
-    if constexpr (kBN == 64) WgmmaS8N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaS8N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaS8N256(d, a, desc);
-  }
-}
-
-template <int kSteps>
-__device__ __forceinline__ void FenceRegs(uint32_t (&a)[kSteps][4]) {
-#pragma unroll
-  for (int s = 0; s < kSteps; ++s)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[s][j])::"memory");
-}
-
-template <int I, int N, typename F>
-__device__ __forceinline__ void StaticFor(F&& f) {
-  if constexpr (I < N) {
-    f(std::integral_constant<int, I>{});
-    StaticFor<I + 1, N>(f);
-  }
-}
 
 template <MmaType kType, int kBN, int kSmemBudget>
 __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams p) {

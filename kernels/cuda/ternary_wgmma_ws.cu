@@ -24,7 +24,7 @@
 
 #include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/ternary_launch.h"
-#include "kernels/cuda/wgmma_ops.cuh"
+#include "kernels/cuda/wgmma_util.cuh"
 
 namespace bitnet::cuda_internal {
 namespace {
@@ -110,49 +110,7 @@ __device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, uint32_t
       : "memory");
 }
 
-__device__ __forceinline__ uint64_t WsSw128Desc(uint32_t addr) {
-  uint64_t d = 0;
-  d |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);  // start address
-  d |= static_cast<uint64_t>(1) << 16;                 // LBO: unused (K-major, swizzled)
-  d |= static_cast<uint64_t>(1024 >> 4) << 32;         // SBO: 8 rows x 128 B
-  d |= static_cast<uint64_t>(1) << 62;                 // 128-byte swizzle
-  return d;
-}
 #endif
-
-template <MmaType kType, int kBN>
-__device__ __forceinline__ void WsWgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
-                                        uint64_t desc) {
-  if constexpr (kType == MmaType::kF16) {
-    if constexpr (kBN == 64) WgmmaF16N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaF16N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaF16N256(d, a, desc);
-  } else if constexpr (kType == MmaType::kBF16) {
-    if constexpr (kBN == 64) WgmmaBF16N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaBF16N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaBF16N256(d, a, desc);
-  } else {
-    if constexpr (kBN == 64) WgmmaS8N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaS8N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaS8N256(d, a, desc);
-  }
-}
-
-template <int kSteps>
-__device__ __forceinline__ void WsFenceRegs(uint32_t (&a)[kSteps][4]) {
-#pragma unroll
-  for (int s = 0; s < kSteps; ++s)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[s][j])::"memory");
-}
-
-template <int I, int N, typename F>
-__device__ __forceinline__ void WsStaticFor(F&& f) {
-  if constexpr (I < N) {
-    f(std::integral_constant<int, I>{});
-    WsStaticFor<I + 1, N>(f);
-  }
-}
 
 template <MmaType kType, int kBN>
 __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
@@ -245,7 +203,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
     MbarWait(full_bar + 8 * stage, phase);
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
     const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
-    WsStaticFor<0, Tr::kSteps>([&](auto s_const) {
+    StaticFor<0, Tr::kSteps>([&](auto s_const) {
       constexpr int S = decltype(s_const)::value;
       if constexpr (kType == MmaType::kS8) {
         DecodeInt8Step<S>(wv, a[S]);
@@ -254,17 +212,17 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
       }
     });
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-    WsStaticFor<0, Tr::kSteps>([&](auto s_const) {
+    StaticFor<0, Tr::kSteps>([&](auto s_const) {
       constexpr int S = decltype(s_const)::value;
       // k-step S covers bytes [32 S, 32 S + 32) of each batch row's k-tile.
       const uint32_t addr = act + ((32 * S) / 128) * Tr::kColBlockBytes + (32 * S) % 128;
-      WsWgmma<kType, kBN>(acc, a[S], WsSw128Desc(addr));
+      Wgmma<kType, kBN>(acc, a[S], MakeSw128Desc(addr));
     });
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     // The previous tile's wgmmas are done: its A registers may be reused and
     // its stage refilled.
-    WsFenceRegs(a_prev);
+    FenceRegs(a_prev);
     if (prev_stage >= 0) {
       __syncwarp();
       if (lane == 0) MbarArrive(empty_bar + 8 * prev_stage);
@@ -282,8 +240,8 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   }
   if (i < nkt) tile_step(a_even, a_odd);
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-  WsFenceRegs(a_even);
-  WsFenceRegs(a_odd);
+  FenceRegs(a_even);
+  FenceRegs(a_odd);
   WgmmaFenceOperand(acc);
   // Both warpgroups are done reading the pipeline before the epilogue reuses
   // its shared memory.

@@ -1,5 +1,7 @@
 #include "server/host/element_type.h"
 
+#include "server/host/half.h"
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -16,60 +18,14 @@ namespace {
 static_assert(std::endian::native == std::endian::little,
               "row buffers are little-endian like the wire format");
 
-// Scalar binary16 <-> binary32 (the same rules as server/model/half.cc,
-// which tests use as the oracle).
-float HalfBitsToFloat(uint16_t bits) {
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  uint32_t mantissa = bits & 0x3ffu;
-  uint32_t out;
-  if (exponent == 0x1f) {
-    out = sign | 0x7f800000u | (mantissa << 13) | (mantissa ? 0x00400000u : 0);
-  } else if (exponent != 0) {
-    out = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    out = sign;
-  } else {
-    int e = -1;
-    do {
-      ++e;
-      mantissa <<= 1;
-    } while ((mantissa & 0x400u) == 0);
-    out = sign | static_cast<uint32_t>((127 - 15 - e) << 23) |
-          ((mantissa & 0x3ffu) << 13);
-  }
-  return std::bit_cast<float>(out);
-}
-
-uint16_t FloatToHalfBits(float value) {
-  const uint32_t f = std::bit_cast<uint32_t>(value);
-  const uint16_t sign = static_cast<uint16_t>((f >> 16) & 0x8000u);
-  const uint32_t abs = f & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0);
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;
-  if (abs >= 0x38800000u) {
-    const uint32_t rebased = abs - ((127u - 15u) << 23);
-    const uint32_t lsb = (rebased >> 13) & 1u;
-    return sign | static_cast<uint16_t>((rebased + 0xfffu + lsb) >> 13);
-  }
-  if (abs < 0x33000000u) return sign;
-  const uint32_t exponent = abs >> 23;
-  const uint32_t mantissa = (abs & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126u - exponent;
-  const uint32_t kept = mantissa >> shift;
-  const uint32_t rest = mantissa & ((1u << shift) - 1u);
-  const uint32_t half = 1u << (shift - 1);
-  uint32_t rounded = kept;
-  if (rest > half || (rest == half && (kept & 1u))) ++rounded;
-  return sign | static_cast<uint16_t>(rounded);
-}
-
+// Scalar binary16 <-> binary32: server/host/half.h, the one definition of
+// the rounding rules (the fallback below and the tests' oracle).
 void HalfToFloatScalar(const uint16_t* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = HalfBitsToFloat(src[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
 }
 
 void FloatToHalfScalar(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalfBits(src[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(src[i]);
 }
 
 // bfloat16: plain integer loops the compiler vectorizes.

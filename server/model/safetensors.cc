@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
-#include "server/model/half.h"
+#include "server/host/half.h"
 #include "server/model/string_view_compat.h"
 
 namespace bitnet::safetensors {

@@ -4,8 +4,8 @@
 // anything that receives half-precision bytes. Pure functions, thread-safe.
 // Narrowing rounds to nearest, ties to even (what numpy and PyTorch do);
 // NaN stays NaN (quiet), infinities and signed zeros are preserved.
-#ifndef BITNET_SERVER_MODEL_HALF_H_
-#define BITNET_SERVER_MODEL_HALF_H_
+#ifndef BITNET_SERVER_HOST_HALF_H_
+#define BITNET_SERVER_HOST_HALF_H_
 
 #include <cstdint>
 
@@ -24,4 +24,4 @@ uint16_t FloatToBFloat16(float value);
 
 }  // namespace bitnet
 
-#endif  // BITNET_SERVER_MODEL_HALF_H_
+#endif  // BITNET_SERVER_HOST_HALF_H_

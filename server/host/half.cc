@@ -1,4 +1,4 @@
-#include "server/model/half.h"
+#include "server/host/half.h"
 
 #include <bit>
 #include <cstdint>

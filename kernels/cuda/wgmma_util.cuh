@@ -1,0 +1,57 @@
+// Helpers shared by the Hopper kernels (ternary_wgmma.cu, ternary_wgmma_ws.cu):
+// the shared-memory matrix descriptor of a 128-byte-swizzled K-major tile,
+// the wgmma wrapper chosen by input type and batch tile, and the register
+// fence that keeps A fragments alive until their wgmmas are done.
+#ifndef BITNET_KERNELS_CUDA_WGMMA_UTIL_CUH_
+#define BITNET_KERNELS_CUDA_WGMMA_UTIL_CUH_
+
+#include <cstdint>
+
+#include "kernels/cuda/ternary_device.cuh"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace bitnet::cuda_internal {
+
+#ifdef BITNET_WGMMA_ENABLED
+// Rows of 128 bytes, 8-row swizzle atoms of 1024 bytes (SBO), 128-byte swizzle.
+__device__ __forceinline__ uint64_t MakeSw128Desc(uint32_t addr) {
+  uint64_t d = 0;
+  d |= static_cast<uint64_t>((addr & 0x3FFFF) >> 4);  // start address
+  d |= static_cast<uint64_t>(1) << 16;                 // LBO: unused (K-major, swizzled)
+  d |= static_cast<uint64_t>(1024 >> 4) << 32;         // SBO: 8 rows x 128 B
+  d |= static_cast<uint64_t>(1) << 62;                 // 128-byte swizzle
+  return d;
+}
+#endif
+
+template <MmaType kType, int kBN>
+__device__ __forceinline__ void Wgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
+                                      uint64_t desc) {
+  if constexpr (kType == MmaType::kF16) {
+    if constexpr (kBN == 64) WgmmaF16N64(d, a, desc);
+    if constexpr (kBN == 128) WgmmaF16N128(d, a, desc);
+    if constexpr (kBN == 256) WgmmaF16N256(d, a, desc);
+  } else if constexpr (kType == MmaType::kBF16) {
+    if constexpr (kBN == 64) WgmmaBF16N64(d, a, desc);
+    if constexpr (kBN == 128) WgmmaBF16N128(d, a, desc);
+    if constexpr (kBN == 256) WgmmaBF16N256(d, a, desc);
+  } else {
+    if constexpr (kBN == 64) WgmmaS8N64(d, a, desc);
+    if constexpr (kBN == 128) WgmmaS8N128(d, a, desc);
+    if constexpr (kBN == 256) WgmmaS8N256(d, a, desc);
+  }
+}
+
+// An empty asm that "reads and writes" every A register: the compiler keeps
+// them live (and unmodified) until this point.
+template <int kSteps>
+__device__ __forceinline__ void FenceRegs(uint32_t (&a)[kSteps][4]) {
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[s][j])::"memory");
+}
+
+}  // namespace bitnet::cuda_internal
+
+#endif  // BITNET_KERNELS_CUDA_WGMMA_UTIL_CUH_
