@@ -105,22 +105,7 @@ __global__ void __launch_bounds__(256, 1) ternary_wgmma_kernel(const GemmParams 
     // Warp w owns weight rows 16w..16w+15 of the block (warpgroup w / 4 owns
     // 64 rows): exactly the rows of its wgmma A fragment.
     const uint4 wv = LdShared128(wst + (warp * 32 + lane) * 16);
-    StaticFor<0, Tr::kSteps>([&](auto s_const) {
-      constexpr int S = decltype(s_const)::value;
-      if constexpr (kType == MmaType::kS8) {
-        DecodeInt8Step<S>(wv, a[S]);
-      } else {
-        DecodeFpStep<kType, S>(wv, a[S]);
-      }
-    });
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-    StaticFor<0, Tr::kSteps>([&](auto s_const) {
-      constexpr int S = decltype(s_const)::value;
-      // k-step S covers bytes [32 S, 32 S + 32) of each batch row's k-tile.
-      const uint32_t addr = act + ((32 * S) / 128) * Tr::kColBlockBytes + (32 * S) % 128;
-      Wgmma<kType, kBN>(acc, a[S], MakeSw128Desc(addr));
-    });
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     // Tile i - 1's wgmmas are done: its A registers may now be reused. Keep
     // them live until here so the compiler cannot reuse them earlier.

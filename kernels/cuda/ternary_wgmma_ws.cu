@@ -203,22 +203,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
     MbarWait(full_bar + 8 * stage, phase);
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
     const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
-    StaticFor<0, Tr::kSteps>([&](auto s_const) {
-      constexpr int S = decltype(s_const)::value;
-      if constexpr (kType == MmaType::kS8) {
-        DecodeInt8Step<S>(wv, a[S]);
-      } else {
-        DecodeFpStep<kType, S>(wv, a[S]);
-      }
-    });
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-    StaticFor<0, Tr::kSteps>([&](auto s_const) {
-      constexpr int S = decltype(s_const)::value;
-      // k-step S covers bytes [32 S, 32 S + 32) of each batch row's k-tile.
-      const uint32_t addr = act + ((32 * S) / 128) * Tr::kColBlockBytes + (32 * S) % 128;
-      Wgmma<kType, kBN>(acc, a[S], MakeSw128Desc(addr));
-    });
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     // The previous tile's wgmmas are done: its A registers may be reused and
     // its stage refilled.

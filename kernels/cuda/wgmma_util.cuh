@@ -52,6 +52,35 @@ __device__ __forceinline__ void FenceRegs(uint32_t (&a)[kSteps][4]) {
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[s][j])::"memory");
 }
 
+#ifdef BITNET_WGMMA_ENABLED
+// One k-tile of a warpgroup's work: decode the warp's 16 packed bytes (wv)
+// into the A fragments of every k-step, then issue the k-steps' wgmmas
+// against the activation tile at `act` (128-byte column blocks of
+// kColBlockBytes each) as one commit group. The caller waits for it and keeps
+// `a` alive (FenceRegs) until it is done.
+template <MmaType kType, int kBN, int kColBlockBytes, int kSteps>
+__device__ __forceinline__ void DecodeAndIssueTile(const uint4& wv, uint32_t (&a)[kSteps][4],
+                                                   AccType<kType> (&acc)[kBN / 2],
+                                                   uint32_t act) {
+  StaticFor<0, kSteps>([&](auto s_const) {
+    constexpr int S = decltype(s_const)::value;
+    if constexpr (kType == MmaType::kS8) {
+      DecodeInt8Step<S>(wv, a[S]);
+    } else {
+      DecodeFpStep<kType, S>(wv, a[S]);
+    }
+  });
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  StaticFor<0, kSteps>([&](auto s_const) {
+    constexpr int S = decltype(s_const)::value;
+    // k-step S covers bytes [32 S, 32 S + 32) of each batch row's k-tile.
+    const uint32_t addr = act + ((32 * S) / 128) * kColBlockBytes + (32 * S) % 128;
+    Wgmma<kType, kBN>(acc, a[S], MakeSw128Desc(addr));
+  });
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+#endif
+
 }  // namespace bitnet::cuda_internal
 
 #endif  // BITNET_KERNELS_CUDA_WGMMA_UTIL_CUH_
