@@ -315,7 +315,7 @@ TEST(ServerOptionsTest, ValidatesRangesNamingTheFlag) {
               HasSubstr("--max_batch_rows=64: expected >= --preferred_batch_rows (128)"));
   EXPECT_THAT(message([](ServerOptions& o) { o.port = 70000; }), HasSubstr("--port=70000"));
   EXPECT_THAT(message([](ServerOptions& o) { o.demo_model = "huge"; }),
-              HasSubstr("--demo_model=huge: expected large, small or none"));
+              HasSubstr("--demo_model=huge: expected large, small, deep or none"));
   EXPECT_THAT(message([](ServerOptions& o) { o.tls_cert = "c.pem"; }),
               HasSubstr("--tls_cert and --tls_key"));
   EXPECT_THAT(message([](ServerOptions& o) { o.max_queue_rows = 10; }),
