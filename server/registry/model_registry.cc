@@ -221,14 +221,11 @@ int64_t ModelVersion::replica_memory_bytes(int i) const {
 
 absl::Status ModelVersion::Forward(int i, const float* input, int64_t rows,
                                    float* output) const {
-  if (!HasReplica(i)) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "model '%s' version %d has no replica on instance %d", model_name_,
-        version_, i));
-  }
-  const Replica& replica = *replicas_[i];
-  absl::MutexLock lock(&replica.forward_mu);
-  return replica.instance->Forward(input, rows, output);
+  ForwardArgs args;  // fp32 rows in and out: the instance's Forward
+  args.rows = rows;
+  args.input = input;
+  args.output = output;
+  return ForwardRows(i, args);
 }
 
 absl::Status ModelVersion::ForwardRows(int i, const ForwardArgs& args) const {
