@@ -39,8 +39,14 @@
 #   SATURATION_GAIN [0.05]   stop after two points in a row that add less
 #                            than this fraction to the best rows/s so far
 #   DURATION [5s] WARMUP [2s] per point
-#   CONNECTIONS [8]          gRPC connections of bitnet-load
+#   CONNECTIONS_PER_DEVICE [8]  gRPC connections of bitnet-load per device of
+#                            the config, so that "the same load per GPU" also
+#                            means the same transport load per connection
+#   CONNECTIONS []           a fixed connection count for every config instead
 #   SERVER_FLAGS []          extra bitnet-server flags
+#   SERVER_CPUS [] LOAD_CPUS []  taskset CPU lists for bitnet-server and
+#                            bitnet-load (e.g. 0-15 and 16-31), so that the
+#                            two do not compete for cores
 # Needs python3 (standard library only) and, for the card names, nvidia-smi.
 set -euo pipefail
 
@@ -60,7 +66,8 @@ MAX_CONCURRENCY="${MAX_CONCURRENCY:-1024}"
 SATURATION_GAIN="${SATURATION_GAIN:-0.05}"
 DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-2s}"
-CONNECTIONS="${CONNECTIONS:-8}"
+CONNECTIONS_PER_DEVICE="${CONNECTIONS_PER_DEVICE:-8}"
+CONNECTIONS="${CONNECTIONS:-}"
 SERVER_FLAGS="${SERVER_FLAGS:-}"
 
 find_bin() {  # a bundle (flat) or a build tree (server/, client/)
@@ -88,6 +95,10 @@ fi
 
 # shellcheck source=benchmarks/server_launch.sh
 source "$(dirname "$0")/server_launch.sh"
+scrape() {  # the server's /metrics page into $1
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://127.0.0.1:$metrics_port/metrics" > "$1"
+}
 server_pid=
 cleanup() {
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2> /dev/null; then
@@ -112,15 +123,22 @@ for config in $CONFIGS; do
   # The cap grows with the devices, so that every config reaches the same
   # load per device.
   instances=$(($(tr -cd ',' <<< "$config" | wc -c) + 1))
+  connections=${CONNECTIONS:-$((CONNECTIONS_PER_DEVICE * instances))}
+  echo "$connections" > "$dir/connections.txt"
   concurrency=$START_CONCURRENCY
   best=0
   flat=0
   while ((concurrency <= MAX_CONCURRENCY * instances)); do
-    "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
-      --duration="$DURATION" --warmup="$WARMUP" --connections="$CONNECTIONS" \
+    scrape "$dir/metrics-before.txt"
+    ${LOAD_CPUS:+taskset -c "$LOAD_CPUS"} "$load_bin" --address="127.0.0.1:$port" --model=demo --concurrency="$concurrency" \
+      --duration="$DURATION" --warmup="$WARMUP" --connections="$connections" \
       --rows_per_request="$ROWS_PER_REQUEST" --dtype="$DTYPE" ${OUTPUT_DTYPE:+--output_dtype="$OUTPUT_DTYPE"} \
       --metrics_url="$metrics_url" --preferred_batch_rows="${preferred:-128}" \
       --max_error_rate=1 --json="$dir/point-$concurrency.json" >&2
+    # Server-side latency of the same interval (it includes the warm-up).
+    scrape "$dir/metrics-after.txt"
+    python3 "$(dirname "$0")/server_latency.py" "$dir/metrics-before.txt" \
+      "$dir/metrics-after.txt" demo > "$dir/server-$concurrency.json"
     # Saturated: two points in a row that add < SATURATION_GAIN to the best.
     read -r best flat < <(python3 - "$dir/point-$concurrency.json" "$best" "$flat" \
       "$SATURATION_GAIN" <<'PY'
@@ -177,7 +195,10 @@ for config in configs:
     d = os.path.join(out, config.replace(":", "_").replace(",", "_"))
     points = []
     for path in glob.glob(os.path.join(d, "point-*.json")):
-        points.append(json.load(open(path))["points"][0])
+        point = json.load(open(path))["points"][0]
+        server = os.path.join(d, f"server-{point['concurrency']:g}.json")
+        point["server"] = json.load(open(server)) if os.path.exists(server) else {}
+        points.append(point)
     points.sort(key=lambda p: p["concurrency"])
     rows_by_config[config] = points
 
@@ -201,21 +222,31 @@ def card(device):
 
 md = []
 md.append(f"Demo model `{model}`, unary Infer, {rpr} rows per request ({dtype} on the wire, {out_dtype} answers), "
-          f"closed loop, {connections} connections, {duration} per point, server and "
+          f"closed loop, {connections or 'per config (below)'} connections, {duration} per point, server and "
           f"bitnet-load on the same host; concurrency doubled until two points in a row "
           f"added < 5% rows/s.\n")
 if gpus:
     md.append("Cards: " + "; ".join(f"cuda:{i} {n}" for i, n in sorted(gpus.items())) + "\n")
 for config, points in rows_by_config.items():
-    md.append(f"### `--device={config}` ({', '.join(card(x) for x in devices(config))})\n")
-    md.append("| concurrency | requests/s | rows/s | p50 ms | p99 ms | mean batch rows | errors |")
-    md.append("|---:|---:|---:|---:|---:|---:|---:|")
+    conn_file = os.path.join(out, config.replace(":", "_").replace(",", "_"), "connections.txt")
+    conns = open(conn_file).read().strip() if os.path.exists(conn_file) else connections
+    md.append(f"### `--device={config}` ({', '.join(card(x) for x in devices(config))}), "
+              f"{conns} connections\n")
+    md.append("| concurrency | requests/s | rows/s | p50 ms | p99 ms | server p99 ms | "
+              "server > 25 ms | batch compute p99 ms | mean batch rows | errors |")
+    md.append("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    def opt(value, fmt):
+        return "n/a" if value is None else format(value, fmt)
     for p in points:
         mb = p["mean_batch_rows"]
+        srv = p["server"]
+        compute = ", ".join(f"{d} {v:.1f}" for d, v in srv.get("compute_p99_ms", {}).items()
+                            if v is not None) or "n/a"
         md.append(f"| {p['concurrency']:g} | {p['requests_per_second']:.0f} | "
                   f"{p['rows_per_second']:.0f} | {p['latency_ms']['p50']:.2f} | "
-                  f"{p['latency_ms']['p99']:.2f} | {'n/a' if mb is None else f'{mb:.1f}'} | "
-                  f"{p['errors']} |")
+                  f"{p['latency_ms']['p99']:.2f} | {opt(srv.get('request_p99_ms'), '.1f')} | "
+                  f"{opt(srv.get('request_over_25ms'), '.2%')} | {compute} | "
+                  f"{'n/a' if mb is None else f'{mb:.1f}'} | {p['errors']} |")
     inst = os.path.join(out, config.replace(":", "_").replace(",", "_"), "instances.json")
     if os.path.exists(inst):
         shares = json.load(open(inst))

@@ -5,10 +5,13 @@
 # sets server_pid, port, metrics_port and preferred (its
 # preferred_batch_rows), or prints the log and exits 1 if it did not start.
 # The caller's trap stops it (kill -TERM "$server_pid").
+# SERVER_CPUS (a taskset CPU list, e.g. 0-15) pins the server to those CPUs,
+# so that a load generator on the same host cannot take its cores.
 launch_server() {
   local bin=$1 log=$2
   shift 2
-  "$bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
+  # taskset execs the server, so $! is the server's pid either way.
+  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$bin" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1 --metrics_port=0 \
     "$@" > "$log" 2>&1 &
   server_pid=$!
   port='' metrics_port=''
