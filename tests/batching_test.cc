@@ -404,6 +404,43 @@ TEST_F(BatcherTest, OpenBatchGrowsPastPreferredWhileWorkerComputes) {
   EXPECT_EQ(batcher_->queued_rows(), 0);
 }
 
+// The estimate the registry routes by, in batch times: the rest of the batch
+// computing (by the moving average of batch times), then the batches the
+// waiting rows plus the new ones take; none before a batch has run.
+TEST_F(BatcherTest, EstimatesBatchesUntilAnsweredFromBatchTimesAndWaitingRows) {
+  model_.Gate();
+  Start(Options(/*preferred=*/2, /*max=*/4, absl::Seconds(1)));
+  EXPECT_FALSE(batcher_->BatchesUntilAnswered(1).has_value()) << "no batch has run";
+
+  ASSERT_TRUE(Send(1, 4).ok());  // full: leaves at once
+  model_.AwaitBatches(1);
+  clock_.Advance(absl::Milliseconds(10));  // batch 1 computes for 10 ms
+  model_.ReleaseThrough(1);
+  results_.AwaitCount(1);
+  // Idle, nothing waiting: one batch.
+  EXPECT_DOUBLE_EQ(batcher_->BatchesUntilAnswered(1).value_or(-1), 1.0);
+
+  ASSERT_TRUE(Send(2, 4).ok());
+  model_.AwaitBatches(2);
+  clock_.Advance(absl::Milliseconds(4));
+  // 6 of batch 2's estimated 10 ms left, then one batch for 1 row.
+  EXPECT_DOUBLE_EQ(batcher_->BatchesUntilAnswered(1).value_or(-1), 1.6);
+
+  ASSERT_TRUE(Send(3, 4).ok());  // waits in the full open batch
+  batcher_->AwaitDispatcherIdleForTesting();
+  // 4 waiting + 1 new row need two batches of max_batch_rows = 4.
+  EXPECT_DOUBLE_EQ(batcher_->BatchesUntilAnswered(1).value_or(-1), 2.6);
+  EXPECT_DOUBLE_EQ(batcher_->BatchesUntilAnswered(0).value_or(-1), 1.6);
+
+  clock_.Advance(absl::Milliseconds(20));  // batch 2 overruns its estimate
+  EXPECT_DOUBLE_EQ(batcher_->BatchesUntilAnswered(1).value_or(-1), 2.0);
+
+  model_.Ungate();
+  model_.ReleaseThrough(100);
+  results_.AwaitCount(3);
+  for (int id = 1; id <= 3; ++id) ExpectAnswered(id, 4);
+}
+
 // A batch that has preferred_batch_rows waits while rows keep arriving
 // (each arrival restarts arrival_gap) and leaves once they pause.
 TEST_F(BatcherTest, FullEnoughBatchWaitsWhileRowsKeepArriving) {

@@ -282,7 +282,7 @@ class MultiDeviceTest : public ::testing::Test {
     registry_.reset();
   }
 
-  void Start(int devices) {
+  void Start(int devices, Clock* clock = nullptr) {
     registry_.reset();
     backends_.clear();
     std::vector<std::shared_ptr<Backend>> backends;
@@ -301,7 +301,7 @@ class MultiDeviceTest : public ::testing::Test {
       return std::make_unique<Recorder>(std::string(name), &events_mu_,
                                         &events_);
     };
-    auto registry = ModelRegistry::Create(backends, options);
+    auto registry = ModelRegistry::Create(backends, options, clock);
     ASSERT_TRUE(registry.ok()) << registry.status();
     registry_ = std::move(*registry);
   }
@@ -336,6 +336,8 @@ class MultiDeviceTest : public ::testing::Test {
   std::vector<std::unique_ptr<Reply>> replies_;
   absl::Mutex events_mu_;
   std::vector<HealthEvent> events_ ABSL_GUARDED_BY(events_mu_);
+  // For tests that drive time (Start(n, &fake_clock_)); outlives registry_.
+  FakeClock fake_clock_;
   std::unique_ptr<ModelRegistry> registry_;
   const Model v1_ = MakeModel(1.0f);
   const Model v2_ = MakeModel(2.0f);
@@ -443,6 +445,50 @@ TEST_F(MultiDeviceTest, RoutesToTheLeastLoadedInstanceNotRoundRobin) {
   EXPECT_EQ(DeviceOf(ra), 0);
   EXPECT_EQ(ra.output[2], 1.0f) << "request 1's own rows";
   EXPECT_THAT(Outstanding(), ElementsAre(0, 0));
+}
+
+// Once every device has a batch time, routing is by estimated answer time
+// first: a device whose batch has run past its usual batch time (about to
+// answer) takes the next request before one that has just started a batch,
+// although it holds more outstanding rows.
+TEST_F(MultiDeviceTest, RoutesToTheDeviceThatWillAnswerSoonest) {
+  Start(2, &fake_clock_);
+  FakeClock& clock = fake_clock_;
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  // One 10 ms batch on each device (no estimates yet: ties in turn, 0 then 1).
+  for (int d = 0; d < 2; ++d) {
+    backends_[d]->SetForwardOpen(false);
+    Reply& r = NewReply();
+    ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(d, 1, &r)).ok());
+    ASSERT_EQ(Outstanding()[d], 1) << "warm-up request " << d;
+    backends_[d]->AwaitForwardsStarted(1);
+    clock.Advance(absl::Milliseconds(10));
+    backends_[d]->SetForwardOpen(true);
+    ASSERT_EQ(DeviceOf(r.Await()), d);
+  }
+  for (auto& b : backends_) b->SetForwardOpen(false);
+  // Both idle, both one batch away: a tie, device 0 in turn. Its batch then
+  // runs 12 ms, past its 10 ms estimate.
+  Reply& a = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(10, 8, &a)).ok());
+  ASSERT_THAT(Outstanding(), ElementsAre(8, 0));
+  backends_[0]->AwaitForwardsStarted(2);
+  clock.Advance(absl::Milliseconds(12));
+  // Device 0 (8 rows, about to answer) and idle device 1 are both one batch
+  // away: the fewer outstanding rows decide.
+  Reply& b = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(11, 4, &b)).ok());
+  ASSERT_THAT(Outstanding(), ElementsAre(8, 4));
+  backends_[1]->AwaitForwardsStarted(2);
+  // Device 1 has just started its batch (two batch times away); device 0,
+  // with twice the rows outstanding, is one away.
+  Reply& c = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(12, 1, &c)).ok());
+  EXPECT_THAT(Outstanding(), ElementsAre(9, 4)) << "not the fewest outstanding rows";
+  for (auto& backend : backends_) backend->SetForwardOpen(true);
+  EXPECT_EQ(DeviceOf(a.Await()), 0);
+  EXPECT_EQ(DeviceOf(b.Await()), 1);
+  EXPECT_EQ(DeviceOf(c.Await()), 0);
 }
 
 TEST_F(MultiDeviceTest, IdleInstancesShareSequentialTrafficInTurn) {

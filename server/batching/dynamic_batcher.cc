@@ -236,6 +236,22 @@ int64_t DynamicBatcher::queued_rows() const {
   return queued_rows_;
 }
 
+std::optional<double> DynamicBatcher::BatchesUntilAnswered(int64_t rows) const {
+  absl::MutexLock lock(&mu_);
+  const absl::Duration batch = compute_estimate_;
+  if (batch == absl::ZeroDuration()) return std::nullopt;
+  double ahead = 0;
+  if (worker_busy_) {
+    const double done = absl::FDivDuration(clock_->Now() - worker_busy_since_, batch);
+    ahead += std::clamp(1.0 - done, 0.0, 1.0);
+  }
+  if (handoff_.has_value()) ahead += 1;
+  const int64_t waiting = queued_rows_ + std::max<int64_t>(rows, 0);
+  const int64_t batches = std::max<int64_t>(
+      1, (waiting + options_.max_batch_rows - 1) / options_.max_batch_rows);
+  return ahead + static_cast<double>(batches);
+}
+
 int64_t DynamicBatcher::queued_requests() const {
   absl::MutexLock lock(&mu_);
   return queued_requests_;
@@ -550,6 +566,7 @@ void DynamicBatcher::WorkerLoop() {
       assembled = std::move(handoff_);
       handoff_.reset();
       worker_busy_ = true;
+      worker_busy_since_ = clock_->Now();
     }
     RunAndScatter(std::move(*assembled));
   }

@@ -280,6 +280,17 @@ class DynamicBatcher {
   int64_t queued_requests() const;
   bool draining() const;
 
+  // How many batch times until a new request of `rows` rows would be
+  // answered here, as far as this batcher can tell: the part left of the
+  // batch computing now (by the moving average of recent batch times), a
+  // handed-off batch waiting for the worker, then the batches that the
+  // waiting rows plus these take (max_batch_rows each). nullopt until a
+  // batch has run (no batch time yet). The registry routes by it, rounded
+  // up: a device that has just started a batch (1.x) answers later than one
+  // whose open batch would take the request now (1), even with the same
+  // rows outstanding; devices in the same state tie.
+  std::optional<double> BatchesUntilAnswered(int64_t rows) const;
+
   // For tests with a FakeClock: blocks until the dispatcher has examined
   // every request enqueued so far at the clock's current time and is
   // blocked (waiting for time, for a request or for the hand-off), or has
@@ -401,6 +412,7 @@ class DynamicBatcher {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   // The worker is running a batch through the run callback.
   bool worker_busy_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time worker_busy_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time worker_idle_since_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   // Recent run-callback time (moving average); zero until a batch has run.
   absl::Duration compute_estimate_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();

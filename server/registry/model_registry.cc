@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <optional>
 #include <thread>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
@@ -106,19 +109,24 @@ struct ModelRegistry::Entry {
     }
   }
 
-  // Routing: the healthy instance with the fewest outstanding rows (holding
-  // `pinned` if given); when none is healthy, the least loaded of all.
+  // Routing: the healthy instance (holding `pinned` if given) that will
+  // answer a request of `rows` rows soonest by its batcher's estimate
+  // (DynamicBatcher::BatchesUntilAnswered, rounded up to whole batch
+  // times), then the fewest outstanding rows;
+  // while any candidate has no estimate yet (no batch run), the fewest
+  // outstanding rows alone. When none is healthy, the same over all of them.
   // Ties in turn.
-  int Pick(const ModelVersion* pinned) {
+  int Pick(const ModelVersion* pinned, int64_t rows) {
     const int n = static_cast<int>(instances.size());
     if (n == 1) return 0;
-    // Two passes, no allocation: the least load and how many share it,
-    // then the k-th of those.
     for (bool need_healthy : {true, false}) {
       auto candidate = [&](int i) {
         return (pinned == nullptr || pinned->HasReplica(i)) &&
                (!need_healthy || Healthy(i));
       };
+      if (int i = PickSoonest(candidate, rows); i >= 0) return i;
+      // No estimates yet: the least load and how many share it, then the
+      // k-th of those (two passes, no allocation).
       int64_t best_load = 0;
       int ties = 0;
       for (int i = 0; i < n; ++i) {
@@ -142,6 +150,41 @@ struct ModelRegistry::Entry {
       }
     }
     return 0;  // not reached: a version has a replica
+  }
+
+  // The candidate with the soonest estimated answer (then the fewest
+  // outstanding rows; ties in turn), or -1 when there is no candidate or one
+  // of them has no estimate yet.
+  template <typename Candidate>
+  int PickSoonest(const Candidate& candidate, int64_t rows) {
+    const int n = static_cast<int>(instances.size());
+    absl::InlinedVector<std::pair<int64_t, int64_t>, 8> keys(n);
+    bool any = false;
+    for (int i = 0; i < n; ++i) {
+      if (!candidate(i)) continue;
+      std::optional<double> batches = instances[i]->batcher->BatchesUntilAnswered(rows);
+      if (!batches.has_value()) return -1;
+      // Whole batch times: estimates a few microseconds apart are a tie.
+      keys[i] = {static_cast<int64_t>(std::ceil(*batches - 1e-6)), Load(i)};
+      any = true;
+    }
+    if (!any) return -1;
+    std::pair<int64_t, int64_t> best{0, 0};
+    int ties = 0;
+    for (int i = 0; i < n; ++i) {
+      if (!candidate(i)) continue;
+      if (ties == 0 || keys[i] < best) {
+        best = keys[i];
+        ties = 1;
+      } else if (keys[i] == best) {
+        ++ties;
+      }
+    }
+    int k = ties == 1 ? 0 : static_cast<int>(round_robin.fetch_add(1) % ties);
+    for (int i = 0; i < n; ++i) {
+      if (candidate(i) && keys[i] == best && k-- == 0) return i;
+    }
+    return -1;
   }
 
   // Where a batch of instance `index` on `version` may run, in order: the
@@ -659,7 +702,7 @@ absl::Status ModelRegistry::Enqueue(std::string_view name,
     }
     pinned = it->second;
   }
-  Instance& instance = *entry->instances[entry->Pick(pinned.get())];
+  Instance& instance = *entry->instances[entry->Pick(pinned.get(), request.rows)];
   // Counted before the batcher can answer, uncounted just before the
   // caller hears back (so its next request sees the true load). A pinned
   // request keeps its version alive until answered, so unloading the

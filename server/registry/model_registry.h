@@ -9,9 +9,12 @@
 // one backend this is exactly the single-batcher registry of before.
 //
 // Routing. Enqueue() sends a request to the healthy instance that will
-// answer soonest: the fewest outstanding rows (queued + in flight, i.e.
-// accepted and not yet answered); ties go round robin. Requests pinned to a
-// version only go to instances that hold it.
+// answer soonest by its batcher's estimate (DynamicBatcher::
+// BatchesUntilAnswered, in whole batch times: the batch computing, the
+// batches queued ahead), then the fewest outstanding rows (queued + in
+// flight, i.e. accepted and not yet answered); before every instance has
+// run a batch, the outstanding rows alone; ties go round robin. Requests
+// pinned to a version only go to instances that hold it.
 //
 // Versions are int64, strictly increasing per model name and never reused
 // (not even after an unload). Loading a new version runs every backend's
