@@ -1,6 +1,7 @@
 // bitnet-bench: one binary, one subcommand per benchmark family.
 //   bitnet-bench cpu [--threads=N] [google benchmark flags]
 //   bitnet-bench kernels [...]   (CUDA builds only)
+//   bitnet-bench tensor-peak     (CUDA builds only; Hopper)
 //   bitnet-bench train [--device=cuda|cpu|both] [--rows=256] ...
 //   bitnet-bench serving [--device=cpu|cuda:0] [--demo_model=small|large] ...
 //   bitnet-bench hostpath [--rows=32] [--in=4096] [--out=4096]
@@ -14,6 +15,7 @@ int RunServingBenchmarks(int argc, char** argv);
 int RunHostPathBenchmarks(int argc, char** argv);
 #ifdef BITNET_HAVE_CUDA
 int RunKernelBenchmarks(int argc, char** argv);
+int RunTensorPeak(int argc, char** argv);
 #endif
 
 namespace {
@@ -24,6 +26,7 @@ void PrintUsage(const char* program) {
                "  cpu       ternary CPU path against OpenBLAS sgemm (--threads=N)\n"
 #ifdef BITNET_HAVE_CUDA
                "  kernels   CUDA kernels against cuBLAS fp16\n"
+               "  tensor-peak  wgmma fp16/int8 rate and cuBLAS fp16/int8 at M = 2048 (Hopper)\n"
 #else
                "  kernels   (not built: this binary has no CUDA support)\n"
 #endif
@@ -54,6 +57,14 @@ int main(int argc, char** argv) {
     return RunKernelBenchmarks(argc - 1, argv + 1);
 #else
     std::fprintf(stderr, "bitnet-bench: 'kernels' needs a CUDA build (BITNET_CUDA=ON/AUTO with nvcc)\n");
+    return 2;
+#endif
+  }
+  if (std::strcmp(argv[1], "tensor-peak") == 0) {
+#ifdef BITNET_HAVE_CUDA
+    return RunTensorPeak(argc - 1, argv + 1);
+#else
+    std::fprintf(stderr, "bitnet-bench: 'tensor-peak' needs a CUDA build (BITNET_CUDA=ON/AUTO with nvcc)\n");
     return 2;
 #endif
   }
