@@ -51,6 +51,7 @@
 #include "bitnet/v1/admin.grpc.pb.h"
 #include "bitnet/v1/inference.grpc.pb.h"
 #include "fault_server_process.h"
+#include "gated_backend.h"
 #include "gmock/gmock.h"
 #include "server/metrics/metrics.h"
 #include "server/host/half.h"
@@ -63,6 +64,8 @@
 namespace bitnet {
 namespace {
 
+using ::bitnet::testing::Gate;
+using ::bitnet::testing::GatedBackend;
 using ::bitnet::testing::LogField;
 using ::bitnet::testing::MakeClient;
 using ::bitnet::testing::MetricValue;
@@ -587,67 +590,6 @@ TEST(FaultTest, AHundredMegabyteMessageIsResourceExhaustedAndTheServerCarriesOn)
 }
 
 // ---------------------------------------------------------------- in-process
-
-// A backend whose Forward can be held (to keep requests queued) and that
-// counts the rows it computed.
-struct Gate {
-  absl::Mutex mu;
-  bool open ABSL_GUARDED_BY(mu) = true;
-  int entered ABSL_GUARDED_BY(mu) = 0;
-  int64_t rows ABSL_GUARDED_BY(mu) = 0;
-
-  void Set(bool is_open) {
-    absl::MutexLock lock(&mu);
-    open = is_open;
-  }
-  int Entered() {
-    absl::MutexLock lock(&mu);
-    return entered;
-  }
-  int64_t Rows() {
-    absl::MutexLock lock(&mu);
-    return rows;
-  }
-};
-
-class GatedInstance final : public ModelInstance {
- public:
-  GatedInstance(std::unique_ptr<ModelInstance> inner, std::shared_ptr<Gate> gate)
-      : inner_(std::move(inner)), gate_(std::move(gate)) {}
-  absl::Status Forward(const float* x, int64_t rows, float* y) override {
-    {
-      absl::MutexLock lock(&gate_->mu);
-      ++gate_->entered;
-      gate_->mu.Await(absl::Condition(&gate_->open));
-      gate_->rows += rows;
-    }
-    return inner_->Forward(x, rows, y);
-  }
-  int64_t max_rows() const override { return inner_->max_rows(); }
-  std::string device() const override { return inner_->device(); }
-  int64_t device_memory_bytes() const override { return inner_->device_memory_bytes(); }
-
- private:
-  std::unique_ptr<ModelInstance> inner_;
-  std::shared_ptr<Gate> gate_;
-};
-
-class GatedBackend final : public Backend {
- public:
-  explicit GatedBackend(std::shared_ptr<Gate> gate)
-      : inner_(*CreateBackend("cpu")), gate_(std::move(gate)) {}
-  absl::StatusOr<std::unique_ptr<ModelInstance>> Load(const Model& model,
-                                                      int64_t max_rows) override {
-    auto inner = inner_->Load(model, max_rows);
-    if (!inner.ok()) return inner.status();
-    return std::unique_ptr<ModelInstance>(new GatedInstance(*std::move(inner), gate_));
-  }
-  std::string device() const override { return inner_->device(); }
-
- private:
-  std::unique_ptr<Backend> inner_;
-  std::shared_ptr<Gate> gate_;
-};
 
 class InProcessFaultTest : public ::testing::Test {
  protected:

@@ -28,10 +28,12 @@
 #include "server/registry/model_registry.h"
 #include "server/runtime/backend.h"
 #include "server/runtime/device_list.h"
+#include "tests/request_reply.h"
 
 namespace bitnet {
 namespace {
 
+using ::bitnet::testing::Reply;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -196,37 +198,6 @@ class FakeBackend : public Backend {
   int loads_started_ ABSL_GUARDED_BY(mu_) = 0;
   int loads_done_ ABSL_GUARDED_BY(mu_) = 0;
   ForwardSeen last_forward_ ABSL_GUARDED_BY(mu_);
-};
-
-// One request's outcome, awaited by the test thread.
-struct Reply {
-  absl::Mutex mu;
-  bool done ABSL_GUARDED_BY(mu) = false;
-  RequestResult result ABSL_GUARDED_BY(mu);
-
-  std::function<void(RequestResult)> Callback() {
-    return [this](RequestResult r) {
-      absl::MutexLock lock(&mu);
-      result = std::move(r);
-      done = true;
-    };
-  }
-  // Bounded, so that a request stuck on a held device fails the test
-  // instead of hanging it.
-  RequestResult Await() {
-    absl::MutexLock lock(&mu);
-    if (!mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(60))) {
-      ADD_FAILURE() << "no answer within 60 s";
-      RequestResult timed_out;
-      timed_out.status = absl::DeadlineExceededError("test: no answer");
-      return timed_out;
-    }
-    return result;
-  }
-  bool Done() {
-    absl::MutexLock lock(&mu);
-    return done;
-  }
 };
 
 BatchRequest MakeRequest(int id, int64_t rows, Reply* reply,

@@ -20,10 +20,12 @@
 #include "server/model/demo_model.h"
 #include "server/model/reference_forward.h"
 #include "server/runtime/cpu_backend.h"
+#include "tests/request_reply.h"
 
 namespace bitnet {
 namespace {
 
+using ::bitnet::testing::Reply;
 using ::testing::HasSubstr;
 
 constexpr int64_t kIn = 24;
@@ -131,29 +133,6 @@ class GatedBackend : public Backend {
   bool open_ ABSL_GUARDED_BY(mu_) = true;
   int started_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> fail_loads_{false};
-};
-
-// One request's outcome, awaited by the test thread.
-struct Reply {
-  absl::Mutex mu;
-  bool done ABSL_GUARDED_BY(mu) = false;
-  RequestResult result ABSL_GUARDED_BY(mu);
-
-  std::function<void(RequestResult)> Callback() {
-    return [this](RequestResult r) {
-      absl::MutexLock lock(&mu);
-      result = std::move(r);
-      done = true;
-    };
-  }
-  RequestResult Await() {
-    absl::MutexLock lock(&mu, absl::Condition(&done));
-    return result;
-  }
-  bool Done() {
-    absl::MutexLock lock(&mu);
-    return done;
-  }
 };
 
 BatchRequest MakeRequest(int id, int64_t rows, Reply* reply,

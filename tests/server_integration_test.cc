@@ -21,6 +21,7 @@
 #include "bitnet/v1/admin.grpc.pb.h"
 #include "bitnet/v1/inference.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "gated_backend.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/metrics/metrics.h"
 #include "server/host/half.h"
@@ -32,6 +33,8 @@
 namespace bitnet {
 namespace {
 
+using ::bitnet::testing::Gate;
+using ::bitnet::testing::GatedBackend;
 using ::bitnet::testing::MakeClient;
 using ::bitnet::testing::MetricValue;
 using ::bitnet::testing::RandomRows;
@@ -41,72 +44,6 @@ using ::bitnet::testing::WaitFor;
 using ::testing::HasSubstr;
 
 constexpr char kToken[] = "test-admin-token-0123456789";
-
-// ---- a backend whose Forward can be held, failed and counted ----
-
-struct Gate {
-  absl::Mutex mu;
-  bool open ABSL_GUARDED_BY(mu) = true;
-  bool fail ABSL_GUARDED_BY(mu) = false;
-  int entered ABSL_GUARDED_BY(mu) = 0;
-  int64_t rows_computed ABSL_GUARDED_BY(mu) = 0;
-
-  void Set(bool is_open) {
-    absl::MutexLock lock(&mu);
-    open = is_open;
-  }
-  int Entered() {
-    absl::MutexLock lock(&mu);
-    return entered;
-  }
-  int64_t Rows() {
-    absl::MutexLock lock(&mu);
-    return rows_computed;
-  }
-};
-
-class GatedInstance final : public ModelInstance {
- public:
-  GatedInstance(std::unique_ptr<ModelInstance> inner, std::shared_ptr<Gate> gate)
-      : inner_(std::move(inner)), gate_(std::move(gate)) {}
-  absl::Status Forward(const float* x, int64_t rows, float* y) override {
-    {
-      absl::MutexLock lock(&gate_->mu);
-      ++gate_->entered;
-      gate_->mu.Await(absl::Condition(&gate_->open));
-      if (gate_->fail) {
-        return absl::InternalError("simulated device failure: illegal memory access");
-      }
-      gate_->rows_computed += rows;
-    }
-    return inner_->Forward(x, rows, y);
-  }
-  int64_t max_rows() const override { return inner_->max_rows(); }
-  std::string device() const override { return inner_->device(); }
-  int64_t device_memory_bytes() const override { return inner_->device_memory_bytes(); }
-
- private:
-  std::unique_ptr<ModelInstance> inner_;
-  std::shared_ptr<Gate> gate_;
-};
-
-class GatedBackend final : public Backend {
- public:
-  explicit GatedBackend(std::shared_ptr<Gate> gate) : gate_(std::move(gate)) {
-    inner_ = *CreateBackend("cpu");
-  }
-  absl::StatusOr<std::unique_ptr<ModelInstance>> Load(const Model& model,
-                                                      int64_t max_rows) override {
-    auto inner = inner_->Load(model, max_rows);
-    if (!inner.ok()) return inner.status();
-    return std::unique_ptr<ModelInstance>(new GatedInstance(*std::move(inner), gate_));
-  }
-  std::string device() const override { return inner_->device(); }
-
- private:
-  std::unique_ptr<Backend> inner_;
-  std::shared_ptr<Gate> gate_;
-};
 
 // ---- fixture ----
 
@@ -451,10 +388,7 @@ TEST_F(ServerTest, CancelledBeforeDispatchIsNeverComputed) {
 
 TEST_F(ServerTest, InternalOnDeviceFailure) {
   StartGated();
-  {
-    absl::MutexLock lock(&gate_->mu);
-    gate_->fail = true;
-  }
+  gate_->SetFail(true);
   auto r = client_->Infer("demo", RandomRows(2, 64, 1), 64);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("simulated device failure"));
