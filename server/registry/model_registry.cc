@@ -112,10 +112,9 @@ struct ModelRegistry::Entry {
   // Routing: the healthy instance (holding `pinned` if given) that will
   // answer a request of `rows` rows soonest by its batcher's estimate
   // (DynamicBatcher::BatchesUntilAnswered, rounded up to whole batch
-  // times), then the fewest outstanding rows;
-  // while any candidate has no estimate yet (no batch run), the fewest
-  // outstanding rows alone. When none is healthy, the same over all of them.
-  // Ties in turn.
+  // times), then the fewest outstanding rows; while any candidate has no
+  // estimate yet (no batch run), the fewest outstanding rows alone. When
+  // none is healthy, the same over all of them. Ties in turn.
   int Pick(const ModelVersion* pinned, int64_t rows) {
     const int n = static_cast<int>(instances.size());
     if (n == 1) return 0;
@@ -124,67 +123,44 @@ struct ModelRegistry::Entry {
         return (pinned == nullptr || pinned->HasReplica(i)) &&
                (!need_healthy || Healthy(i));
       };
-      if (int i = PickSoonest(candidate, rows); i >= 0) return i;
-      // No estimates yet: the least load and how many share it, then the
-      // k-th of those (two passes, no allocation).
-      int64_t best_load = 0;
+      // Keys (whole batch times, outstanding rows), snapshotted once.
+      absl::InlinedVector<std::pair<int64_t, int64_t>, 8> keys(n);
+      bool estimated = true;
+      int candidates = 0;
+      for (int i = 0; i < n; ++i) {
+        if (!candidate(i)) continue;
+        ++candidates;
+        int64_t batch_times = 0;
+        if (estimated) {
+          std::optional<double> b = instances[i]->batcher->BatchesUntilAnswered(rows);
+          estimated = b.has_value();
+          // Whole batch times: estimates a few microseconds apart are a tie.
+          if (estimated) batch_times = static_cast<int64_t>(std::ceil(*b - 1e-6));
+        }
+        keys[i] = {batch_times, Load(i)};
+      }
+      if (candidates == 0) continue;
+      if (!estimated) {
+        for (auto& key : keys) key.first = 0;  // outstanding rows alone
+      }
+      // The least key and how many share it, then the k-th of those.
+      std::pair<int64_t, int64_t> best{0, 0};
       int ties = 0;
       for (int i = 0; i < n; ++i) {
         if (!candidate(i)) continue;
-        const int64_t load = Load(i);
-        if (ties == 0 || load < best_load) {
-          best_load = load;
+        if (ties == 0 || keys[i] < best) {
+          best = keys[i];
           ties = 1;
-        } else if (load == best_load) {
+        } else if (keys[i] == best) {
           ++ties;
         }
       }
-      if (ties == 0) continue;
       int k = ties == 1 ? 0 : static_cast<int>(round_robin.fetch_add(1) % ties);
       for (int i = 0; i < n; ++i) {
-        if (candidate(i) && Load(i) == best_load && k-- == 0) return i;
-      }
-      // Loads moved between the passes: the first candidate will do.
-      for (int i = 0; i < n; ++i) {
-        if (candidate(i)) return i;
+        if (candidate(i) && keys[i] == best && k-- == 0) return i;
       }
     }
     return 0;  // not reached: a version has a replica
-  }
-
-  // The candidate with the soonest estimated answer (then the fewest
-  // outstanding rows; ties in turn), or -1 when there is no candidate or one
-  // of them has no estimate yet.
-  template <typename Candidate>
-  int PickSoonest(const Candidate& candidate, int64_t rows) {
-    const int n = static_cast<int>(instances.size());
-    absl::InlinedVector<std::pair<int64_t, int64_t>, 8> keys(n);
-    bool any = false;
-    for (int i = 0; i < n; ++i) {
-      if (!candidate(i)) continue;
-      std::optional<double> batches = instances[i]->batcher->BatchesUntilAnswered(rows);
-      if (!batches.has_value()) return -1;
-      // Whole batch times: estimates a few microseconds apart are a tie.
-      keys[i] = {static_cast<int64_t>(std::ceil(*batches - 1e-6)), Load(i)};
-      any = true;
-    }
-    if (!any) return -1;
-    std::pair<int64_t, int64_t> best{0, 0};
-    int ties = 0;
-    for (int i = 0; i < n; ++i) {
-      if (!candidate(i)) continue;
-      if (ties == 0 || keys[i] < best) {
-        best = keys[i];
-        ties = 1;
-      } else if (keys[i] == best) {
-        ++ties;
-      }
-    }
-    int k = ties == 1 ? 0 : static_cast<int>(round_robin.fetch_add(1) % ties);
-    for (int i = 0; i < n; ++i) {
-      if (candidate(i) && keys[i] == best && k-- == 0) return i;
-    }
-    return -1;
   }
 
   // Where a batch of instance `index` on `version` may run, in order: the
