@@ -425,6 +425,7 @@ namespace {
 void PrepareContext(grpc::ClientContext* context, const ClientOptions& options,
                     absl::Duration timeout, bool admin) {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  context->set_wait_for_ready(options.wait_for_ready);
   if (admin && !options.admin_token.empty()) {
     context->AddMetadata("authorization",
                          absl::StrCat("Bearer ", options.admin_token));

@@ -82,6 +82,13 @@ struct ClientOptions {
   std::string address = "localhost:50051";
   // Deadline of every unary call, retries included.
   absl::Duration timeout = absl::Seconds(30);
+  // true: a call made while there is no connection (the server not up yet,
+  // a reconnect after a dropped connection, a failed connect attempt) waits
+  // for one until its deadline instead of failing at once with
+  // UNAVAILABLE (gRPC's wait-for-ready). A call already sent when a
+  // connection drops still fails. Off by default: a health probe or a CLI
+  // call should say at once that the server is unreachable.
+  bool wait_for_ready = false;
   RetryOptions retry;
   // TLS (PEM file paths): tls_ca turns TLS on and verifies the server;
   // tls_cert + tls_key add a client certificate (mTLS).

@@ -468,6 +468,54 @@ TEST(ClientDeadlineTest, UnreachableServerIsUnavailable) {
   EXPECT_EQ(client->Health().status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST(ClientDeadlineTest, WaitForReadyWaitsForTheServerUntilTheDeadline) {
+  int port = 0;
+  {
+    TestServer gone;
+    port = gone.port;
+  }
+  ClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.wait_for_ready = true;
+  o.timeout = absl::Milliseconds(500);
+  auto client = MustCreate(o);
+  // Nobody listens: the call waits out its deadline instead of failing
+  // fast with UNAVAILABLE.
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(client->Infer("m", kRow, 4).status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(450));
+}
+
+TEST(ClientDeadlineTest, WaitForReadyCallIsAnsweredOnceTheServerIsUp) {
+  // The server starts 300 ms after the call was made, on the port the
+  // client was given.
+  int port = 0;
+  {
+    TestServer gone;
+    port = gone.port;
+  }
+  ClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.wait_for_ready = true;
+  o.timeout = absl::Seconds(20);
+  auto client = MustCreate(o);
+  ScriptedInference inference;
+  std::unique_ptr<grpc::Server> late;
+  std::thread starter([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:" + std::to_string(port),
+                             grpc::InsecureServerCredentials());
+    builder.RegisterService(&inference);
+    late = builder.BuildAndStart();
+  });
+  auto out = client->Infer("m", kRow, 4);
+  starter.join();
+  ASSERT_NE(late, nullptr) << "port " << port << " was taken meanwhile";
+  EXPECT_TRUE(out.ok()) << out.status();
+  late->Shutdown(absl::ToChronoTime(absl::Now()));
+}
+
 // ----------------------------------------------------------------- async
 
 TEST(ClientAsyncTest, CallbacksRunOncePerRequest) {

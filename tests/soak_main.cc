@@ -70,6 +70,22 @@ constexpr char kToken[] = "soak-admin-token-0123456789abcdef";
 constexpr int64_t kIn = 64;
 constexpr int64_t kOut = 32;
 
+// Which of the soak's 4 connections (clients) this thread drives; -1 for
+// none. Set once per worker thread, read by the error tally.
+thread_local int connection_of_this_thread = -1;
+
+// The last `n` lines of `text`.
+std::string LastLines(const std::string& text, int n) {
+  size_t from = text.size();
+  if (from > 0 && text[from - 1] == '\n') --from;  // not a line of its own
+  for (int i = 0; i < n; ++i) {
+    const size_t newline = from == 0 ? std::string::npos : text.rfind('\n', from - 1);
+    if (newline == std::string::npos) return text;
+    from = newline;
+  }
+  return text.substr(from + 1);
+}
+
 struct Flags {
   std::string server;
   absl::Duration duration = absl::Minutes(10);
@@ -249,6 +265,14 @@ class Soak {
       o.timeout = absl::Seconds(60);
       o.admin_token = kToken;
       o.own_connection = true;
+      // A call made while its connection is being (re)established waits
+      // for it instead of failing fast: once, on a loaded 2-core CI
+      // machine, one connection failed to connect for about 2 s ("No such
+      // file or directory") and each of its threads counted thousands of
+      // instant UNAVAILABLEs as lost. Calls already sent on a connection
+      // that drops still fail and still count as lost; the deadline (60 s)
+      // bounds the wait, so an unreachable server fails the soak as before.
+      o.wait_for_ready = true;
       clients_.push_back(*Client::Create(o));
     }
     demo_ = std::make_shared<const Model>(MakeDemoModel(DemoModelSize::kSmall));
@@ -258,17 +282,30 @@ class Soak {
   }
 
   int Run() {
-    const absl::Time start = absl::Now();
+    start_ = absl::Now();
+    const absl::Time start = start_;
     end_ = start + flags_.duration;
     std::vector<std::thread> threads;
     for (int i = 0; i < flags_.unary_clients; ++i) {
-      threads.emplace_back([this, i] { Unary(clients_[i % 4].get(), 1000 + i); });
+      threads.emplace_back([this, i] {
+        connection_of_this_thread = i % 4;
+        Unary(clients_[i % 4].get(), 1000 + i);
+      });
     }
     for (int i = 0; i < flags_.stream_clients; ++i) {
-      threads.emplace_back([this, i] { Streams(clients_[(i + 1) % 4].get(), 2000 + i); });
+      threads.emplace_back([this, i] {
+        connection_of_this_thread = (i + 1) % 4;
+        Streams(clients_[(i + 1) % 4].get(), 2000 + i);
+      });
     }
-    threads.emplace_back([this] { Loader(clients_[2].get()); });
-    threads.emplace_back([this] { FineTuner(clients_[3].get()); });
+    threads.emplace_back([this] {
+      connection_of_this_thread = 2;
+      Loader(clients_[2].get());
+    });
+    threads.emplace_back([this] {
+      connection_of_this_thread = 3;
+      FineTuner(clients_[3].get());
+    });
 
     // RSS samples and a progress line every 30 s.
     std::vector<std::pair<double, int64_t>> rss;  // (seconds since start, KiB)
@@ -311,7 +348,8 @@ class Soak {
     const double warmup = absl::ToDoubleSeconds(flags_.warmup);
     double base_sum = 0, end_sum = 0, peak = 0;
     int base_n = 0, end_n = 0;
-    const double end_from = ran * 0.9;
+    // (At least the last sample: a short run may have none in its last 10%.)
+    const double end_from = rss.empty() ? ran * 0.9 : std::min(ran * 0.9, rss.back().first);
     for (const auto& [t, kb] : rss) {
       if (kb < 0) continue;
       peak = std::max(peak, static_cast<double>(kb));
@@ -353,8 +391,13 @@ class Soak {
         clean_exit ? "exit 0" : "FAILED", exit_seconds);
     {
       absl::MutexLock lock(&mu_);
-      for (const auto& [message, n] : errors_) {
-        absl::StrAppend(&report, "  error x", n, ": ", message, "\n");
+      for (const auto& [message, seen] : errors_) {
+        absl::StrAppend(&report, absl::StrFormat("  error x%d (%.1f s to %.1f s, connections",
+                                                 seen.count, seen.first_s, seen.last_s));
+        for (int c = 0; c < 4; ++c) {
+          if (seen.connections & (1u << c)) absl::StrAppend(&report, " ", c);
+        }
+        absl::StrAppend(&report, "): ", message, "\n");
       }
     }
     for (const auto& [what, n] : unresolved) {
@@ -368,21 +411,35 @@ class Soak {
     absl::StrAppend(&report, "\n");
     const bool pass = !crashed && clean_exit && counters_.wrong.load() == 0 &&
                       counters_.lost.load() == 0 && unverified == 0 &&
-                      counters_.ok.load() > 0 && base_mb > 0 &&
+                      counters_.ok.load() > 0 && base_mb > 0 && end_mb > 0 &&
                       growth_mb <= flags_.max_rss_growth_mb;
     absl::StrAppend(&report, pass ? "PASS\n" : "FAIL\n");
     std::fputs(report.c_str(), stdout);
+    std::fflush(stdout);  // before the server log below, on stderr
     if (!flags_.report.empty()) std::ofstream(flags_.report) << report;
-    if (crashed || !clean_exit) std::fputs(server_->Log().c_str(), stderr);
+    // The server's own account (its log) of a failed run: whole after a
+    // crash, else its last lines, next to the client-side errors above.
+    if (crashed || !clean_exit) {
+      std::fputs(server_->Log().c_str(), stderr);
+    } else if (!pass) {
+      std::fprintf(stderr, "last lines of the server log:\n%s", LastLines(server_->Log(), 40).c_str());
+    }
     return pass ? 0 : 1;
   }
 
  private:
   bool Done() const { return stop_.load() || absl::Now() >= end_; }
 
+  // Counted by message, with when (seconds since the start) and on which of
+  // the 4 connections: a report then tells a blip of one connection from a
+  // server-wide outage.
   void Error(const std::string& what) {
+    const double at = absl::ToDoubleSeconds(absl::Now() - start_);
     absl::MutexLock lock(&mu_);
-    ++errors_[what.substr(0, 200)];
+    ErrorSeen& seen = errors_[what.substr(0, 200)];
+    if (seen.count++ == 0) seen.first_s = at;
+    seen.last_s = at;
+    if (connection_of_this_thread >= 0) seen.connections |= 1u << connection_of_this_thread;
   }
 
   // A failed answer. For "second", which the loader keeps loading and
@@ -605,10 +662,17 @@ class Soak {
   Oracle oracle_;
   std::vector<std::unique_ptr<Client>> clients_;
   std::shared_ptr<const Model> demo_, second_a_, second_b_;
+  struct ErrorSeen {
+    int count = 0;
+    double first_s = 0, last_s = 0;
+    unsigned connections = 0;  // bit c: seen on clients_[c]
+  };
+
+  absl::Time start_;
   absl::Time end_;
   std::atomic<bool> stop_{false};
   absl::Mutex mu_;
-  std::map<std::string, int> errors_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ErrorSeen> errors_ ABSL_GUARDED_BY(mu_);
 };
 
 int Main(int argc, char** argv) {
