@@ -394,10 +394,13 @@ TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteAnOpenStream) {
 
 // Idle client connections (connected, no call open) hold gRPC's shutdown
 // after the drain: the exit still comes within the grace period.
-TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteIdleConnections) {
+TEST(FaultTest, SigtermExitsPromptlyDespiteIdleConnections) {
+  // Idle keep-alive connections (as a load balancer or a pooled client
+  // holds them) never close by themselves; the drain must not wait for them
+  // until the end of the grace period once every answer is out.
   REQUIRE_SERVER_BINARY();
   ScratchDir dir("bitnet_fault_idle");
-  constexpr absl::Duration kGrace = absl::Seconds(3);
+  constexpr absl::Duration kGrace = absl::Seconds(30);
   auto server = ServerProcess::Start(
       ServerBinary(),
       {"--demo_model=small", "--device=cpu", "--cpu_threads=1",
@@ -417,8 +420,12 @@ TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteIdleConnections) {
   const std::optional<int> wait_status = (*server)->WaitExit(kGrace + absl::Seconds(30));
   const absl::Duration to_exit = absl::Now() - signalled;
   ASSERT_TRUE(wait_status.has_value());
-  EXPECT_TRUE(WIFEXITED(*wait_status) && WEXITSTATUS(*wait_status) == 0) << (*server)->Log();
-  EXPECT_LT(to_exit, kGrace + absl::Seconds(4));
+  const std::string log = (*server)->Log();
+  EXPECT_TRUE(WIFEXITED(*wait_status) && WEXITSTATUS(*wait_status) == 0) << log;
+  EXPECT_EQ(LogField(log, "drain_finished", "answers_out_before_deadline"), "true") << log;
+  // Far below the 30 s grace: about 1 s (the drain's wait for clients to
+  // close after every answer is out); room for a loaded CI machine.
+  EXPECT_LT(to_exit, absl::Seconds(10)) << log;
   std::printf("4 idle connections: exit %s after SIGTERM (grace %s)\n",
               absl::FormatDuration(to_exit).c_str(), absl::FormatDuration(kGrace).c_str());
 }

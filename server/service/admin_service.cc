@@ -22,6 +22,7 @@
 #include "server/service/finetune_save.h"
 #include "server/service/grpc_status.h"
 #include "server/service/inference_service.h"
+#include "server/service/live_call_reactor.h"
 #include "server/service/tensor_codec.h"
 #include "server/training/optimizer.h"
 #include "server/training/training_math.h"
@@ -144,7 +145,9 @@ class FineTuneReactor final
       : state_(state),
         manager_(manager),
         context_(context),
-        start_(absl::Now()) {}
+        start_(absl::Now()) {
+    state_->CallStarted();
+  }
 
   void Begin() {
     absl::Status status = Authorize(*state_, *context_);
@@ -252,6 +255,7 @@ class FineTuneReactor final
                                 GrpcCodeName(code_),
                                 absl::ToDoubleSeconds(absl::Now() - start_));
     if (work_begun_) state_->EndWork();
+    state_->CallDone();
     delete this;
   }
 
@@ -419,7 +423,7 @@ grpc::ServerUnaryReactor* AdminService::LoadModel(
     grpc::CallbackServerContext* context, const v1::LoadModelRequest* request,
     v1::LoadModelResponse* response) {
   const absl::Time start = absl::Now();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   absl::Status status = Authorize(*state_, *context);
   if (status.ok()) status = ValidateModelName(request->name());
   absl::StatusOr<std::string> path;
@@ -464,7 +468,7 @@ grpc::ServerUnaryReactor* AdminService::UnloadModel(
     grpc::CallbackServerContext* context, const v1::UnloadModelRequest* request,
     v1::UnloadModelResponse* response) {
   const absl::Time start = absl::Now();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   absl::Status status = Authorize(*state_, *context);
   if (status.ok() && request->name().empty()) {
     status = absl::InvalidArgumentError(
@@ -508,7 +512,7 @@ grpc::ServerUnaryReactor* AdminService::GetStats(
     grpc::CallbackServerContext* context, const v1::GetStatsRequest*,
     v1::GetStatsResponse* response) {
   const absl::Time start = absl::Now();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   absl::Status status = Authorize(*state_, *context);
   if (status.ok()) {
     for (const ModelStatus& model : state_->registry().List()) {
@@ -551,7 +555,7 @@ grpc::ServerUnaryReactor* AdminService::SaveModel(
     grpc::CallbackServerContext* context, const v1::SaveModelRequest* request,
     v1::SaveModelResponse* response) {
   const absl::Time start = absl::Now();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   absl::Status status = Authorize(*state_, *context);
   if (status.ok() && request->name().empty()) {
     status = absl::InvalidArgumentError(

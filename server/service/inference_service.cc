@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "server/service/event_log.h"
 #include "server/service/grpc_status.h"
+#include "server/service/live_call_reactor.h"
 #include "server/service/tensor_codec.h"
 
 namespace bitnet {
@@ -162,6 +163,7 @@ class InferStreamReactor final
  public:
   InferStreamReactor(ServingState* state, grpc::CallbackServerContext* context)
       : state_(state), context_(context), start_(absl::Now()) {
+    state_->CallStarted();
     StartRead(&request_);
   }
 
@@ -235,6 +237,7 @@ class InferStreamReactor final
                                 "InferStream",
                                 cancelled_ ? "CANCELLED" : "OK",
                                 SecondsSince(start_));
+    state_->CallDone();
     delete this;
   }
 
@@ -326,7 +329,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(
     grpc::CallbackServerContext* context, const v1::InferRequest* request,
     v1::InferResponse* response) {
   const absl::Time start = absl::Now();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   ServingState* state = state_;
   auto finish = [reactor, state, start](const absl::Status& status) {
     const grpc::Status grpc_status = ToGrpcStatus(status);
@@ -376,7 +379,7 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(
       }
     }
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   state_->metrics().RecordRpc("unary", kInferenceServiceName, "ListModels",
                               "OK", SecondsSince(start));
   reactor->Finish(grpc::Status::OK);
@@ -452,7 +455,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(
   state_->metrics().RecordRpc("unary", kInferenceServiceName, "GetModel",
                               GrpcCodeName(grpc_status.error_code()),
                               SecondsSince(start));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new LiveCallReactor(state_);
   reactor->Finish(grpc_status);
   return reactor;
 }

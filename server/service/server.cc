@@ -36,6 +36,10 @@ namespace {
 // before they reach absl::StrCat and friends.
 inline absl::string_view AV(std::string_view s) { return {s.data(), s.size()}; }
 
+// How long a drain that found every answer out still lets gRPC's shutdown
+// wait for clients before it closes their connections (see Drain).
+constexpr absl::Duration kCloseIdleConnectionsAfter = absl::Seconds(1);
+
 
 #ifdef BITNET_WITH_CUDA
 constexpr bool kBuiltWithCuda = true;
@@ -349,14 +353,25 @@ bool InferenceServer::Drain(absl::Duration grace_period) {
            {{"grace_period", absl::FormatDuration(grace_period)}});
   state_->BeginDrain();
   const bool idle = state_->AwaitIdle(deadline);
-  // Open streams and anything still running past the grace period are
-  // cancelled by the gRPC shutdown deadline.
-  server_->Shutdown(absl::ToChronoTime(std::max(deadline, absl::Now())));
+  // Every unit of work is answered. gRPC's Shutdown(deadline) sends GOAWAY
+  // and then waits for every call to end and for the clients to close their
+  // connections; an idle keep-alive connection never closes, so every exit
+  // took the whole grace period. Once no call is live (every answer handed
+  // to the transport), the shutdown deadline becomes 1 s away: enough for
+  // the clients to see the GOAWAY and for calls racing it to be refused
+  // ("draining") instead of being cut by the forced close, which then only
+  // finds idle connections. An open stream is a live call and keeps the
+  // grace period; anything still running at the deadline is cancelled.
+  const bool answered = idle && state_->AwaitNoLiveCalls(deadline);
+  const absl::Time shutdown_deadline =
+      answered ? std::min(deadline, absl::Now() + kCloseIdleConnectionsAfter) : deadline;
+  server_->Shutdown(absl::ToChronoTime(std::max(shutdown_deadline, absl::Now())));
   registry_->Shutdown();
   if (loader_.joinable()) loader_.join();
   if (metrics_http_ != nullptr) metrics_http_->Stop();
   LogEvent(LogLevel::kInfo, "drain_finished",
            {{"idle_before_deadline", idle ? "true" : "false"},
+            {"answers_out_before_deadline", answered ? "true" : "false"},
             {"seconds", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - start))}});
   return idle;
 }

@@ -120,6 +120,22 @@ bool ServingState::AwaitIdle(absl::Time deadline) {
   return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
 }
 
+void ServingState::CallStarted() {
+  absl::MutexLock lock(&mu_);
+  ++live_calls_;
+}
+
+void ServingState::CallDone() {
+  absl::MutexLock lock(&mu_);
+  --live_calls_;
+}
+
+bool ServingState::AwaitNoLiveCalls(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return live_calls_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
+}
+
 void ServingState::MarkLoading(std::string_view name, bool loading) {
   absl::MutexLock lock(&mu_);
   if (loading) {

@@ -93,6 +93,17 @@ class ServingState {
   // Blocks until no work is in flight or `deadline`; true if idle.
   bool AwaitIdle(absl::Time deadline);
 
+  // ---- live calls, for a prompt exit ----
+  // A call of our services is live from its handler until its reactor's
+  // OnDone, i.e. until its answer (status included) has been handed to the
+  // transport; unlike BeginWork this never refuses. A drain that finds no
+  // live call can close every connection at once without losing an answer
+  // (InferenceServer::Drain). See LiveCallReactor (live_call_reactor.h).
+  void CallStarted();
+  void CallDone();
+  // Blocks until no call is live or `deadline`; true if none is.
+  bool AwaitNoLiveCalls(absl::Time deadline);
+
   // ---- models ----
   // Loads `model` as a new version of `name` (health per model SERVING,
   // gauges, bookkeeping, a log line). `source` is free text (a path).
@@ -143,6 +154,7 @@ class ServingState {
   grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t live_calls_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::string, std::less<>> loading_ ABSL_GUARDED_BY(mu_);
   std::set<std::string, std::less<>> known_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, int64_t>, VersionDetails> details_
