@@ -653,6 +653,25 @@ TEST_F(BatcherTest, CancelledRequestIsDroppedBeforeDispatch) {
   EXPECT_THAT(model_.batches()[0].request_rows, ElementsAre(1));
 }
 
+// gRPC cancels a call when the client's deadline fires, a few ms before
+// the server's copy of it passes: such a cancellation is the deadline.
+TEST_F(BatcherTest, CancellationJustBeforeTheDeadlineIsDeadlineExceeded) {
+  Start(Options(/*preferred=*/8, /*max=*/8, absl::Milliseconds(10)));
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  auto is_cancelled = [cancelled] { return cancelled->load(); };
+  // 1: cancelled 20 ms before its deadline; 2: 1 s before it.
+  ASSERT_TRUE(Send(1, 1, 0, clock_.Now() + absl::Milliseconds(30), is_cancelled).ok());
+  ASSERT_TRUE(Send(2, 1, 0, clock_.Now() + absl::Seconds(1), is_cancelled).ok());
+  batcher_->AwaitDispatcherIdleForTesting();
+  cancelled->store(true);
+  clock_.Advance(absl::Milliseconds(10));
+  results_.AwaitCount(2);
+  EXPECT_EQ(results_.Get(1).status.code(), absl::StatusCode::kDeadlineExceeded)
+      << results_.Get(1).status;
+  EXPECT_EQ(results_.Get(2).status.code(), absl::StatusCode::kCancelled) << results_.Get(2).status;
+  EXPECT_TRUE(model_.batches().empty());
+}
+
 TEST_F(BatcherTest, CancelledCandidateTakesNoRoomInTheBatch) {
   Start(Options(/*preferred=*/3, /*max=*/3, absl::Seconds(1)));
   std::atomic<bool> cancelled{false};

@@ -829,17 +829,19 @@ TEST_F(InProcessFaultTest, CancelAndDeadlineStormIsCountedNeverComputedAndLeaksN
   // Expired and cancelled work is dropped by the server while the device is
   // still held (the batcher sweeps for cancelled requests every 10 ms) and
   // counted once; none of it is computed.
-  // The split between the two codes is not exact: gRPC marks a call
-  // cancelled when its deadline timer fires, which can be before the
-  // batcher's clock reaches the deadline, so a few expired calls are
-  // counted CANCELLED (docs/reliability.md, findings). Every cancelled call
-  // is counted CANCELLED.
+  // The client's deadline timer cancels an expiring call a few ms before
+  // the server's copy of the deadline passes; the batcher counts such a
+  // cancellation as DEADLINE_EXCEEDED (about 25 of 150 were counted
+  // CANCELLED before it did; docs/reliability.md, findings). A margin of 5
+  // for a machine so loaded that the headers took over 50 ms to arrive.
+  // Every cancelled call is counted CANCELLED.
   constexpr int kCancelledTotal = kCancelled + kStreams * kPerStream;
   ASSERT_TRUE(WaitFor([&] {
     return Requests("CANCELLED") + Requests("DEADLINE_EXCEEDED") == kCancelledTotal + kExpiring;
   })) << Requests("CANCELLED") << " cancelled, " << Requests("DEADLINE_EXCEEDED")
       << " deadline exceeded";
   EXPECT_GE(Requests("CANCELLED"), kCancelledTotal);
+  EXPECT_GE(Requests("DEADLINE_EXCEEDED"), kExpiring - 5);
   EXPECT_EQ(QueuedRows(), b_queued) << "only b still waits";
   gate_->Set(true);
   for (Call* call : {a, b}) {

@@ -14,6 +14,12 @@ class NoOpObserver final : public BatcherObserver {};
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
+// A queued request cancelled less than this before its deadline counts as
+// expired (see CheckAlive): the gap is the time the call's headers took to
+// reach the server, a few ms on a loaded machine; a caller who really
+// cancels this close to the deadline loses nothing by the relabel.
+constexpr absl::Duration kCancelledNearDeadlineIsExpired = absl::Milliseconds(50);
+
 }  // namespace
 
 std::vector<float> Batch::InputFloats(int64_t input_features) const {
@@ -273,12 +279,18 @@ void DynamicBatcher::AwaitDispatcherIdleForTesting() {
 
 absl::Status DynamicBatcher::CheckAlive(const Pending& p,
                                         absl::Time now) const {
-  if (now >= p.request.deadline) {
+  const bool cancelled = p.request.is_cancelled && p.request.is_cancelled();
+  // The client's own deadline timer cancels its call a little before the
+  // server's copy of that deadline passes (gRPC sends it as a relative
+  // timeout, received later), so a cancellation this close to the deadline
+  // is the deadline passing, and is reported (and counted) as such.
+  if (now >= p.request.deadline ||
+      (cancelled && now >= p.request.deadline - kCancelledNearDeadlineIsExpired)) {
     return absl::DeadlineExceededError(absl::StrFormat(
         "model '%s': deadline exceeded after %s in the queue", options_.name,
         absl::FormatDuration(now - p.enqueued)));
   }
-  if (p.request.is_cancelled && p.request.is_cancelled()) {
+  if (cancelled) {
     return absl::CancelledError(absl::StrFormat(
         "model '%s': request cancelled while queued", options_.name));
   }
