@@ -243,9 +243,13 @@ absl::StatusOr<std::string> ServiceConfigJson(const ClientOptions& options) {
         "{\"service\":\"bitnet.v1.Inference\",\"method\":\"ListModels\"},"
         "{\"service\":\"bitnet.v1.Inference\",\"method\":\"GetModel\"},"
         "{\"service\":\"bitnet.v1.Admin\",\"method\":\"GetStats\"}";
+    // CANCELLED too: a status the client did not cause by cancelling (gRPC
+    // would not retry a call this client cancelled) comes from a server
+    // shutting down, which with gRPC 1.51 cancels calls that raced its
+    // GOAWAY before any service code ran (docs/reliability.md, findings).
     const std::string codes = r.retry_resource_exhausted
-                                  ? "\"UNAVAILABLE\",\"RESOURCE_EXHAUSTED\""
-                                  : "\"UNAVAILABLE\"";
+                                  ? "\"UNAVAILABLE\",\"CANCELLED\",\"RESOURCE_EXHAUSTED\""
+                                  : "\"UNAVAILABLE\",\"CANCELLED\"";
     parts.push_back(absl::StrCat(
         "\"methodConfig\":[{\"name\":[", names, "],\"retryPolicy\":{",
         "\"maxAttempts\":", r.max_attempts, ",\"initialBackoff\":\"",

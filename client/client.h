@@ -14,8 +14,10 @@
 // passed to Open*), counted once for the whole call, retries included.
 //
 // Retries (ClientOptions::retry, off unless enabled): idempotent calls
-// (Infer, ListModels, GetModel, Admin.GetStats) are retried by gRPC itself (service-config retry policy, gRFC A6) on UNAVAILABLE
-// and RESOURCE_EXHAUSTED with exponential backoff and jitter: before attempt
+// (Infer, ListModels, GetModel, Admin.GetStats) are retried by gRPC itself
+// (service-config retry policy, gRFC A6) on UNAVAILABLE, CANCELLED by the
+// server (a call that raced its shutdown) and RESOURCE_EXHAUSTED with
+// exponential backoff and jitter: before attempt
 // n+1 gRPC 1.51 waits min(initial_backoff * multiplier^(n-1), max_backoff)
 // times uniform(0.8, 1.2) (measured by client_test; gRFC A6 describes full
 // jitter, uniform(0, bound), which other gRPC versions may use).

@@ -347,6 +347,16 @@ TEST(ClientRetryTest, ResourceExhaustedIsRetriedOnlyWhenConfigured) {
   EXPECT_EQ(server.inference.calls.load(), 1);
 }
 
+TEST(ClientRetryTest, CancelledByTheServerIsRetried) {
+  // What a client sees for a call that raced a server's shutdown.
+  TestServer server;
+  server.inference.fail_code = grpc::StatusCode::CANCELLED;
+  server.inference.failures = 1;
+  auto client = MustCreate(FastRetries(server.address()));
+  EXPECT_TRUE(client->Infer("m", kRow, 4).ok());
+  EXPECT_EQ(server.inference.calls.load(), 2);
+}
+
 TEST(ClientRetryTest, AttemptsAreCapped) {
   TestServer server;
   server.inference.failures = 100;
