@@ -5,6 +5,7 @@
 //   bitnet-bench train [--device=cuda|cpu|both] [--rows=256] ...
 //   bitnet-bench serving [--device=cpu|cuda:0] [--demo_model=small|large] ...
 //   bitnet-bench hostpath [--rows=32] [--in=4096] [--out=4096]
+//   bitnet-bench routing [--instances=1,2] [--clients_per_instance=16,32,64] ...
 // Each subcommand receives argv shifted by one (argv[0] is the subcommand).
 #include <cstdio>
 #include <cstring>
@@ -13,6 +14,7 @@ int RunCpuBenchmarks(int argc, char** argv);
 int RunTrainBenchmarks(int argc, char** argv);
 int RunServingBenchmarks(int argc, char** argv);
 int RunHostPathBenchmarks(int argc, char** argv);
+int RunRoutingBenchmarks(int argc, char** argv);
 #ifdef BITNET_HAVE_CUDA
 int RunKernelBenchmarks(int argc, char** argv);
 int RunTensorPeak(int argc, char** argv);
@@ -36,6 +38,8 @@ void PrintUsage(const char* program) {
                "--demo_model, --model_file, --batches=1,2,4,..., --io, --json)\n"
                "  hostpath  host CPU per request of the server's per-element work, "
                "before/after pinned fp16 batches (--rows, --in, --out)\n"
+               "  routing   the server's routing and batching with simulated devices: "
+               "p99 and batch rows of N instances vs 1 at the same load per device\n"
                "Options after the family are passed to it (Google Benchmark flags "
                "included, e.g. --benchmark_filter=int8).\n",
                program);
@@ -52,6 +56,7 @@ int main(int argc, char** argv) {
   if (std::strcmp(argv[1], "train") == 0) return RunTrainBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "serving") == 0) return RunServingBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "hostpath") == 0) return RunHostPathBenchmarks(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "routing") == 0) return RunRoutingBenchmarks(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "kernels") == 0) {
 #ifdef BITNET_HAVE_CUDA
     return RunKernelBenchmarks(argc - 1, argv + 1);

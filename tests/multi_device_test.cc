@@ -462,6 +462,45 @@ TEST_F(MultiDeviceTest, RoutesToTheDeviceThatWillAnswerSoonest) {
   EXPECT_EQ(DeviceOf(c.Await()), 0);
 }
 
+TEST_F(MultiDeviceTest, RoutesByTheFractionOfABatchLeftNotWholeBatches) {
+  Start(2, &fake_clock_);
+  FakeClock& clock = fake_clock_;
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  // One 10 ms batch on each device, as above: estimates of 10 ms.
+  for (int d = 0; d < 2; ++d) {
+    backends_[d]->SetForwardOpen(false);
+    Reply& r = NewReply();
+    ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(d, 1, &r)).ok());
+    backends_[d]->AwaitForwardsStarted(1);
+    clock.Advance(absl::Milliseconds(10));
+    backends_[d]->SetForwardOpen(true);
+    ASSERT_EQ(DeviceOf(r.Await()), d);
+  }
+  for (auto& b : backends_) b->SetForwardOpen(false);
+  // Device 0 starts an 8-row batch (a tie, device 0 in turn); 8 ms later
+  // device 1, idle, takes 2 rows and starts; 1 ms after that device 0 has
+  // 1 ms left and device 1 9 ms.
+  Reply& x = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(10, 8, &x)).ok());
+  ASSERT_THAT(Outstanding(), ElementsAre(8, 0));
+  backends_[0]->AwaitForwardsStarted(2);
+  clock.Advance(absl::Milliseconds(8));
+  Reply& y = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(11, 2, &y)).ok());
+  ASSERT_THAT(Outstanding(), ElementsAre(8, 2));
+  backends_[1]->AwaitForwardsStarted(2);
+  clock.Advance(absl::Milliseconds(1));
+  // Both are "two batches away" in whole batch times (1.1 and 1.9), where
+  // the fewer outstanding rows would pick device 1; device 0 answers sooner.
+  Reply& z = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(12, 1, &z)).ok());
+  EXPECT_THAT(Outstanding(), ElementsAre(9, 2));
+  for (auto& backend : backends_) backend->SetForwardOpen(true);
+  EXPECT_EQ(DeviceOf(x.Await()), 0);
+  EXPECT_EQ(DeviceOf(y.Await()), 1);
+  EXPECT_EQ(DeviceOf(z.Await()), 0);
+}
+
 TEST_F(MultiDeviceTest, IdleInstancesShareSequentialTrafficInTurn) {
   ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
   std::map<int, int> per_device;

@@ -10,8 +10,8 @@
 //
 // Routing. Enqueue() sends a request to the healthy instance that will
 // answer soonest by its batcher's estimate (DynamicBatcher::
-// BatchesUntilAnswered, in whole batch times: the batch computing, the
-// batches queued ahead), then the fewest outstanding rows (queued + in
+// BatchesUntilAnswered, to a thousandth of a batch time: the batch
+// computing, the batches queued ahead), then the fewest outstanding rows (queued + in
 // flight, i.e. accepted and not yet answered); before every instance has
 // run a batch, the outstanding rows alone; ties go round robin. Requests
 // pinned to a version only go to instances that hold it.
