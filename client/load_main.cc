@@ -4,6 +4,8 @@
 //                 bitnet-load --concurrency 1:1024:*4 --duration 5s --chart sweep.png
 //   open loop:    bitnet-load --rate 2000 --arrivals poisson --requests 20000
 //                 bitnet-load --rate 500:4000:500 --duration 5s
+//   streams:      bitnet-load --api stream --concurrency 64 --connections 4
+//                 (requests as items of InferStream calls: client/load_streams.h)
 //
 // Every request goes through the gRPC callback API (Client::InferAsync): no
 // thread per request, so thousands of requests can be in flight from a few
@@ -62,6 +64,7 @@
 #include "client/client.h"
 #include "client/flag_args.h"
 #include "client/load_stats.h"
+#include "client/load_streams.h"
 
 ABSL_FLAG(std::string, address, "localhost:50051",
           "server host:port, or ip:port,ip:port,... (round_robin over them)");
@@ -81,6 +84,11 @@ ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1),
           "unmeasured load before each point's window");
 ABSL_FLAG(int64_t, rows_per_request, 1, "rows in each request");
 ABSL_FLAG(int, connections, 1, "gRPC channels (TCP connections per address)");
+ABSL_FLAG(std::string, api, "unary",
+          "unary: one Infer call per request; stream: requests as items of "
+          "long-lived InferStream calls (--streams_per_connection per "
+          "connection; items share their stream's deadline)");
+ABSL_FLAG(int, streams_per_connection, 1, "--api=stream: InferStream calls per connection");
 ABSL_FLAG(std::string, dtype, "fp32", "input dtype on the wire: fp32, fp16, bf16");
 ABSL_FLAG(std::string, output_dtype, "",
           "output dtype asked of the server: fp32, fp16, bf16 (empty: unset, "
@@ -140,6 +148,8 @@ struct Config {
   absl::Duration warmup;
   int64_t rows_per_request = 1;
   int connections = 1;
+  bool stream_api = false;
+  int streams_per_connection = 1;
   absl::Duration timeout;
   int64_t max_outstanding = 0;
   int open_loop_threads = 1;
@@ -227,10 +237,13 @@ class LoadPoint {
  public:
   enum Phase : int { kWarmup = 0, kMeasure = 1, kStop = 2 };
 
+  // `streams`: send requests as InferStream items (--api=stream), else
+  // unary calls; not owned.
   LoadPoint(const Config& config, double point,
             std::vector<std::unique_ptr<Client>>* clients,
-            const std::vector<std::shared_ptr<const v1::InferRequest>>* pool)
-      : config_(config), point_(point), clients_(clients), pool_(pool) {
+            const std::vector<std::shared_ptr<const v1::InferRequest>>* pool,
+            StreamSender* streams)
+      : config_(config), point_(point), clients_(clients), pool_(pool), streams_(streams) {
     for (auto& c : codes_) c.store(0);
   }
 
@@ -322,9 +335,15 @@ class LoadPoint {
   // loop) or now (closed loop).
   void Issue(size_t chain, absl::Time intended) {
     const uint64_t n = sent_.fetch_add(1, std::memory_order_relaxed);
-    Client& client = *(*clients_)[chain % clients_->size()];
     auto request = (*pool_)[n % pool_->size()];
     outstanding_.fetch_add(1);
+    if (streams_ != nullptr) {
+      streams_->Send(chain, std::move(request), [this, chain, intended](absl::StatusCode code) {
+        Complete(chain, intended, code);
+      });
+      return;
+    }
+    Client& client = *(*clients_)[chain % clients_->size()];
     client.InferAsync(std::move(request), config_.timeout,
                       [this, chain, intended](absl::StatusOr<v1::InferResponse> response) {
                         Complete(chain, intended, response.status().code());
@@ -434,6 +453,7 @@ class LoadPoint {
   const double point_;
   std::vector<std::unique_ptr<Client>>* clients_;
   const std::vector<std::shared_ptr<const v1::InferRequest>>* pool_;
+  StreamSender* const streams_;
 
   std::atomic<int> phase_{kWarmup};
   std::atomic<uint64_t> sent_{0};
@@ -574,6 +594,15 @@ int Main() {
   config.warmup = absl::GetFlag(FLAGS_warmup);
   config.rows_per_request = absl::GetFlag(FLAGS_rows_per_request);
   config.connections = absl::GetFlag(FLAGS_connections);
+  const std::string api = absl::GetFlag(FLAGS_api);
+  if (api != "unary" && api != "stream") {
+    return UsageError(absl::StrCat("--api=", api, ": expected unary or stream"));
+  }
+  config.stream_api = api == "stream";
+  config.streams_per_connection = absl::GetFlag(FLAGS_streams_per_connection);
+  if (config.streams_per_connection < 1 || config.streams_per_connection > 1024) {
+    return UsageError("--streams_per_connection: expected 1..1024");
+  }
   config.timeout = absl::GetFlag(FLAGS_timeout);
   config.max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
   config.open_loop_threads = absl::GetFlag(FLAGS_open_loop_threads);
@@ -709,8 +738,18 @@ int Main() {
 
   std::vector<PointResult> results;
   for (double point : config.points) {
-    LoadPoint load(config, point, &clients, &pool);
+    // Streams live for one point: its warm-up, window (or up to an hour for
+    // --requests) and the drain of its last requests.
+    std::unique_ptr<StreamSender> streams;
+    if (config.stream_api) {
+      const absl::Duration window = config.requests > 0 ? absl::Hours(1) : config.duration;
+      streams = std::make_unique<StreamSender>(clients, config.streams_per_connection,
+                                               config.warmup + window + config.timeout +
+                                                   absl::Seconds(30));
+    }
+    LoadPoint load(config, point, &clients, &pool, streams.get());
     results.push_back(load.Run(batch_source.get()));
+    if (streams != nullptr) streams->Close();
   }
 
   // Report.
@@ -752,6 +791,10 @@ int Main() {
                      {"mode", config.closed ? "closed" : "open"},
                      {"rows_per_request", config.rows_per_request},
                      {"connections", config.connections},
+                     {"api", config.stream_api ? "stream" : "unary"},
+                     {"streams_per_connection",
+                      config.stream_api ? nlohmann::json(config.streams_per_connection)
+                                        : nlohmann::json(nullptr)},
                      {"duration_seconds", absl::ToDoubleSeconds(config.duration)},
                      {"requests", config.requests},
                      {"warmup_seconds", absl::ToDoubleSeconds(config.warmup)},

@@ -364,6 +364,31 @@ def check_load(c, load, port, metrics_port, tmp):
     c.check(p.get("ok") == 150 and p.get("arrivals") == "poisson",
             f"open loop with Poisson arrivals: {r.stderr[-200:]!r}")
 
+    # InferStream items instead of unary calls: closed loop over 2 x 2
+    # streams, then open loop.
+    before = ok_requests(scrape(metrics_port), "demo")
+    r = run("--api=stream", "--concurrency=8", "--requests=300", "--warmup=0.2s",
+            "--connections=2", "--streams_per_connection=2", "--rows_per_request=2",
+            metrics_url, "--json=-")
+    doc = json.loads(r.stdout) if r.returncode == 0 else {"config": {}, "points": [{}]}
+    p = doc["points"][0]
+    c.check(doc["config"].get("api") == "stream" and
+            doc["config"].get("streams_per_connection") == 2 and
+            p.get("ok") == 300 and p.get("errors") == 0 and p.get("rows_per_request") == 2,
+            f"bitnet-load --api=stream: 300 stream items OK: {r.stderr[-300:]!r}")
+    lat = p.get("latency_ms", {})
+    c.check(0 < lat.get("p50", 0) <= lat.get("p99", 0), f"stream item latencies: {lat}")
+    after = ok_requests(scrape(metrics_port), "demo")
+    c.check(after - before >= 300, f"server counted >= 300 OK stream items ({after - before})")
+    r = run("--api=stream", "--rate=150", "--requests=100", "--warmup=0s", "--json=-")
+    doc = json.loads(r.stdout) if r.returncode == 0 else {"points": [{}]}
+    c.check(doc["points"][0].get("ok") == 100,
+            f"bitnet-load --api=stream open loop: {r.stderr[-300:]!r}")
+    r = run("--api=stream", "--concurrency=4", "--requests=20", "--warmup=0s",
+            "--model_version=99")
+    c.check(r.returncode == 1 and "NOT_FOUND" in r.stderr,
+            "--api=stream: unknown version exits 1 before the run")
+
     # The warning when batches stay far below preferred_batch_rows.
     r = run("--concurrency=2", "--requests=50", "--warmup=0s", metrics_url)
     c.check(r.returncode == 0 and "far below preferred_batch_rows=128" in r.stderr,
@@ -377,6 +402,9 @@ def check_load(c, load, port, metrics_port, tmp):
                          (["--rate=10", "--arrivals=bursty"], "--arrivals=bursty"),
                          (["--concurrency=1:8"], "three parts"),
                          (["--rows_per_request=0"], "--rows_per_request"),
+                         (["--api=grpc"], "--api=grpc"),
+                         (["--api=stream", "--streams_per_connection=0"],
+                          "--streams_per_connection"),
                          (["--metrics_url=ftp://x/metrics"], "http://"),
                          (["--bogus"], "unknown flag --bogus"),
                          (["extra"], "unexpected argument")):

@@ -1,5 +1,6 @@
 # Client library, bitnet-cli, bitnet-load and the installed CMake package.
-#   client_test        bitnet::Client against scripted in-process servers
+#   client_test        bitnet::Client (and bitnet-load's stream sender)
+#                      against scripted in-process servers
 #   client_tools_test  chart/PNG, data files, histogram, sweeps, flags
 #   cli_test           bitnet-cli and bitnet-load against a spawned
 #                      bitnet-server (small demo model, loopback only)
@@ -8,7 +9,7 @@ if(TARGET bitnet_client)
   find_package(gRPC CONFIG REQUIRED)
   bitnet_add_test(client_test
     SOURCES client_test.cc
-    LIBS bitnet_client gRPC::grpc++ absl::synchronization)
+    LIBS bitnet_client bitnet_client_tools gRPC::grpc++ absl::synchronization)
 endif()
 
 if(TARGET bitnet_client_tools)

@@ -5,6 +5,7 @@
 // service config, tensors). The real server is exercised by
 // server_integration_test and tests/cli_test.py.
 #include "client/client.h"
+#include "client/load_streams.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -611,6 +612,60 @@ TEST(ClientStreamTest, InferStreamAnswersEveryRequest) {
   EXPECT_TRUE(stream->Finish().ok());
   EXPECT_EQ(ids.size(), static_cast<size_t>(kRequests));
   EXPECT_EQ(errors, 1);
+}
+
+// bitnet-load's stream sender (client/load_streams.h).
+TEST(StreamSenderTest, EveryItemIsAnsweredOnceOverEveryStream) {
+  TestServer server;
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < 2; ++i) {
+    ClientOptions o;
+    o.address = server.address();
+    o.own_connection = true;
+    clients.push_back(MustCreate(o));
+  }
+  auto request = std::make_shared<const v1::InferRequest>(*MakeInferRequest("m", kRow, 4));
+  std::atomic<int> ok{0}, failed{0};
+  {
+    StreamSender sender(clients, /*streams_per_client=*/2, absl::Seconds(30));
+    EXPECT_EQ(sender.streams(), 4u);
+    for (size_t i = 0; i < 200; ++i) {
+      sender.Send(i, request, [&](absl::StatusCode code) {
+        (code == absl::StatusCode::kOk ? ok : failed).fetch_add(1);
+      });
+    }
+    sender.Close();  // every item answered before it returns
+    EXPECT_EQ(ok.load(), 200);
+    EXPECT_EQ(failed.load(), 0);
+  }
+  EXPECT_EQ(server.inference.calls.load(), 200);
+}
+
+TEST(StreamSenderTest, ItemsOfAStreamThatCannotOpenFailWithItsStatus) {
+  int port = 0;
+  {
+    TestServer gone;
+    port = gone.port;
+  }
+  std::vector<std::unique_ptr<Client>> clients;
+  ClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  clients.push_back(MustCreate(o));
+  auto request = std::make_shared<const v1::InferRequest>(*MakeInferRequest("m", kRow, 4));
+  std::atomic<int> unavailable{0}, other{0};
+  StreamSender sender(clients, 1, absl::Seconds(5));
+  for (size_t i = 0; i < 10; ++i) {
+    sender.Send(i, request, [&](absl::StatusCode code) {
+      (code == absl::StatusCode::kUnavailable ? unavailable : other).fetch_add(1);
+    });
+  }
+  sender.Close();
+  EXPECT_EQ(unavailable.load(), 10);
+  EXPECT_EQ(other.load(), 0);
+  // After the end, a new item fails at once with the same status.
+  absl::StatusCode late = absl::StatusCode::kOk;
+  sender.Send(0, request, [&](absl::StatusCode code) { late = code; });
+  EXPECT_EQ(late, absl::StatusCode::kUnavailable);
 }
 
 TEST(ClientStreamTest, DestroyingAnOpenStreamCancelsIt) {
