@@ -160,6 +160,12 @@ struct TestServer {
   std::string address() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
+// A port nobody listens on (bound and closed again by a throwaway server).
+int UnusedPort() {
+  TestServer gone;
+  return gone.port;
+}
+
 ClientOptions FastRetries(const std::string& address) {
   ClientOptions o;
   o.address = address;
@@ -467,12 +473,7 @@ TEST(ClientDeadlineTest, DeadlineBoundsTheWholeCallWithRetries) {
 }
 
 TEST(ClientDeadlineTest, UnreachableServerIsUnavailable) {
-  // A port nobody listens on (bound and closed again by a throwaway server).
-  int port = 0;
-  {
-    TestServer gone;
-    port = gone.port;
-  }
+  const int port = UnusedPort();
   ClientOptions o = FastRetries("127.0.0.1:" + std::to_string(port));
   o.timeout = absl::Seconds(5);
   auto client = MustCreate(o);
@@ -480,11 +481,7 @@ TEST(ClientDeadlineTest, UnreachableServerIsUnavailable) {
 }
 
 TEST(ClientDeadlineTest, WaitForReadyWaitsForTheServerUntilTheDeadline) {
-  int port = 0;
-  {
-    TestServer gone;
-    port = gone.port;
-  }
+  const int port = UnusedPort();
   ClientOptions o;
   o.address = "127.0.0.1:" + std::to_string(port);
   o.wait_for_ready = true;
@@ -500,11 +497,7 @@ TEST(ClientDeadlineTest, WaitForReadyWaitsForTheServerUntilTheDeadline) {
 TEST(ClientDeadlineTest, WaitForReadyCallIsAnsweredOnceTheServerIsUp) {
   // The server starts 300 ms after the call was made, on the port the
   // client was given.
-  int port = 0;
-  {
-    TestServer gone;
-    port = gone.port;
-  }
+  const int port = UnusedPort();
   ClientOptions o;
   o.address = "127.0.0.1:" + std::to_string(port);
   o.wait_for_ready = true;
@@ -642,11 +635,7 @@ TEST(StreamSenderTest, EveryItemIsAnsweredOnceOverEveryStream) {
 }
 
 TEST(StreamSenderTest, ItemsOfAStreamThatCannotOpenFailWithItsStatus) {
-  int port = 0;
-  {
-    TestServer gone;
-    port = gone.port;
-  }
+  const int port = UnusedPort();
   std::vector<std::unique_ptr<Client>> clients;
   ClientOptions o;
   o.address = "127.0.0.1:" + std::to_string(port);

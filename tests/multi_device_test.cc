@@ -303,6 +303,23 @@ class MultiDeviceTest : public ::testing::Test {
     return *replies_.back();
   }
 
+  // With Start(2, &fake_clock_) and "m" loaded: one 10 ms batch on each
+  // device, so that both estimate 10 ms per batch (no estimates before:
+  // ties in turn, 0 then 1); leaves both devices' forwards held.
+  void WarmUpTenMillisecondBatches() {
+    for (int d = 0; d < 2; ++d) {
+      backends_[d]->SetForwardOpen(false);
+      Reply& r = NewReply();
+      ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(d, 1, &r)).ok());
+      ASSERT_EQ(Outstanding()[d], 1) << "warm-up request " << d;
+      backends_[d]->AwaitForwardsStarted(1);
+      fake_clock_.Advance(absl::Milliseconds(10));
+      backends_[d]->SetForwardOpen(true);
+      ASSERT_EQ(DeviceOf(r.Await()), d);
+    }
+    for (auto& b : backends_) b->SetForwardOpen(false);
+  }
+
   std::vector<std::shared_ptr<FakeBackend>> backends_;
   std::vector<std::unique_ptr<Reply>> replies_;
   absl::Mutex events_mu_;
@@ -426,18 +443,8 @@ TEST_F(MultiDeviceTest, RoutesToTheDeviceThatWillAnswerSoonest) {
   Start(2, &fake_clock_);
   FakeClock& clock = fake_clock_;
   ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
-  // One 10 ms batch on each device (no estimates yet: ties in turn, 0 then 1).
-  for (int d = 0; d < 2; ++d) {
-    backends_[d]->SetForwardOpen(false);
-    Reply& r = NewReply();
-    ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(d, 1, &r)).ok());
-    ASSERT_EQ(Outstanding()[d], 1) << "warm-up request " << d;
-    backends_[d]->AwaitForwardsStarted(1);
-    clock.Advance(absl::Milliseconds(10));
-    backends_[d]->SetForwardOpen(true);
-    ASSERT_EQ(DeviceOf(r.Await()), d);
-  }
-  for (auto& b : backends_) b->SetForwardOpen(false);
+  WarmUpTenMillisecondBatches();
+  if (HasFatalFailure()) return;
   // Both idle, both one batch away: a tie, device 0 in turn. Its batch then
   // runs 12 ms, past its 10 ms estimate.
   Reply& a = NewReply();
@@ -466,17 +473,8 @@ TEST_F(MultiDeviceTest, RoutesByTheFractionOfABatchLeftNotWholeBatches) {
   Start(2, &fake_clock_);
   FakeClock& clock = fake_clock_;
   ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
-  // One 10 ms batch on each device, as above: estimates of 10 ms.
-  for (int d = 0; d < 2; ++d) {
-    backends_[d]->SetForwardOpen(false);
-    Reply& r = NewReply();
-    ASSERT_TRUE(registry_->Enqueue("m", MakeRequest(d, 1, &r)).ok());
-    backends_[d]->AwaitForwardsStarted(1);
-    clock.Advance(absl::Milliseconds(10));
-    backends_[d]->SetForwardOpen(true);
-    ASSERT_EQ(DeviceOf(r.Await()), d);
-  }
-  for (auto& b : backends_) b->SetForwardOpen(false);
+  WarmUpTenMillisecondBatches();
+  if (HasFatalFailure()) return;
   // Device 0 starts an 8-row batch (a tie, device 0 in turn); 8 ms later
   // device 1, idle, takes 2 rows and starts; 1 ms after that device 0 has
   // 1 ms left and device 1 9 ms.
