@@ -64,6 +64,9 @@ ABSL_FLAG(std::string, admin_token_file, "",
 ABSL_FLAG(std::string, admin_token, "",
           "the admin bearer token itself (prefer --admin_token_file: "
           "command lines are visible to other users)");
+ABSL_FLAG(bool, wait_for_ready, false,
+          "wait (up to --timeout) for the server to accept a connection "
+          "instead of failing at once when it is not up yet");
 ABSL_FLAG(int, retries, 4,
           "attempts of idempotent calls on UNAVAILABLE/RESOURCE_EXHAUSTED "
           "(1 = no retry, at most 5)");
@@ -682,6 +685,7 @@ int main(int argc, char** argv) {
   options.address = absl::GetFlag(FLAGS_address);
   options.timeout = absl::GetFlag(FLAGS_timeout);
   if (options.timeout <= absl::ZeroDuration()) return Usage("--timeout: expected > 0");
+  options.wait_for_ready = absl::GetFlag(FLAGS_wait_for_ready);
   options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

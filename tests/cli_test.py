@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -119,6 +120,18 @@ def check_cli(c, cli, port, tmp, token_file, fixtures):
     c.check(r.returncode == 0 and r.stdout.strip() == "SERVING", f"health: {r.stdout!r}")
     r = run("health", "--service=demo")
     c.check(r.returncode == 0 and r.stdout.strip() == "SERVING", "health of model demo")
+    # --wait_for_ready against a port nobody listens on: the call waits out
+    # its deadline instead of failing at once.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        unused = s.getsockname()[1]
+    started = time.monotonic()
+    r = subprocess.run([cli, f"--address=127.0.0.1:{unused}", "--timeout=1s", "--wait_for_ready",
+                        "health"], capture_output=True, text=True)
+    waited = time.monotonic() - started
+    c.check(r.returncode == 1 and "DEADLINE_EXCEEDED" in r.stderr and waited >= 0.9,
+            f"health --wait_for_ready with no server: DEADLINE_EXCEEDED after {waited:.2f} s: "
+            f"{r.stderr!r}")
     r = run("health", "--service=nope")
     c.check(r.returncode == 1 and "rpc failed: NOT_FOUND" in r.stderr,
             f"health of an unknown service exits 1 with NOT_FOUND: {r.stderr!r}")
