@@ -81,6 +81,10 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
 ABSL_FLAG(std::string, admin_token_file, "",
           "File holding the admin bearer token (>= 16 characters); Admin RPCs "
           "are disabled without it");
+ABSL_FLAG(std::vector<std::string>, admin_client_names, {},
+          "With --tls_ca: client certificate identities (Common Name or "
+          "subject alternative name, comma-separated) allowed to call Admin "
+          "RPCs without the token");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
 ABSL_FLAG(std::string, tls_ca, "",
@@ -175,6 +179,7 @@ int main(int argc, char** argv) {
   options.max_loaded_versions = absl::GetFlag(FLAGS_max_loaded_versions);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.admin_token_file = absl::GetFlag(FLAGS_admin_token_file);
+  options.admin_client_names = absl::GetFlag(FLAGS_admin_client_names);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_ca = absl::GetFlag(FLAGS_tls_ca);

@@ -160,6 +160,8 @@ class Pki {
         "-keyout rogue_ca.key -out rogue_ca.pem -days 1 -subj /CN=rogue-ca && ",
         cert("server", "localhost", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1"), " && ",
         cert("client", "client", "ca", ""), " && ",
+        cert("ops_client", "bitnet-ops", "ca", ""), " && ",
+        cert("ops_san_client", "someone", "ca", "subjectAltName=URI:spiffe://corp/ops"), " && ",
         cert("rogue_client", "client", "rogue_ca", ""), " && ",
         cert("rogue_server", "localhost", "rogue_ca",
              "subjectAltName=DNS:localhost,IP:127.0.0.1"));
@@ -184,15 +186,19 @@ class TlsTest : public ::testing::Test {
                                dir_ / "repo/small.safetensors").ok());
     std::ofstream(dir_ / "token") << kToken << "\n";
   }
-  absl::StatusOr<std::unique_ptr<ServerProcess>> StartServer(bool mutual) {
+  // `admin_names`: --admin_client_names (mutual only); empty: none. With
+  // `token` false the server has no admin token.
+  absl::StatusOr<std::unique_ptr<ServerProcess>> StartServer(bool mutual,
+                                                             const std::string& admin_names = "",
+                                                             bool token = true) {
     std::vector<std::string> args = {
         "--demo_model=small", "--device=cpu", "--cpu_threads=1",
-        "--model_repository=" + dir_ / "repo", "--admin_token_file=" + dir_ / "token",
+        "--model_repository=" + dir_ / "repo",
         "--tls_cert=" + pki_("server.pem"), "--tls_key=" + pki_("server.key"),
-        // An idle TLS client connection holds gRPC's shutdown until the
-        // grace period ends (docs/reliability.md): keep it short here.
         "--drain_grace_period=3s"};
+    if (token) args.push_back("--admin_token_file=" + dir_ / "token");
     if (mutual) args.push_back("--tls_ca=" + pki_("ca.pem"));
+    if (!admin_names.empty()) args.push_back("--admin_client_names=" + admin_names);
     return ServerProcess::Start(ServerBinary(), args,
                                 dir_ / (mutual ? "mtls.log" : "tls.log"));
   }
@@ -265,11 +271,35 @@ TEST_F(TlsTest, MutualTlsRequiresAClientCertificateFromTheTrustedCa) {
   ExpectRefused(*ClientFor(**server, "ca.pem", "rogue_client", kToken),
                 "client certificate from another CA");
   ExpectRefused(*ClientFor(**server, "", "", kToken), "plaintext client");
-  // mTLS does not replace the admin token either (ARCHITECTURE.md allows
-  // "token (or mTLS)"; this server requires the token).
+  // mTLS alone does not replace the admin token (ARCHITECTURE.md allows
+  // "token (or mTLS)": that takes --admin_client_names, tested below).
   auto no_token = ClientFor(**server, "ca.pem", "client", "");
   EXPECT_EQ(no_token->GetStats().status().code(), absl::StatusCode::kUnauthenticated);
   EXPECT_TRUE(no_token->Infer("demo", RandomRows(1, kIn, 1), kIn).ok());
+}
+
+TEST_F(TlsTest, AdminByClientCertificateIdentityWithoutAToken) {
+  auto server = StartServer(/*mutual=*/true, "bitnet-ops,spiffe://corp/ops", /*token=*/false);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(testing::LogField((*server)->Log(), "server_started", "admin"), "certificate");
+  // Named by its Common Name, or by a URI subject alternative name.
+  ExpectBothServicesWork(*ClientFor(**server, "ca.pem", "ops_client", ""));
+  ExpectBothServicesWork(*ClientFor(**server, "ca.pem", "ops_san_client", ""));
+  // Another certificate of the same CA serves inference, not admin; a token
+  // does not help on a server without one.
+  auto other = ClientFor(**server, "ca.pem", "client", kToken);
+  EXPECT_TRUE(other->Infer("demo", RandomRows(1, kIn, 1), kIn).ok());
+  const absl::Status denied = other->GetStats().status();
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied) << denied;
+  EXPECT_THAT(std::string(denied.message()), ::testing::HasSubstr("\"client\""));
+  EXPECT_EQ(other->LoadModel("x", "small.safetensors").status().code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(TlsTest, AdminClientNamesNeedMutualTls) {
+  auto server = StartServer(/*mutual=*/false, "bitnet-ops");
+  ASSERT_FALSE(server.ok());
+  EXPECT_THAT(std::string(server.status().message()), ::testing::HasSubstr("--tls_ca"));
 }
 
 TEST_F(TlsTest, AClientRefusesAServerCertificateFromAnotherCa) {

@@ -218,6 +218,38 @@ TEST(AdminAuthTest, TokenChecks) {
   EXPECT_FALSE(ConstantTimeEquals("", "a"));
 }
 
+TEST(AdminAuthTest, ClientCertificateNamesOrToken) {
+  const std::string token = "0123456789abcdef0123";
+  const std::vector<std::string> admins = {"bitnet-ops", "spiffe://corp/ops"};
+  const std::vector<std::string> none;
+  // A certificate naming an admin identity (CN or SAN) needs no token.
+  EXPECT_TRUE(CheckAdminAccess("", admins, {"bitnet-ops"}, false, "").ok());
+  EXPECT_TRUE(CheckAdminAccess("", admins, {"client", "spiffe://corp/ops"}, false, "").ok());
+  EXPECT_TRUE(CheckAdminAccess(token, admins, {"bitnet-ops"}, true, "Bearer wrong").ok());
+  // Anyone else: the token decides when there is one.
+  EXPECT_TRUE(CheckAdminAccess(token, admins, {"client"}, true, "Bearer " + token).ok());
+  EXPECT_EQ(CheckAdminAccess(token, admins, {"client"}, false, "").code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(CheckAdminAccess(token, admins, {"client"}, true, "Bearer wrong").code(),
+            absl::StatusCode::kPermissionDenied);
+  // Certificates only: no identity is UNAUTHENTICATED, another one is
+  // PERMISSION_DENIED naming it; a token is no use.
+  EXPECT_EQ(CheckAdminAccess("", admins, none, true, "Bearer " + token).code(),
+            absl::StatusCode::kUnauthenticated);
+  const absl::Status other = CheckAdminAccess("", admins, {"client"}, false, "");
+  EXPECT_EQ(other.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(other.message()), HasSubstr("\"client\""));
+  EXPECT_EQ(CheckAdminAccess("", admins, {"bitnet-ops2"}, false, "").code(),
+            absl::StatusCode::kPermissionDenied);  // exact names only
+  // Neither configured: disabled, and the message says how to enable.
+  const absl::Status off = CheckAdminAccess("", none, {"bitnet-ops"}, false, "");
+  EXPECT_EQ(off.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(std::string(off.message()), HasSubstr("--admin_client_names"));
+  // Token only: as CheckAdminToken, whatever the certificate says.
+  EXPECT_EQ(CheckAdminAccess(token, none, {"bitnet-ops"}, false, "").code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
 class TempDir {
  public:
   TempDir() {

@@ -51,7 +51,8 @@ absl::Status CheckAdminToken(std::string_view token, bool header_present,
   if (token.empty()) {
     return absl::PermissionDeniedError(
         "admin RPCs are disabled on this server; start bitnet-server with "
-        "--admin_token_file=<file> to enable them");
+        "--admin_token_file=<file> (or, with mTLS, --admin_client_names) to "
+        "enable them");
   }
   if (!header_present) {
     return absl::UnauthenticatedError(
@@ -71,6 +72,33 @@ absl::Status CheckAdminToken(std::string_view token, bool header_present,
         "(expected \"Bearer <admin token>\")");
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckAdminAccess(std::string_view token,
+                              const std::vector<std::string>& client_names,
+                              const std::vector<std::string>& peer_names,
+                              bool header_present, std::string_view header_value) {
+  for (const std::string& peer : peer_names) {
+    for (const std::string& allowed : client_names) {
+      if (peer == allowed) return absl::OkStatus();
+    }
+  }
+  if (!token.empty() || client_names.empty()) {
+    return CheckAdminToken(token, header_present, header_value);
+  }
+  if (peer_names.empty()) {
+    return absl::UnauthenticatedError(
+        "admin RPC without credentials: expected a client certificate naming "
+        "an admin identity (--admin_client_names)");
+  }
+  // The names come from a certificate the server verified: not secret.
+  std::string names;
+  for (const std::string& peer : peer_names) {
+    absl::StrAppend(&names, names.empty() ? "" : ", ", "\"", peer, "\"");
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "admin RPC from a client certificate naming ", names,
+      ", which is not an admin identity (--admin_client_names)"));
 }
 
 absl::StatusOr<std::string> ResolveModelPath(const std::string& repository,

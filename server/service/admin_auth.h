@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -26,6 +27,19 @@ absl::StatusOr<std::string> ReadAdminToken(const std::string& path);
 // cannot be guessed byte by byte from response times.
 absl::Status CheckAdminToken(std::string_view token, bool header_present,
                              std::string_view header_value);
+
+// The whole admin check. A client whose verified certificate (mTLS) names
+// one of `client_names` (its Common Name or a subject alternative name:
+// `peer_names`) passes without a token; anyone else is checked by
+// CheckAdminToken. With no token, the outcome for everyone else is
+//   no client names configured either -> PERMISSION_DENIED saying how to
+//                                        enable admin RPCs
+//   no certificate identity presented -> UNAUTHENTICATED
+//   a certificate naming someone else -> PERMISSION_DENIED naming it
+absl::Status CheckAdminAccess(std::string_view token,
+                              const std::vector<std::string>& client_names,
+                              const std::vector<std::string>& peer_names,
+                              bool header_present, std::string_view header_value);
 
 // Constant-time equality (time depends only on the lengths).
 bool ConstantTimeEquals(std::string_view a, std::string_view b);

@@ -13,6 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_context.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -30,6 +33,21 @@
 namespace bitnet {
 namespace {
 
+// The identities of the client's certificate, when TLS verified one (mTLS):
+// its Common Name and subject alternative names.
+std::vector<std::string> PeerCertificateNames(const grpc::CallbackServerContext& context) {
+  std::vector<std::string> names;
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return names;
+  for (const char* property :
+       {GRPC_X509_CN_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+    for (const grpc::string_ref& value : auth->FindPropertyValues(property)) {
+      names.emplace_back(value.data(), value.size());
+    }
+  }
+  return names;
+}
+
 absl::Status Authorize(const ServingState& state,
                        const grpc::CallbackServerContext& context) {
   const auto& metadata = context.client_metadata();
@@ -37,7 +55,11 @@ absl::Status Authorize(const ServingState& state,
   const bool present = it != metadata.end();
   std::string_view value;
   if (present) value = std::string_view(it->second.data(), it->second.size());
-  return CheckAdminToken(state.config().admin_token, present, value);
+  const ServingConfig& config = state.config();
+  return CheckAdminAccess(config.admin_token, config.admin_client_names,
+                          config.admin_client_names.empty() ? std::vector<std::string>{}
+                                                            : PeerCertificateNames(context),
+                          present, value);
 }
 
 absl::Status ValidateModelName(const std::string& name) {

@@ -147,6 +147,16 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
         "--tls_ca: expected --tls_cert and --tls_key as well (mTLS needs a "
         "server certificate)");
   }
+  if (!o.admin_client_names.empty() && o.tls_ca.empty()) {
+    return absl::InvalidArgumentError(
+        "--admin_client_names: expected --tls_ca as well (only a client "
+        "certificate the server verified can name an admin identity)");
+  }
+  for (const std::string& name : o.admin_client_names) {
+    if (name.empty()) {
+      return absl::InvalidArgumentError("--admin_client_names: an empty name");
+    }
+  }
   if (o.cpu_threads < 0) return bad("cpu_threads", o.cpu_threads, ">= 0");
   return absl::OkStatus();
 }
@@ -187,6 +197,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   config.model_repository = o.model_repository;
   config.server_version = std::string(ServerVersion());
   config.admin_token = o.admin_token;
+  config.admin_client_names = o.admin_client_names;
   if (!o.admin_token_file.empty()) {
     auto token = ReadAdminToken(o.admin_token_file);
     if (!token.ok()) return token.status();
@@ -198,7 +209,11 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
         "--model_repository=", o.model_repository,
         ": expected an existing directory"));
   }
-  const bool admin_enabled = !config.admin_token.empty();
+  // What the admin check accepts (the log says which).
+  const std::string admin_mode =
+      config.admin_token.empty()
+          ? (config.admin_client_names.empty() ? "off" : "certificate")
+          : (config.admin_client_names.empty() ? "token" : "token+certificate");
 
   self->metrics_ = std::make_unique<Metrics>(ServerVersion(), kBuiltWithCuda);
   self->state_ =
@@ -280,7 +295,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
             {"version", std::string(ServerVersion())},
             {"cuda_build", kBuiltWithCuda ? "true" : "false"},
             {"tls", o.tls_cert.empty() ? "off" : (o.tls_ca.empty() ? "on" : "mtls")},
-            {"admin", admin_enabled ? "on" : "off"},
+            {"admin", admin_mode},
             {"preferred_batch_rows", absl::StrCat(o.preferred_batch_rows)},
             {"max_batch_rows", absl::StrCat(o.max_batch_rows)},
             {"max_queue_delay", absl::FormatDuration(o.max_queue_delay)},

@@ -86,6 +86,9 @@ struct ServerOptions {
   // the token itself (tests).
   std::string admin_token_file;
   std::string admin_token;
+  // Admin: client certificate identities (CN or SAN) allowed without the
+  // token; needs tls_ca (mTLS), so that the certificate was verified.
+  std::vector<std::string> admin_client_names;
 
   // TLS: PEM files. cert + key turn TLS on; ca additionally requires and
   // verifies client certificates (mTLS).

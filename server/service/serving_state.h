@@ -51,8 +51,13 @@ struct VersionDetails {
 struct ServingConfig {
   // Largest InferRequest (rows); <= the batcher's max_batch_rows.
   int64_t max_request_rows = 256;
-  // Admin bearer token; empty = admin RPCs disabled.
+  // Admin bearer token; empty = only client_names (if any) may call Admin.
   std::string admin_token;
+  // Certificate identities (Common Name or subject alternative name of a
+  // client certificate verified by mTLS) allowed to call Admin without the
+  // token; empty = none. Admin RPCs are disabled when this and the token
+  // are both empty.
+  std::vector<std::string> admin_client_names;
   // Directory LoadModel paths are confined to; empty = LoadModel disabled.
   std::string model_repository;
   // bitnet_build_info{version} and GetStats.server_version.
