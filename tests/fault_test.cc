@@ -257,15 +257,21 @@ class DrainLoad {
       const absl::Status status = stream->Finish();
       if (written > answered) {
         // Only a stream the server never saw may end with its one request
-        // unanswered.
-        if (answered == 0 && written == 1 &&
-            (IsConnectRefusal(status) || status.code() == absl::StatusCode::kCancelled)) {
+        // unanswered, or one the drain ended: the server ends a stream only
+        // once every item it read is answered, so the rest were never
+        // accepted (DrainUnderLoadServerAndClientCountsAgree checks that
+        // against the server's own counts).
+        if (IsDrainRefusal(status)) {
+          tally_.stream_refused += written - answered;
+        } else if (answered == 0 && written == 1 &&
+                   (IsConnectRefusal(status) ||
+                    status.code() == absl::StatusCode::kCancelled)) {
           Refused(status, tally_.stream_refused);
         } else {
           Lost("stream ended with requests unanswered: " + status.ToString(),
                written - answered);
         }
-      } else if (!status.ok() && !IsConnectRefusal(status)) {
+      } else if (!status.ok() && !IsConnectRefusal(status) && !IsDrainRefusal(status)) {
         Lost("stream status: " + status.ToString());
       }
       if (gone_before) return;
@@ -350,10 +356,10 @@ TEST(FaultTest, DrainUnderLoadServerAndClientCountsAgree) {
   EXPECT_EQ(MetricValue(metrics, "bitnet_requests_total{code=\"CANCELLED\",model=\"demo\"}"), -1);
 }
 
-TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteAnOpenStream) {
+TEST(FaultTest, SigtermEndsAnOpenIdleStreamWithUnavailable) {
   REQUIRE_SERVER_BINARY();
   ScratchDir dir("bitnet_fault_stream");
-  constexpr absl::Duration kGrace = absl::Seconds(2);
+  constexpr absl::Duration kGrace = absl::Seconds(30);
   auto server = ServerProcess::Start(
       ServerBinary(),
       {"--demo_model=small", "--device=cpu", "--cpu_threads=1",
@@ -374,21 +380,21 @@ TEST(FaultTest, SigtermExitsWithinTheGracePeriodDespiteAnOpenStream) {
 
   const absl::Time signalled = absl::Now();
   (*server)->Signal(SIGTERM);
+  // The drain ends the idle stream at once, telling the client to go
+  // elsewhere, instead of holding it (and the exit) for the grace period.
+  while (stream->Read(&answer)) {
+  }
+  const absl::Status ended = stream->Finish();
+  EXPECT_EQ(ended.code(), absl::StatusCode::kUnavailable) << ended;
+  EXPECT_THAT(std::string(ended.message()), HasSubstr("draining")) << ended;
   const std::optional<int> wait_status = (*server)->WaitExit(kGrace + absl::Seconds(30));
   const absl::Duration to_exit = absl::Now() - signalled;
   ASSERT_TRUE(wait_status.has_value());
   EXPECT_TRUE(WIFEXITED(*wait_status) && WEXITSTATUS(*wait_status) == 0)
       << (*server)->Log();
-  // The gRPC shutdown deadline (the grace period) cancels the stream; the
-  // rest of the shutdown is quick. The process's own watchdog (grace + 5 s,
-  // exit code 1) is the bound a failure here would hit.
-  EXPECT_GE(to_exit, kGrace - absl::Milliseconds(100));
-  EXPECT_LT(to_exit, kGrace + absl::Seconds(4));
-  while (stream->Read(&answer)) {
-  }
-  EXPECT_FALSE(stream->Finish().ok());
-  std::printf("open stream: exit %s after SIGTERM (grace %s)\n",
-              absl::FormatDuration(to_exit).c_str(),
+  EXPECT_LT(to_exit, absl::Seconds(10)) << (*server)->Log();  // about 1 s
+  std::printf("open stream: ended %s, exit %s after SIGTERM (grace %s)\n",
+              ended.ToString().c_str(), absl::FormatDuration(to_exit).c_str(),
               absl::FormatDuration(kGrace).c_str());
 }
 

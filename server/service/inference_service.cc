@@ -154,17 +154,38 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
 // reactor finishes (OK) when the client has half-closed (or cancelled) and
 // every submitted request has been answered; it deletes itself in OnDone.
 //
+// A drain ends a stream early (EndForDrain): once its items are answered it
+// finishes with UNAVAILABLE "draining", so that the client reconnects to
+// another replica instead of holding the stream (and the exit) open until
+// the grace period ends.
+//
 // Reactor methods (StartRead, StartWrite, Finish) are never called with mu_
 // held: gRPC may run a reaction inline from them. Finish() is always the
 // last thing a path does with `this`, since OnDone (delete) may follow at
 // once on another thread.
 class InferStreamReactor final
-    : public grpc::ServerBidiReactor<v1::InferRequest, v1::InferStreamResponse> {
+    : public grpc::ServerBidiReactor<v1::InferRequest, v1::InferStreamResponse>,
+      public ServingState::DrainableStream {
  public:
   InferStreamReactor(ServingState* state, grpc::CallbackServerContext* context)
       : state_(state), context_(context), start_(absl::Now()) {
     state_->CallStarted();
     StartRead(&request_);
+    // Last: from here on the drain may call EndForDrain (gRPC queues a
+    // Finish made before the handler has returned this reactor).
+    slot_ = state_->RememberStream(this);
+    // A stream opened during a drain can only have its items refused.
+    if (state_->draining()) EndForDrain();
+  }
+
+  void EndForDrain() override {
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ending_for_drain_ = true;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) Finish(final_status_);
   }
 
   void OnReadDone(bool ok) override {
@@ -180,7 +201,7 @@ class InferStreamReactor final
       }
     }
     if (!ok) {
-      Finish(grpc::Status::OK);
+      Finish(final_status_);
       return;
     }
     Submit(request_);
@@ -197,7 +218,7 @@ class InferStreamReactor final
       --outstanding_;
       finish = ShouldFinishLocked();
     }
-    if (finish) Finish(grpc::Status::OK);
+    if (finish) Finish(final_status_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -219,7 +240,7 @@ class InferStreamReactor final
       }
     }
     if (next != nullptr) StartWrite(next);
-    if (finish) Finish(grpc::Status::OK);
+    if (finish) Finish(final_status_);
   }
 
   void OnCancel() override {
@@ -229,14 +250,15 @@ class InferStreamReactor final
       cancelled_ = true;
       finish = ShouldFinishLocked();
     }
-    if (finish) Finish(grpc::Status::CANCELLED);
+    if (finish) Finish(final_status_);
   }
 
   void OnDone() override {
     state_->metrics().RecordRpc("bidi_stream", kInferenceServiceName,
                                 "InferStream",
-                                cancelled_ ? "CANCELLED" : "OK",
+                                GrpcCodeName(final_status_.error_code()),
                                 SecondsSince(start_));
+    state_->ForgetStream(slot_);
     state_->CallDone();
     delete this;
   }
@@ -296,15 +318,24 @@ class InferStreamReactor final
     }
     if (start_write != nullptr) StartWrite(start_write);
     // After a cancel the status is not sent anyway.
-    if (finish) Finish(grpc::Status::OK);
+    if (finish) Finish(final_status_);
   }
 
   // True exactly once: when no answer can still arrive or be written and
-  // the client will send nothing more. Marks the reactor finished.
+  // the client will send nothing more (or a drain ends the stream). Marks
+  // the reactor finished and sets final_status_ (written once, here, then
+  // only read).
   bool ShouldFinishLocked() {
     if (finished_ || writing_ || outstanding_ > 0) return false;
-    if (!(reads_done_ || cancelled_ || broken_)) return false;
+    if (!(reads_done_ || cancelled_ || broken_ || ending_for_drain_)) return false;
     finished_ = true;
+    if (cancelled_) {
+      final_status_ = grpc::Status::CANCELLED;
+    } else if (ending_for_drain_ && !reads_done_ && !broken_) {
+      final_status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                   "server is draining (shutting down); open a new stream "
+                                   "on another replica");
+    }
     return true;
   }
 
@@ -320,7 +351,10 @@ class InferStreamReactor final
   bool reads_done_ = false;
   bool cancelled_ = false;
   bool broken_ = false;
+  bool ending_for_drain_ = false;
   bool finished_ = false;
+  grpc::Status final_status_;  // OK unless ShouldFinishLocked says otherwise
+  std::shared_ptr<ServingState::StreamSlot> slot_;
 };
 
 }  // namespace

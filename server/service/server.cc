@@ -368,6 +368,10 @@ bool InferenceServer::Drain(absl::Duration grace_period) {
            {{"grace_period", absl::FormatDuration(grace_period)}});
   state_->BeginDrain();
   const bool idle = state_->AwaitIdle(deadline);
+  // Open streams have nothing in flight now: end them (UNAVAILABLE
+  // "draining") so that their clients move to another replica and the
+  // live-call count below can reach zero.
+  if (idle) state_->EndStreamsForDrain();
   // Every unit of work is answered. gRPC's Shutdown(deadline) sends GOAWAY
   // and then waits for every call to end and for the clients to close their
   // connections; an idle keep-alive connection never closes, so every exit
@@ -375,8 +379,9 @@ bool InferenceServer::Drain(absl::Duration grace_period) {
   // to the transport), the shutdown deadline becomes 1 s away: enough for
   // the clients to see the GOAWAY and for calls racing it to be refused
   // ("draining") instead of being cut by the forced close, which then only
-  // finds idle connections. An open stream is a live call and keeps the
-  // grace period; anything still running at the deadline is cancelled.
+  // finds idle connections. A stream still open (a fine-tune past the grace
+  // period, a stream whose answers the client does not read) is a live call
+  // and keeps the grace period; anything still running then is cancelled.
   const bool answered = idle && state_->AwaitNoLiveCalls(deadline);
   const absl::Time shutdown_deadline =
       answered ? std::min(deadline, absl::Now() + kCloseIdleConnectionsAfter) : deadline;

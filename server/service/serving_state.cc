@@ -136,6 +136,37 @@ bool ServingState::AwaitNoLiveCalls(absl::Time deadline) {
   return mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
 }
 
+std::shared_ptr<ServingState::StreamSlot> ServingState::RememberStream(
+    DrainableStream* stream) {
+  auto slot = std::make_shared<StreamSlot>();
+  slot->stream = stream;
+  absl::MutexLock lock(&mu_);
+  streams_.insert(slot);
+  return slot;
+}
+
+void ServingState::ForgetStream(const std::shared_ptr<StreamSlot>& slot) {
+  {
+    std::lock_guard<std::recursive_mutex> lock(slot->mu);
+    slot->stream = nullptr;
+  }
+  absl::MutexLock lock(&mu_);
+  streams_.erase(slot);
+}
+
+void ServingState::EndStreamsForDrain() {
+  std::vector<std::shared_ptr<StreamSlot>> slots;
+  {
+    absl::MutexLock lock(&mu_);
+    slots.assign(streams_.begin(), streams_.end());
+  }
+  // Without mu_: the stream's OnDone (ForgetStream) may run inside.
+  for (const auto& slot : slots) {
+    std::lock_guard<std::recursive_mutex> lock(slot->mu);
+    if (slot->stream != nullptr) slot->stream->EndForDrain();
+  }
+}
+
 void ServingState::MarkLoading(std::string_view name, bool loading) {
   absl::MutexLock lock(&mu_);
   if (loading) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <string_view>
@@ -109,6 +110,31 @@ class ServingState {
   // Blocks until no call is live or `deadline`; true if none is.
   bool AwaitNoLiveCalls(absl::Time deadline);
 
+  // ---- open streams, for the drain ----
+  // A stream call the drain can end once its items are answered.
+  class DrainableStream {
+   public:
+    virtual ~DrainableStream() = default;
+    // Finishes the call (UNAVAILABLE "draining") once nothing of it is in
+    // flight; may delete the stream (its OnDone) before returning.
+    virtual void EndForDrain() = 0;
+  };
+  // How the drain reaches a stream that may end meanwhile: `stream` is
+  // cleared (under `mu`) before the stream is deleted. `mu` is recursive
+  // because a Finish() made by EndForDrain may run OnDone, which clears it,
+  // on the same thread.
+  struct StreamSlot {
+    std::recursive_mutex mu;
+    DrainableStream* stream = nullptr;
+  };
+  // From the stream's constructor, once EndForDrain may be called.
+  std::shared_ptr<StreamSlot> RememberStream(DrainableStream* stream);
+  // From the stream's OnDone, before it is deleted.
+  void ForgetStream(const std::shared_ptr<StreamSlot>& slot);
+  // Calls EndForDrain on every open stream (InferenceServer::Drain, once
+  // the drain is idle).
+  void EndStreamsForDrain();
+
   // ---- models ----
   // Loads `model` as a new version of `name` (health per model SERVING,
   // gauges, bookkeeping, a log line). `source` is free text (a path).
@@ -160,6 +186,7 @@ class ServingState {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t live_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<std::shared_ptr<StreamSlot>> streams_ ABSL_GUARDED_BY(mu_);
   std::set<std::string, std::less<>> loading_ ABSL_GUARDED_BY(mu_);
   std::set<std::string, std::less<>> known_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, int64_t>, VersionDetails> details_
