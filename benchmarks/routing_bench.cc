@@ -15,6 +15,7 @@
 //       [--duration=5] [--warmup=1] [--preferred_batch_rows=128]
 //       [--max_batch_rows=512] [--max_queue_delay_us=2000]
 //       [--arrival_gap_us=250] [--completion_threads=8]
+//       [--affinity=true] [--clients_per_connection=2]
 //
 // Each client sends a request of --rows rows, waits for its answer, waits
 // --client_gap_us plus uniform(0, --client_jitter_us) (the network and the
@@ -66,6 +67,8 @@ struct RoutingArgs {
   double max_queue_delay_us = 2000;
   double arrival_gap_us = 250;
   int completion_threads = 8;
+  bool affinity = true;             // the server's --connection_affinity
+  int clients_per_connection = 2;  // bitnet-load's spread in the GPU sweeps
 };
 
 // What the simulated devices of one configuration did.
@@ -147,6 +150,7 @@ absl::StatusOr<Result> RunOne(const RoutingArgs& args, int instances, int client
   options.batching.max_queue_delay = absl::Microseconds(args.max_queue_delay_us);
   options.batching.arrival_gap = absl::Microseconds(args.arrival_gap_us);
   options.batching.completion_threads = args.completion_threads;
+  options.affinity = args.affinity;
   auto registry = bitnet::ModelRegistry::Create(backends, options);
   if (!registry.ok()) return registry.status();
   const bitnet::Model model = bitnet::MakeDemoModel(bitnet::DemoModelSize::kSmall);
@@ -178,6 +182,8 @@ absl::StatusOr<Result> RunOne(const RoutingArgs& args, int instances, int client
         bitnet::BatchRequest request;
         request.input.assign(static_cast<size_t>(args.rows * in), 0.5f);
         request.rows = args.rows;
+        // Client c's connection, as the service would key it.
+        request.routing_key = 1 + c / args.clients_per_connection;
         request.on_done = [&](bitnet::RequestResult result) {
           ok = result.status.ok();
           answered.Notify();
@@ -248,7 +254,8 @@ int Usage(const std::string& message) {
                "[--per_row_us=2.3] [--client_gap_us=150] [--client_jitter_us=1500] "
                "[--duration=5] [--warmup=1] "
                "[--preferred_batch_rows=128] [--max_batch_rows=512] "
-               "[--max_queue_delay_us=2000] [--arrival_gap_us=250] [--completion_threads=8]\n",
+               "[--max_queue_delay_us=2000] [--arrival_gap_us=250] [--completion_threads=8] "
+               "[--affinity=true] [--clients_per_connection=2]\n",
                message.c_str());
   return 2;
 }
@@ -294,6 +301,11 @@ int RunRoutingBenchmarks(int argc, char** argv) {
       ok = absl::SimpleAtod(value, &args.arrival_gap_us) && args.arrival_gap_us >= 0;
     } else if (key == "completion_threads") {
       ok = absl::SimpleAtoi(value, &args.completion_threads) && args.completion_threads > 0;
+    } else if (key == "affinity") {
+      ok = absl::SimpleAtob(value, &args.affinity);
+    } else if (key == "clients_per_connection") {
+      ok = absl::SimpleAtoi(value, &args.clients_per_connection) &&
+           args.clients_per_connection > 0;
     } else {
       return Usage("unknown option --" + key);
     }
@@ -303,9 +315,10 @@ int RunRoutingBenchmarks(int argc, char** argv) {
 
   std::printf("simulated device: %.0f us + %.2f us/row per batch; %lld rows per request; "
               "client gap %.0f us + uniform(0, %.0f us); %.1f s per point after %.1f s "
-              "warm-up\n",
+              "warm-up; connection affinity %s (%d clients per connection)\n",
               args.fixed_us, args.per_row_us, static_cast<long long>(args.rows),
-              args.client_gap_us, args.client_jitter_us, args.duration_s, args.warmup_s);
+              args.client_gap_us, args.client_jitter_us, args.duration_s, args.warmup_s,
+              args.affinity ? "on" : "off", args.clients_per_connection);
   std::printf("%9s %9s %8s %12s %8s %8s %10s  %s\n", "instances", "per inst", "clients",
               "rows/s", "p50 ms", "p99 ms", "batch rows", "batch share per instance");
   for (int per_instance : args.clients_per_instance) {

@@ -52,7 +52,13 @@ ABSL_FLAG(std::string, device, "auto",
           "device: auto (the first GPU if one is visible, else the CPU), all "
           "(every visible GPU, else the CPU), cpu, cuda:N, or a list such as "
           "cuda:0,cuda:1 (cpu may repeat: cpu,cpu). Requests go to the "
-          "instance with the fewest rows queued and in flight");
+          "instance that will answer soonest (see --connection_affinity)");
+ABSL_FLAG(bool, connection_affinity, true,
+          "With several devices: a client connection's requests stay on one "
+          "instance (connections get instances in turn) unless it is more "
+          "than a batch behind the soonest, so that each device batches its "
+          "clients as a one-device server would; false: every request goes "
+          "to the instance that will answer soonest");
 ABSL_FLAG(int, cpu_threads, 0,
           "Threads of the CPU backend per batch (0: all hardware threads)");
 ABSL_FLAG(int64_t, preferred_batch_rows, 128,
@@ -177,6 +183,7 @@ int main(int argc, char** argv) {
   options.max_queue_rows = absl::GetFlag(FLAGS_max_queue_rows);
   options.max_request_rows = absl::GetFlag(FLAGS_max_request_rows);
   options.max_loaded_versions = absl::GetFlag(FLAGS_max_loaded_versions);
+  options.connection_affinity = absl::GetFlag(FLAGS_connection_affinity);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.admin_token_file = absl::GetFlag(FLAGS_admin_token_file);
   options.admin_client_names = absl::GetFlag(FLAGS_admin_client_names);

@@ -4,6 +4,7 @@
 // Skips itself with fewer than two visible GPUs (CTest label gpu).
 #include <httplib.h>
 
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +21,7 @@ namespace bitnet {
 namespace {
 
 using ::bitnet::testing::MakeClient;
+using ::bitnet::testing::MakeOwnConnectionClient;
 using ::bitnet::testing::MetricValue;
 using ::bitnet::testing::RandomRows;
 using ::bitnet::testing::Reference;
@@ -47,11 +49,14 @@ TEST(MultiDeviceGpuTest, EveryGpuServesAndAnswersLikeTheOracle) {
     EXPECT_EQ(*client->Health("demo@" + d), "SERVING") << d;
   }
 
-  // Sequential requests go to the idle GPUs in turn; then concurrent
-  // clients keep several GPUs busy at once.
+  // One connection per GPU (connections get instances in turn), sequential
+  // requests from each in turn; then concurrent clients, each on its own
+  // connection, keep several GPUs busy at once.
+  std::vector<std::unique_ptr<Client>> per_gpu;
+  for (int g = 0; g < *gpus; ++g) per_gpu.push_back(MakeOwnConnectionClient((*server)->port()));
   for (int i = 0; i < 2 * *gpus; ++i) {
     const std::vector<float> x = RandomRows(1 + i % 4, kFeatures, i);
-    auto out = client->Infer("demo", x, kFeatures);
+    auto out = per_gpu[i % *gpus]->Infer("demo", x, kFeatures);
     ASSERT_TRUE(out.ok()) << out.status();
     EXPECT_EQ(out->values, Reference(model, x)) << "request " << i;
   }
@@ -59,7 +64,7 @@ TEST(MultiDeviceGpuTest, EveryGpuServesAndAnswersLikeTheOracle) {
   std::vector<int> wrong(8, 0);
   for (int t = 0; t < 8; ++t) {
     clients.emplace_back([&, t] {
-      auto mine = MakeClient((*server)->port());
+      auto mine = MakeOwnConnectionClient((*server)->port());
       for (int i = 0; i < 25; ++i) {
         const std::vector<float> x = RandomRows(8, kFeatures, 1000 * t + i);
         auto out = mine->Infer("demo", x, kFeatures);

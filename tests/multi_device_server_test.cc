@@ -25,6 +25,7 @@ namespace bitnet {
 namespace {
 
 using ::bitnet::testing::MakeClient;
+using ::bitnet::testing::MakeOwnConnectionClient;
 using ::bitnet::testing::MetricValue;
 using ::bitnet::testing::RandomRows;
 using ::bitnet::testing::Reference;
@@ -99,11 +100,13 @@ TEST(MultiDeviceServerTest, CpuCpuServesOnBothInstancesAndPublishesEverywhere) {
   ASSERT_TRUE(described.ok()) << described.status();
   EXPECT_EQ(described->backend(), "cpu");
 
-  // Sequential requests find both instances idle: ties go in turn, so both
-  // compute; every answer is the oracle's.
+  // A second client on its own connection. Connections get instances in
+  // turn (connection affinity): the first client's requests run on cpu#0,
+  // the second's on cpu#1; every answer is the oracle's.
+  std::unique_ptr<Client> second = MakeOwnConnectionClient((*server)->port());
   for (int i = 0; i < 6; ++i) {
     const std::vector<float> x = RandomRows(1 + i % 3, kFeatures, 100 + i);
-    auto out = client->Infer("demo", x, kFeatures);
+    auto out = (i % 2 == 0 ? *client : *second).Infer("demo", x, kFeatures);
     ASSERT_TRUE(out.ok()) << out.status();
     EXPECT_EQ(out->values, Reference(model, x)) << "request " << i;
     EXPECT_EQ(out->version, 1u);
@@ -124,13 +127,23 @@ TEST(MultiDeviceServerTest, CpuCpuServesOnBothInstancesAndPublishesEverywhere) {
   EXPECT_EQ(loaded->version(), 2u);
   for (int i = 0; i < 4; ++i) {
     const std::vector<float> x = RandomRows(2, kFeatures, 200 + i);
-    auto out = client->Infer("demo", x, kFeatures);
+    auto out = (i % 2 == 0 ? *client : *second).Infer("demo", x, kFeatures);
     ASSERT_TRUE(out.ok()) << out.status();
     EXPECT_EQ(out->version, 2u);
     EXPECT_EQ(out->values, Reference(model, x));
   }
   text = Metrics((*server)->metrics_port());
   EXPECT_EQ(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu#0\",model=\"demo\"}"), 5);
+  EXPECT_EQ(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu#1\",model=\"demo\"}"), 5);
+  // The first client alone: its connection keeps to cpu#0.
+  for (int i = 0; i < 3; ++i) {
+    const std::vector<float> x = RandomRows(1, kFeatures, 300 + i);
+    auto out = client->Infer("demo", x, kFeatures);
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->values, Reference(model, x));
+  }
+  text = Metrics((*server)->metrics_port());
+  EXPECT_EQ(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu#0\",model=\"demo\"}"), 8);
   EXPECT_EQ(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu#1\",model=\"demo\"}"), 5);
   EXPECT_TRUE((*server)->Drain(absl::Seconds(5)));
   std::filesystem::remove_all(dir);
@@ -147,10 +160,12 @@ TEST(MultiDeviceServerTest, FailedDeviceLeavesRotationAndHealthSaysSo) {
   const Model model = MakeDemoModel(DemoModelSize::kSmall);
 
   failing->failing.store(true);
-  // Whichever instance a request lands on, it is answered right.
+  // Two connections, one per instance: whichever instance a request lands
+  // on, it is answered right.
+  std::unique_ptr<Client> second = MakeOwnConnectionClient((*server)->port());
   for (int i = 0; i < 4; ++i) {
     const std::vector<float> x = RandomRows(2, kFeatures, i);
-    auto out = client->Infer("demo", x, kFeatures);
+    auto out = (i % 2 == 0 ? *client : *second).Infer("demo", x, kFeatures);
     ASSERT_TRUE(out.ok()) << "request " << i << ": " << out.status();
     EXPECT_EQ(out->values, Reference(model, x));
   }

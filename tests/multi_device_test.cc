@@ -12,6 +12,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -204,6 +205,7 @@ BatchRequest MakeRequest(int id, int64_t rows, Reply* reply,
                          int64_t version = 0) {
   BatchRequest r;
   r.rows = rows;
+  r.routing_key = 0;  // no connection: routing alone decides
   r.input.assign(rows * kIn, 0.5f);
   for (int64_t i = 0; i < rows; ++i) r.input[i * kIn] = static_cast<float>(id);
   r.model_version = version;
@@ -253,7 +255,7 @@ class MultiDeviceTest : public ::testing::Test {
     registry_.reset();
   }
 
-  void Start(int devices, Clock* clock = nullptr) {
+  void Start(int devices, Clock* clock = nullptr, bool affinity = true) {
     registry_.reset();
     backends_.clear();
     std::vector<std::shared_ptr<Backend>> backends;
@@ -268,6 +270,7 @@ class MultiDeviceTest : public ::testing::Test {
     options.batching.max_queue_rows = 1024;
     options.batching.max_queue_delay = absl::ZeroDuration();
     options.max_loaded_versions = 3;
+    options.affinity = affinity;
     options.observer_factory = [this](std::string_view, std::string_view name) {
       return std::make_unique<Recorder>(std::string(name), &events_mu_,
                                         &events_);
@@ -497,6 +500,96 @@ TEST_F(MultiDeviceTest, RoutesByTheFractionOfABatchLeftNotWholeBatches) {
   EXPECT_EQ(DeviceOf(x.Await()), 0);
   EXPECT_EQ(DeviceOf(y.Await()), 1);
   EXPECT_EQ(DeviceOf(z.Await()), 0);
+}
+
+// A request from a connection (routing key).
+BatchRequest KeyedRequest(uint64_t key, int id, int64_t rows, Reply* reply) {
+  BatchRequest r = MakeRequest(id, rows, reply);
+  r.routing_key = key;
+  return r;
+}
+
+// Connection affinity: a key stays on its home instance while that is at
+// most one batch time behind the soonest, and hands over beyond that.
+TEST_F(MultiDeviceTest, AConnectionStaysOnItsInstanceUntilItIsABatchBehind) {
+  Start(2, &fake_clock_);
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  WarmUpTenMillisecondBatches();
+  if (HasFatalFailure()) return;
+  constexpr uint64_t kA = 101, kB = 202;  // first seen in this order: homes 0, 1
+  Reply& a1 = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(kA, 10, 8, &a1)).ok());
+  ASSERT_THAT(Outstanding(), ElementsAre(8, 0));
+  backends_[0]->AwaitForwardsStarted(2);
+  // Device 0 has just started (two batch times away), device 1 is idle
+  // (one away): without affinity device 1 would take it; A's home is
+  // exactly one batch behind, so A stays.
+  Reply& a2 = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(kA, 11, 16, &a2)).ok());
+  EXPECT_THAT(Outstanding(), ElementsAre(24, 0)) << "A left its home within a batch";
+  // B's home is device 1.
+  Reply& b1 = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(kB, 12, 1, &b1)).ok());
+  EXPECT_THAT(Outstanding(), ElementsAre(24, 1));
+  backends_[1]->SetForwardOpen(true);
+  EXPECT_EQ(DeviceOf(b1.Await()), 1);
+  // Device 0: its batch in flight plus 16 + 1 queued rows = two more
+  // batches of 16 (three batch times away), device 1 idle (one): more than
+  // a batch behind, so A's next request goes to device 1.
+  Reply& a3 = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(kA, 13, 1, &a3)).ok());
+  EXPECT_EQ(DeviceOf(a3.Await()), 1) << "A did not hand over at two batches behind";
+  backends_[0]->SetForwardOpen(true);
+  EXPECT_EQ(DeviceOf(a1.Await()), 0);
+  EXPECT_EQ(DeviceOf(a2.Await()), 0);
+}
+
+TEST_F(MultiDeviceTest, WithoutAffinityEveryRequestGoesToTheSoonest) {
+  Start(2, &fake_clock_, /*affinity=*/false);
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  WarmUpTenMillisecondBatches();
+  if (HasFatalFailure()) return;
+  Reply& a1 = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(101, 10, 8, &a1)).ok());
+  backends_[0]->AwaitForwardsStarted(2);
+  Reply& a2 = NewReply();
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(101, 11, 1, &a2)).ok());
+  EXPECT_THAT(Outstanding(), ElementsAre(8, 1));
+  for (auto& backend : backends_) backend->SetForwardOpen(true);
+  EXPECT_EQ(DeviceOf(a1.Await()), 0);
+  EXPECT_EQ(DeviceOf(a2.Await()), 1);
+}
+
+// Connections get homes in turn, keep them, and leave a failed one.
+TEST_F(MultiDeviceTest, ConnectionsGetHomesInTurnAndLeaveAFailedOne) {
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  std::map<uint64_t, std::set<int>> devices_of_key;
+  for (int round = 0; round < 3; ++round) {
+    for (uint64_t key : {7, 8, 9, 10}) {
+      Reply reply;
+      ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(key, 1, 1, &reply)).ok());
+      RequestResult r = reply.Await();
+      ASSERT_TRUE(r.status.ok()) << r.status;
+      devices_of_key[key].insert(DeviceOf(r));
+    }
+  }
+  EXPECT_THAT(devices_of_key[7], ElementsAre(0));
+  EXPECT_THAT(devices_of_key[8], ElementsAre(1));
+  EXPECT_THAT(devices_of_key[9], ElementsAre(0));
+  EXPECT_THAT(devices_of_key[10], ElementsAre(1));
+
+  // Device 0 fails key 7's request: it is re-run on device 1 and device 0
+  // leaves the rotation; key 7 is then served by device 1.
+  backends_[0]->SetFailForwards(true);
+  Reply failed_over;
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(7, 2, 1, &failed_over)).ok());
+  RequestResult r = failed_over.Await();
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(DeviceOf(r), 1);
+  EXPECT_THAT(Healthy(), ElementsAre(false, true));
+  Reply after;
+  ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(7, 3, 1, &after)).ok());
+  EXPECT_EQ(DeviceOf(after.Await()), 1);
 }
 
 TEST_F(MultiDeviceTest, IdleInstancesShareSequentialTrafficInTurn) {

@@ -49,6 +49,20 @@ inline std::unique_ptr<Client> MakeClient(int port,
   return *std::move(client);
 }
 
+// A client on a TCP connection of its own (MakeClient's clients share one).
+// A multi-device server keeps each connection's requests on one instance
+// (connection affinity), so tests that need every instance to compute send
+// from several connections.
+inline std::unique_ptr<Client> MakeOwnConnectionClient(int port) {
+  ClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.timeout = absl::Seconds(30);
+  o.own_connection = true;
+  auto client = Client::Create(o);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return *std::move(client);
+}
+
 // rows x cols values ~N(0, 1), reproducible from `seed`.
 inline std::vector<float> RandomRows(int64_t rows, int64_t cols, uint64_t seed) {
   DemoRandom rng(seed);

@@ -120,6 +120,10 @@ struct BatchRequest {
   // asks the run callback for it; otherwise the output is fp32.
   ElementType output_dtype = ElementType::kF32;
   int64_t rows = 0;
+  // Routing affinity (the registry's, not the batcher's): requests with the
+  // same nonzero key (the service uses the client connection) go to the same
+  // instance while it is not a whole batch behind the soonest one. 0 = none.
+  uint64_t routing_key = 0;
   // Honoured before dispatch: a request still queued at its deadline is
   // answered DEADLINE_EXCEEDED. absl::InfiniteFuture() = none.
   absl::Time deadline = absl::InfiniteFuture();

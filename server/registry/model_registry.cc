@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
@@ -33,6 +34,13 @@ std::vector<std::string> DevicesOf(
   for (const auto& b : backends) devices.push_back(b ? b->device() : "");
   return devices;
 }
+
+// Connection affinity: a key stays on its home instance while the home is at
+// most this many thousandths of a batch time behind the soonest instance.
+constexpr int64_t kAffinityMarginMilli = 1000;
+// Routing keys remembered per model before the least recently used half is
+// forgotten.
+constexpr size_t kMaxHomes = 4096;
 
 }  // namespace
 
@@ -72,6 +80,41 @@ struct ModelRegistry::Entry {
   std::vector<std::unique_ptr<Instance>> instances;
   // Breaks routing ties in turn.
   std::atomic<uint64_t> round_robin{0};
+  // Routing affinity (ModelRegistryOptions::affinity): each routing key's
+  // home instance, given in turn at first sight so that keys spread evenly.
+  bool affinity = false;
+  absl::Mutex homes_mu;
+  struct Home {
+    int instance = 0;
+    uint64_t last_used = 0;  // homes_seq at the key's latest request
+  };
+  std::unordered_map<uint64_t, Home> homes ABSL_GUARDED_BY(homes_mu);
+  uint64_t homes_seq ABSL_GUARDED_BY(homes_mu) = 0;
+  int next_home ABSL_GUARDED_BY(homes_mu) = 0;
+
+  int HomeOf(uint64_t key) {
+    absl::MutexLock lock(&homes_mu);
+    ++homes_seq;
+    auto [it, inserted] = homes.try_emplace(key);
+    if (inserted) {
+      it->second.instance = next_home;
+      next_home = (next_home + 1) % static_cast<int>(instances.size());
+      if (homes.size() > kMaxHomes) ForgetOldestHomes();
+    }
+    it->second.last_used = homes_seq;
+    return it->second.instance;
+  }
+  // Keys are connections, which come and go: past kMaxHomes keys, the half
+  // least recently used is forgotten (a forgotten key that comes back gets
+  // a new home in turn).
+  void ForgetOldestHomes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(homes_mu) {
+    std::vector<uint64_t> seqs;
+    seqs.reserve(homes.size());
+    for (const auto& [key, home] : homes) seqs.push_back(home.last_used);
+    std::nth_element(seqs.begin(), seqs.begin() + seqs.size() / 2, seqs.end());
+    const uint64_t cut = seqs[seqs.size() / 2];
+    std::erase_if(homes, [cut](const auto& kv) { return kv.second.last_used < cut; });
+  }
   // Orders health transitions so that observers see them in order.
   absl::Mutex health_mu;
 
@@ -115,12 +158,20 @@ struct ModelRegistry::Entry {
   // then the fewest outstanding rows; while any candidate has no estimate
   // yet (no batch run), the fewest outstanding rows alone. When none is
   // healthy, the same over all of them. Ties in turn.
+  // With `affinity`, a request with a routing key (the service uses the
+  // client connection) goes instead to its key's home instance if that is a
+  // candidate at most one whole batch time behind the soonest. Closed-loop
+  // clients then keep to one instance each and every instance batches like
+  // a single-device server (on 2 x H100 at 16 clients per GPU: batches of
+  // 260 rows as on one GPU, not 360, and the server's p99 equal to one
+  // GPU's; RESULTS.md, session 6), while a home more than a batch behind
+  // (an uneven spread of connections, a busy client) hands work over.
   // The estimate is used to the fraction: rounded up to whole batch times
   // (as first written) most choices tied and fell to outstanding rows, which
   // let the closed-loop clients of two instances merge into bigger batches
   // (`bitnet-bench routing`, 16 clients per instance: p99 7.1 ms on two
   // instances against 5.8 on one; 5.7 with fractions; RESULTS.md).
-  int Pick(const ModelVersion* pinned, int64_t rows) {
+  int Pick(const ModelVersion* pinned, int64_t rows, uint64_t routing_key) {
     const int n = static_cast<int>(instances.size());
     if (n == 1) return 0;
     for (bool need_healthy : {true, false}) {
@@ -157,6 +208,12 @@ struct ModelRegistry::Entry {
           ties = 1;
         } else if (keys[i] == best) {
           ++ties;
+        }
+      }
+      if (affinity && routing_key != 0) {
+        const int home = HomeOf(routing_key);
+        if (candidate(home) && keys[home].first - best.first <= kAffinityMarginMilli) {
+          return home;
         }
       }
       int k = ties == 1 ? 0 : static_cast<int>(round_robin.fetch_add(1) % ties);
@@ -493,6 +550,7 @@ absl::StatusOr<int64_t> ModelRegistry::Load(std::string_view name,
   auto it = models_.find(name);
   if (it == models_.end()) {
     auto entry = std::make_shared<Entry>();
+    entry->affinity = options_.affinity;
     entry->name = std::string(name);
     entry->input_features = model.input_features();
     entry->output_features = model.output_features();
@@ -682,7 +740,7 @@ absl::Status ModelRegistry::Enqueue(std::string_view name,
     }
     pinned = it->second;
   }
-  Instance& instance = *entry->instances[entry->Pick(pinned.get(), request.rows)];
+  Instance& instance = *entry->instances[entry->Pick(pinned.get(), request.rows, request.routing_key)];
   // Counted before the batcher can answer, uncounted just before the
   // caller hears back (so its next request sees the true load). A pinned
   // request keeps its version alive until answered, so unloading the

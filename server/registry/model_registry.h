@@ -14,7 +14,13 @@
 // computing, the batches queued ahead), then the fewest outstanding rows (queued + in
 // flight, i.e. accepted and not yet answered); before every instance has
 // run a batch, the outstanding rows alone; ties go round robin. Requests
-// pinned to a version only go to instances that hold it.
+// pinned to a version only go to instances that hold it. With affinity
+// (ModelRegistryOptions::affinity, on by default) a request that carries a
+// routing key (the service passes the client's connection) stays on its
+// key's home instance unless that is more than a whole batch time behind
+// the soonest: closed-loop clients then stay in the groups a single device
+// would batch them in, instead of merging across instances into bigger,
+// slower batches.
 //
 // Versions are int64, strictly increasing per model name and never reused
 // (not even after an unload). Loading a new version runs every backend's
@@ -180,6 +186,11 @@ struct ModelRegistryOptions {
   // How many versions of one model stay loaded (>= 1). Loading beyond it
   // unloads the oldest; in-flight batches on it still finish.
   int max_loaded_versions = 2;
+  // Routing affinity: a request whose BatchRequest::routing_key is nonzero
+  // goes to its key's home instance (keys get homes in turn at first sight)
+  // while that instance is at most one batch time behind the one that would
+  // answer soonest; otherwise, and without a key, the rule above decides.
+  bool affinity = true;
   // Optional: an observer per model instance (e.g. Prometheus series
   // labelled with the model and the instance name). Called for every
   // instance when a model name is first loaded (again after it was unloaded

@@ -23,6 +23,11 @@ double SecondsSince(absl::Time start) {
   return absl::ToDoubleSeconds(absl::Now() - start);
 }
 
+// The client's connection as a routing affinity key (never 0).
+uint64_t RoutingKeyOf(const grpc::ServerContextBase& context) {
+  return std::hash<std::string>{}(context.peer()) | 1;
+}
+
 // Called exactly once with the outcome of a request SubmitInfer accepted.
 using InferDone = std::function<void(const absl::Status&)>;
 
@@ -39,6 +44,7 @@ absl::Status SubmitInfer(ServingState& state, const v1::InferRequest& request,
                          std::shared_ptr<const std::string> owned_data,
                          absl::Time start, absl::Time deadline,
                          std::function<bool()> is_cancelled,
+                         uint64_t routing_key,
                          v1::InferResponse* out, InferDone done) {
   const std::string& name = request.model();
   // A client must not be able to create metric series by inventing names.
@@ -95,6 +101,7 @@ absl::Status SubmitInfer(ServingState& state, const v1::InferRequest& request,
   batch_request.rows = rows;
   batch_request.deadline = deadline;
   batch_request.is_cancelled = std::move(is_cancelled);
+  batch_request.routing_key = routing_key;
   // 0 = whichever version is current when the batch is dispatched.
   batch_request.model_version = version;
   batch_request.on_done = [&state, name, rows, output_features, start, out,
@@ -278,7 +285,7 @@ class InferStreamReactor final
           std::move(*request.mutable_input()->mutable_data()));
       status = SubmitInfer(
           *state_, request, std::move(owned), start, DeadlineOf(context_),
-          [context] { return context->IsCancelled(); },
+          [context] { return context->IsCancelled(); }, RoutingKeyOf(*context),
           answer->mutable_response(),
           [this, state, answer](const absl::Status& s) {
             if (!s.ok()) SetError(answer.get(), s);
@@ -379,7 +386,7 @@ grpc::ServerUnaryReactor* InferenceService::Infer(
   }
   status = SubmitInfer(
       *state_, *request, /*owned_data=*/nullptr, start, DeadlineOf(context),
-      [context] { return context->IsCancelled(); }, response,
+      [context] { return context->IsCancelled(); }, RoutingKeyOf(*context), response,
       [finish, state](const absl::Status& s) {
         finish(s);
         state->EndWork();

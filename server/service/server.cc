@@ -241,6 +241,7 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   registry_options.batching.arrival_gap = o.batch_arrival_gap;
   registry_options.batching.completion_threads = o.completion_threads;
   registry_options.max_loaded_versions = o.max_loaded_versions;
+  registry_options.affinity = o.connection_affinity;
   ServingState* state = self->state_.get();
   registry_options.observer_factory = [state](std::string_view name,
                                               std::string_view instance) {
@@ -292,6 +293,9 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
             {"port", absl::StrCat(self->port_)},
             {"metrics_port", absl::StrCat(self->metrics_port())},
             {"device", absl::StrJoin(devices, ",")},
+            {"routing", devices.size() < 2 ? "one_device"
+                        : o.connection_affinity ? "connection_affinity"
+                                                : "soonest"},
             {"version", std::string(ServerVersion())},
             {"cuda_build", kBuiltWithCuda ? "true" : "false"},
             {"tls", o.tls_cert.empty() ? "off" : (o.tls_ca.empty() ? "on" : "mtls")},

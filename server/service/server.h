@@ -79,6 +79,9 @@ struct ServerOptions {
   int64_t max_request_rows = 512;
   // Versions of one model kept loaded (older ones are unloaded).
   int max_loaded_versions = 2;
+  // Several devices: keep a connection's requests on one instance while it
+  // is at most a batch behind (ModelRegistryOptions::affinity).
+  bool connection_affinity = true;
   // Largest gRPC message received or sent (RESOURCE_EXHAUSTED beyond).
   int64_t max_message_bytes = 64 << 20;
 
