@@ -16,6 +16,11 @@
 //
 // Options: --csv FILE --json FILE --reps N --warmup N --m 1,16,... --n 4096,...
 //          --k 4096 --device D --sweep FILE (time every config x split-K too)
+//          --pdl (our launches set CudaLinearArgs::overlap_previous_kernel:
+//          programmatic dependent launch on sm_90+, so with back-to-back runs
+//          a gemv launch may start, and load its weights, while the previous
+//          run still finishes; with --timing graph the captured launches are
+//          joined by programmatic edges)
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -97,6 +102,7 @@ struct Options {
   bool ceilings = true;  // --no-ceilings: skip the copy / 8192^3 measurements
   TimingMethod timing = TimingMethod::kRotate;  // --timing rotate|flush|graph
   std::string config;  // --config NAME: force one configuration (profiling)
+  bool pdl = false;    // --pdl: our calls set overlap_previous_kernel
   int reps = 200;
   int warmup = 20;
   int device = 0;
@@ -172,11 +178,15 @@ bool ParseOptions(int argc, char** argv, Options* o) {
       o->config = v;
     } else if (a == "--no-ceilings") {
       o->ceilings = false;
+    } else if (a == "--pdl") {
+      o->pdl = true;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "bitnet-bench kernels [--csv FILE] [--json FILE] [--sweep FILE] [--reps N]\n"
           "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n"
-          "  [--no-ceilings] [--timing rotate|flush|graph] [--config NAME]\n");
+          "  [--no-ceilings] [--timing rotate|flush|graph] [--config NAME] [--pdl]\n"
+          "  --pdl: launch our kernels with programmatic dependent launch (sm_90+;\n"
+          "         CudaLinearArgs::overlap_previous_kernel), in every timing method\n");
       std::exit(0);
     } else {
       std::fprintf(stderr, "kernels bench: unknown option %s\n", a.c_str());
@@ -472,12 +482,16 @@ bool Run(const Options& o) {
   std::printf("# card: %s (sm_%d%d, %d SMs, L2 %d MB), wgmma kernels: %s, date: %s\n", prop.name,
               prop.major, prop.minor, prop.multiProcessorCount, prop.l2CacheSize >> 20,
               *has_wgmma ? "yes" : "no", date);
-  std::printf("# timing: %s\n",
+  std::printf("# timing: %s; PDL %s\n",
               o.timing == TimingMethod::kRotate
                   ? "rotate (buffer sets > 2x L2, repetitions back to back, an event between each)"
               : o.timing == TimingMethod::kGraph
                   ? "graph (buffer sets > 2x L2, 64 repetitions per CUDA graph, replay time / 64)"
-                  : "flush (L2 read-flushed, spin, isolated start/stop events per repetition)");
+                  : "flush (L2 read-flushed, spin, isolated start/stop events per repetition)",
+              !o.pdl ? "off"
+              : prop.major >= 9
+                  ? "on (--pdl: our launches may overlap the previous kernel on the stream)"
+                  : "requested (--pdl) but inactive: needs sm_90+");
   Ceilings ceil;
   if (o.ceilings) {
     if (!MeasureCeilings(h, stream, timer, &ceil)) return false;
@@ -610,6 +624,8 @@ bool Run(const Options& o) {
         a.y_dtype = CudaDType::kF16;
         a.config = config;
         a.split_k = split;
+        // Copied into every timed run below (ai = a), whatever the timing.
+        a.overlap_previous_kernel = o.pdl;
         absl::StatusOr<bitnet::CudaLaunchPlan> plan = bitnet::CudaPlanLinear(a);
         BENCH_CHECK_STATUS(plan.status());
         absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(plan->workspace_bytes, o.device);
@@ -763,9 +779,10 @@ bool Run(const Options& o) {
                  "{\n  \"card\": \"%s\",\n  \"date\": \"%s\",\n  \"sms\": %d,\n"
                  "  \"copy_bandwidth_gbs\": %.1f,\n  \"cublas_fp16_tflops\": %.1f,\n"
                  "  \"cublas_int8_tops\": %.1f,\n  \"empty_kernel_us\": %.2f,\n"
-                 "  \"reps\": %d,\n  \"results\": [\n",
+                 "  \"reps\": %d,\n  \"pdl\": %s,\n  \"results\": [\n",
                  JsonEscape(prop.name).c_str(), date, prop.multiProcessorCount,
-                 ceil.bandwidth_gbs, ceil.fp16_tflops, ceil.int8_tops, empty_us, o.reps);
+                 ceil.bandwidth_gbs, ceil.fp16_tflops, ceil.int8_tops, empty_us, o.reps,
+                 o.pdl ? "true" : "false");
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::fprintf(f,

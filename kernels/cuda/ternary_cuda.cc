@@ -735,6 +735,8 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   splits = static_cast<int>((w.k_tiles() + kt_per_split - 1) / kt_per_split);
   plan.split_k = splits;
   plan.prepare_activations = NeedsPrep(args, shape->x_stride);
+  // griddepcontrol exists from sm_90 on; older devices launch plainly.
+  plan.overlap_previous_kernel = args.overlap_previous_kernel && device_sm_major >= 9;
   const size_t prep_elem = type == MmaType::kS8 ? 1 : 2;
   plan.workspace_bytes = Layout(args.m, kernel, tiles, splits, plan.prepare_activations,
                                 prep_elem, w.k_tiles() * kCudaColTile)
@@ -795,6 +797,9 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
   p.y = args.y;
   p.ldy = y_stride;
   p.y_type = static_cast<OutType>(static_cast<int>(args.y_dtype));
+  // Only the gemv kernels wait for the previous grid before reading x; the
+  // others must never start early (ternary_launch.h, GemmParams::pdl).
+  p.pdl = plan->overlap_previous_kernel && kernel.gemv;
   if (plan->split_k > 1) {
     p.counters = reinterpret_cast<int*>(ws + layout.counters);
     p.partials = reinterpret_cast<uint32_t*>(ws + layout.partials);
@@ -813,6 +818,7 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
     prep.row_scale = (type == MmaType::kS8 || prep.prescale)
                          ? reinterpret_cast<float*>(ws + layout.row_scales)
                          : nullptr;
+    prep.pdl = plan->overlap_previous_kernel;
     BITNET_CUDA_RETURN_IF_ERROR(cuda_internal::LaunchPrep(prep, s));
     p.x = prep.out;
     p.ldx = padded_k;

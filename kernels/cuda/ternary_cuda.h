@@ -279,6 +279,18 @@ struct CudaLinearArgs {
   // 0: chosen automatically; else 1..K/128. > 1 is INVALID_ARGUMENT for a
   // configuration with split_k == false.
   int split_k = 0;
+  // Programmatic dependent launch (Hopper, sm_90+; ignored on older
+  // devices). When set, this call's launches may start while the previous
+  // kernel on `stream` is still running: the activation preparation and the
+  // small-M (gemv) configurations start early, and the gemv kernel streams
+  // its packed weights from DRAM meanwhile. x, the workspace's activations
+  // and y are read or written only after that previous kernel has completed,
+  // so results are identical with or without it; larger configurations
+  // launch as usual. The caller promises that the weights (codes, scales,
+  // bias) are not written by anything still running on the stream: only
+  // then may this launch overlap it. CudaTernaryWeights are immutable after
+  // Create, so this holds unless their device memory is written directly.
+  bool overlap_previous_kernel = false;
 };
 
 // What CudaTernaryLinear will run for `args`.
@@ -287,6 +299,11 @@ struct CudaLaunchPlan {
   int split_k = 1;
   bool prepare_activations = false;  // a conversion/quantization launch first
   size_t workspace_bytes = 0;
+  // overlap_previous_kernel was set and the device honors it (sm_90+): the
+  // preparation launch, and the GEMM launch of a gemv configuration
+  // (split_k == false in CudaKernelConfigs()), use programmatic dependent
+  // launch.
+  bool overlap_previous_kernel = false;
 };
 
 // Validates `args` (shapes, dtypes, pointers, the configuration) and returns

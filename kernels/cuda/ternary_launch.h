@@ -45,6 +45,12 @@ struct GemmParams {
   // Split-K scratch (splits > 1): 32-bit partial sums and per-tile counters.
   uint32_t* partials = nullptr;
   int* counters = nullptr;
+  // Launch with programmatic dependent launch (dependent_launch.cuh): the
+  // kernel may start while the previous kernel on the stream still runs and
+  // load weights before waiting for it. Honored by the gemv configurations
+  // only (their kernels wait before reading x); every other launcher ignores
+  // it and launches plainly. Set by the dispatcher on sm_90+ only.
+  bool pdl = false;
 };
 
 // Activation preparation: per row, optional absmax, then either int8
@@ -62,6 +68,9 @@ struct PrepParams {
   int64_t ldo = 0;
   float* row_scale = nullptr;
   bool prescale = false;  // fp32 -> fp16: scale each row by 2^e (exact)
+  // Launch with programmatic dependent launch (see GemmParams::pdl): the
+  // kernel waits before its first read of x or write of out/row_scale.
+  bool pdl = false;
 };
 
 cudaError_t LaunchPrep(const PrepParams& p, cudaStream_t stream);

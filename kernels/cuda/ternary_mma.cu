@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/ternary_launch.h"
 
@@ -189,6 +190,10 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // runs its mma.syncs; partial sums are reduced across warps in shared memory
 // (fixed order: deterministic) and the epilogue stores directly. No split-K
 // round trips through global memory.
+// Launched with PDL (GemmParams::pdl, dependent_launch.cuh), the kernel
+// starts while the previous kernel on the stream still runs: the first
+// pass's weight loads go out at once, and only the x staging, the epilogue's
+// row scales and the stores of y wait for the previous kernel to finish.
 // kRG 16-row groups per block, kWarps warps splitting K. Decoding is the
 // bulk of the instructions; many warps per SM (16 rows x 16 warps) keep the
 // schedulers busy, fewer larger blocks (32 rows x 8 warps) suit large N.
@@ -233,6 +238,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
   const int mi = lane >> 3;
   const int ri = lane & 7;
 
+  // The next kernel on the stream may launch now and prefetch its own
+  // weights; it still waits for this grid to complete before reading y.
+  PdlLaunchDependents();
+
   // Two accumulator sets (even / odd k-tile of the warp) halve the chain of
   // dependent MMAs.
   T acc[Tr::kRG][kNT][4];
@@ -261,6 +270,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
                        : make_uint4(0, 0, 0, 0);
       }
     }
+    // Weights never come from the previous kernel: the first pass's loads
+    // above are in flight while this waits for it. Everything below (x,
+    // row_scale, w_scale/bias, y) is ordered after the wait; later passes
+    // need no further wait.
+    if (pass_kt0 == 0) PdlWaitForPrerequisites();
 #pragma unroll
     for (int chunk = 0; chunk < Tr::kPassKt / Tr::kChunkKt; ++chunk) {
       const int ckt0 = pass_kt0 + chunk * Tr::kChunkKt;
@@ -362,6 +376,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
     for (int j = 0; j < kNT; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][j][e] = acc[r][j][e] + acc2[r][j][e];
+  // No pass ran (k_tiles is >= 1 for any CudaTernaryWeights, so never in
+  // practice): still no store of y before the previous kernel is done.
+  if (p.k_tiles <= 0) PdlWaitForPrerequisites();
 
   // Cross-warp reduction in shared memory, in warp order (deterministic).
   __syncthreads();
@@ -394,8 +411,7 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p);
 }
 
 #define BITNET_GEMV_CONFIG(name, NT, RG, WARPS)                                            \

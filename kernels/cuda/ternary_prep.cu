@@ -9,12 +9,20 @@
 //  * none mode, fp16/bf16 input whose rows are not 16-byte aligned: a padded
 //    copy.
 // Columns [k, ldo) are zero-filled so the GEMM can read whole 128-column tiles.
+//
+// With PrepParams::pdl (dependent_launch.cuh) the launch may overlap the
+// previous kernel on the stream: the prep kernels let the following GEMM
+// launch at once (so a gemv prefetches its weights while quantization runs)
+// and wait for the previous kernel before reading x or writing anything. The
+// output lives in the shared workspace that the previous layer's GEMM may
+// still be reading, so no write may move above the wait either.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/ternary_launch.h"
 
 namespace bitnet::cuda_internal {
@@ -50,6 +58,8 @@ __device__ float BlockMax(float v) {
 
 template <typename InT, MmaType kOut>
 __global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) {
+  PdlLaunchDependents();
+  PdlWaitForPrerequisites();
   const int row = blockIdx.x;
   const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
   float mul = 1.0f;
@@ -96,6 +106,8 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) 
 // 8 elements per thread per step.
 template <typename InT, MmaType kOut>
 __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParams p) {
+  PdlLaunchDependents();
+  PdlWaitForPrerequisites();
   const int row = blockIdx.x;
   const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
   const int groups = p.k / 8;
@@ -175,12 +187,8 @@ cudaError_t LaunchPrepTyped(const PrepParams& p, cudaStream_t stream) {
   const bool vec = p.k % 8 == 0 && p.ldx % 8 == 0 && p.ldo % 8 == 0 &&
                    reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
-  if (vec) {
-    prep_vec8_kernel<InT, kOut><<<p.m, kPrepThreads, 0, stream>>>(p);
-  } else {
-    prep_kernel<InT, kOut><<<p.m, kPrepThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  return LaunchWithOptionalPdl(vec ? prep_vec8_kernel<InT, kOut> : prep_kernel<InT, kOut>,
+                               dim3(p.m), dim3(kPrepThreads), 0, stream, p.pdl, p);
 }
 
 template <typename InT>

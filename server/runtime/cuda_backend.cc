@@ -119,6 +119,11 @@ class CudaModelInstance final : public ModelInstance {
       a.y_dtype = i + 1 == layers_.size() ? ToCuda(out_type) : CudaDType::kF32;
       a.workspace = workspace_.data();
       a.workspace_bytes = workspace_.bytes();
+      // Small batches: each layer's kernel may start while the previous
+      // layer finishes and stream its weights meanwhile (Hopper PDL). The
+      // weights of a loaded version are never written, which is the promise
+      // this flag asks for.
+      a.overlap_previous_kernel = true;
       if (absl::Status s = CudaTernaryLinear(a, stream); !s.ok()) {
         return absl::Status(s.code(), absl::StrFormat("layer %d: %s", i, s.message()));
       }
