@@ -46,26 +46,9 @@ DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-1s}"
 CONNECTIONS_PER_DEVICE="${CONNECTIONS_PER_DEVICE:-8}"
 
-find_bin() {  # a bundle (flat) or a build tree (server/, client/)
-  local name=$1 sub=$2
-  if [[ -x "$bundle/$name" ]]; then
-    echo "$bundle/$name"
-  elif [[ -x "$bundle/$sub/$name" ]]; then
-    echo "$bundle/$sub/$name"
-  else
-    echo "multi_gpu_ab: $name not found in $bundle (or $bundle/$sub)" >&2
-    exit 2
-  fi
-}
-server_bin=$(find_bin bitnet-server server)
-load_bin=$(find_bin bitnet-load client)
-command -v python3 > /dev/null || { echo "multi_gpu_ab: python3 is needed" >&2; exit 2; }
-export LD_LIBRARY_PATH="$bundle${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-if command -v nvidia-smi > /dev/null; then
-  nvidia-smi --query-gpu=index,name --format=csv,noheader > "$out/gpu.txt" 2> /dev/null || true
-fi
+# shellcheck source=benchmarks/server_launch.sh
+source "$(dirname "$0")/server_launch.sh"
+prepare_run "$bundle" "$out"
 
 declare -A pid_of port_of metrics_of devices_of
 cleanup() {
@@ -75,7 +58,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Start every server at once (building the deep demo model takes a while),
-# then wait for each (launch_server's loop, on a server already started).
+# then wait for each.
 names=()
 for config in $CONFIGS; do
   IFS='|' read -r -a parts <<< "$config"
@@ -84,25 +67,14 @@ for config in $CONFIGS; do
   names+=("$name")
   devices_of[$name]=$devices
   echo "multi_gpu_ab: starting $name: --device=$devices ${parts[*]:2}" >&2
-  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$server_bin" --address=127.0.0.1 --port=0 \
-    --metrics_address=127.0.0.1 --metrics_port=0 --device="$devices" --demo_model="$DEMO_MODEL" \
-    --max_queue_rows=1048576 "${parts[@]:2}" > "$out/$name.log" 2>&1 &
-  pid_of[$name]=$!
+  start_server "$server_bin" "$out/$name.log" --device="$devices" --demo_model="$DEMO_MODEL" \
+    --max_queue_rows=1048576 "${parts[@]:2}"
+  pid_of[$name]=$server_pid
 done
-started='s/.*event=server_started .* port=\([0-9]*\) metrics_port=\([0-9]*\).*'
 for name in "${names[@]}"; do
-  for _ in $(seq 1 3000); do
-    grep -q "event=serving" "$out/$name.log" && break
-    kill -0 "${pid_of[$name]}" 2> /dev/null || break
-    sleep 0.1
-  done
-  port_of[$name]=$(sed -n "$started/\1/p" "$out/$name.log")
-  metrics_of[$name]=$(sed -n "$started/\2/p" "$out/$name.log")
-  if ! grep -q "event=serving" "$out/$name.log" || [[ -z "${port_of[$name]}" ]]; then
-    echo "multi_gpu_ab: $name did not start:" >&2
-    cat "$out/$name.log" >&2
-    exit 1
-  fi
+  await_server "$out/$name.log" "${pid_of[$name]}"
+  port_of[$name]=$port
+  metrics_of[$name]=$metrics_port
 done
 
 scrape() {  # NAME FILE: that server's /metrics page

@@ -70,31 +70,11 @@ CONNECTIONS_PER_DEVICE="${CONNECTIONS_PER_DEVICE:-8}"
 CONNECTIONS="${CONNECTIONS:-}"
 SERVER_FLAGS="${SERVER_FLAGS:-}"
 
-find_bin() {  # a bundle (flat) or a build tree (server/, client/)
-  local name=$1 sub=$2
-  if [[ -x "$bundle/$name" ]]; then
-    echo "$bundle/$name"
-  elif [[ -x "$bundle/$sub/$name" ]]; then
-    echo "$bundle/$sub/$name"
-  else
-    echo "multi_gpu_sweep: $name not found in $bundle (or $bundle/$sub)" >&2
-    exit 2
-  fi
-}
-server_bin=$(find_bin bitnet-server server)
-load_bin=$(find_bin bitnet-load client)
-command -v python3 > /dev/null || { echo "multi_gpu_sweep: python3 is needed" >&2; exit 2; }
-export LD_LIBRARY_PATH="$bundle${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-if command -v nvidia-smi > /dev/null; then
-  nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader \
-    > "$out/gpu.txt" || true
-  sed 's/^/multi_gpu_sweep: GPU /' "$out/gpu.txt" >&2
-fi
-
 # shellcheck source=benchmarks/server_launch.sh
 source "$(dirname "$0")/server_launch.sh"
+prepare_run "$bundle" "$out"
+[[ -f "$out/gpu.txt" ]] && sed 's/^/multi_gpu_sweep: GPU /' "$out/gpu.txt" >&2
+
 scrape() {  # the server's /metrics page into $1
   python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
     "http://127.0.0.1:$metrics_port/metrics" > "$1"
