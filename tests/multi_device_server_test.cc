@@ -145,6 +145,8 @@ TEST(MultiDeviceServerTest, CpuCpuServesOnBothInstancesAndPublishesEverywhere) {
   text = Metrics((*server)->metrics_port());
   EXPECT_EQ(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu#0\",model=\"demo\"}"), 8);
   EXPECT_EQ(MetricValue(text, "bitnet_batch_rows_count{device=\"cpu#1\",model=\"demo\"}"), 5);
+  EXPECT_EQ(MetricValue(text, "bitnet_routed_requests_total{device=\"cpu#0\",model=\"demo\",route=\"home\"}"), 8);
+  EXPECT_EQ(MetricValue(text, "bitnet_routed_requests_total{device=\"cpu#1\",model=\"demo\",route=\"home\"}"), 5);
   EXPECT_TRUE((*server)->Drain(absl::Seconds(5)));
   std::filesystem::remove_all(dir);
 }

@@ -35,6 +35,7 @@ namespace bitnet {
 namespace {
 
 using ::bitnet::testing::Reply;
+using ::testing::Each;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -226,8 +227,8 @@ struct HealthEvent {
 class Recorder : public InstanceObserver {
  public:
   Recorder(std::string instance, absl::Mutex* mu,
-           std::vector<HealthEvent>* events)
-      : instance_(std::move(instance)), mu_(mu), events_(events) {}
+           std::vector<HealthEvent>* events, std::vector<std::string>* routes)
+      : instance_(std::move(instance)), mu_(mu), events_(events), routes_(routes) {}
   void OnHealthChanged(bool healthy, const absl::Status& cause) override {
     absl::MutexLock lock(mu_);
     events_->push_back({instance_, healthy});
@@ -235,11 +236,17 @@ class Recorder : public InstanceObserver {
       EXPECT_THAT(cause.message(), HasSubstr("simulated device"));
     }
   }
+  // "cuda:1 home", in routing order.
+  void OnRouted(Route route) override {
+    absl::MutexLock lock(mu_);
+    routes_->push_back(instance_ + " " + std::string(RouteName(route)));
+  }
 
  private:
   const std::string instance_;
   absl::Mutex* mu_;
   std::vector<HealthEvent>* events_;
+  std::vector<std::string>* routes_;
 };
 
 class MultiDeviceTest : public ::testing::Test {
@@ -273,7 +280,7 @@ class MultiDeviceTest : public ::testing::Test {
     options.affinity = affinity;
     options.observer_factory = [this](std::string_view, std::string_view name) {
       return std::make_unique<Recorder>(std::string(name), &events_mu_,
-                                        &events_);
+                                        &events_, &routes_);
     };
     auto registry = ModelRegistry::Create(backends, options, clock);
     ASSERT_TRUE(registry.ok()) << registry.status();
@@ -297,6 +304,10 @@ class MultiDeviceTest : public ::testing::Test {
   std::vector<HealthEvent> Events() {
     absl::MutexLock lock(&events_mu_);
     return events_;
+  }
+  std::vector<std::string> Routes() {
+    absl::MutexLock lock(&events_mu_);
+    return routes_;
   }
 
   // Replies that may still be pending when an assertion ends a test: they
@@ -327,6 +338,7 @@ class MultiDeviceTest : public ::testing::Test {
   std::vector<std::unique_ptr<Reply>> replies_;
   absl::Mutex events_mu_;
   std::vector<HealthEvent> events_ ABSL_GUARDED_BY(events_mu_);
+  std::vector<std::string> routes_ ABSL_GUARDED_BY(events_mu_);
   // For tests that drive time (Start(n, &fake_clock_)); outlives registry_.
   FakeClock fake_clock_;
   std::unique_ptr<ModelRegistry> registry_;
@@ -542,6 +554,9 @@ TEST_F(MultiDeviceTest, AConnectionStaysOnItsInstanceUntilItIsABatchBehind) {
   backends_[0]->SetForwardOpen(true);
   EXPECT_EQ(DeviceOf(a1.Await()), 0);
   EXPECT_EQ(DeviceOf(a2.Await()), 0);
+  // What bitnet_routed_requests_total counts (the warm-up had no keys).
+  EXPECT_THAT(Routes(), ElementsAre("cuda:0 soonest", "cuda:1 soonest", "cuda:0 home",
+                                    "cuda:0 home", "cuda:1 home", "cuda:1 handed_over"));
 }
 
 TEST_F(MultiDeviceTest, WithoutAffinityEveryRequestGoesToTheSoonest) {
@@ -558,6 +573,7 @@ TEST_F(MultiDeviceTest, WithoutAffinityEveryRequestGoesToTheSoonest) {
   for (auto& backend : backends_) backend->SetForwardOpen(true);
   EXPECT_EQ(DeviceOf(a1.Await()), 0);
   EXPECT_EQ(DeviceOf(a2.Await()), 1);
+  EXPECT_THAT(Routes(), Each(HasSubstr("soonest")));
 }
 
 // Connections get homes in turn, keep them, and leave a failed one.
@@ -590,6 +606,7 @@ TEST_F(MultiDeviceTest, ConnectionsGetHomesInTurnAndLeaveAFailedOne) {
   Reply after;
   ASSERT_TRUE(registry_->Enqueue("m", KeyedRequest(7, 3, 1, &after)).ok());
   EXPECT_EQ(DeviceOf(after.Await()), 1);
+  EXPECT_EQ(Routes().back(), "cuda:1 handed_over");
 }
 
 TEST_F(MultiDeviceTest, IdleInstancesShareSequentialTrafficInTurn) {

@@ -94,6 +94,14 @@ struct Metrics::Families {
                 .Help("1 while a model instance (one per device) is in "
                       "rotation, 0 after a device failure took it out.")
                 .Register(r)),
+        routed_requests(
+            prometheus::BuildCounter()
+                .Name("bitnet_routed_requests_total")
+                .Help("Requests routed to a model instance (models with "
+                      "several): route home (the connection's instance), "
+                      "handed_over (home more than a batch behind or out of "
+                      "rotation) or soonest (no connection affinity).")
+                .Register(r)),
         build_info(prometheus::BuildGauge()
                        .Name("bitnet_build_info")
                        .Help("Always 1; labels describe the build.")
@@ -119,6 +127,7 @@ struct Metrics::Families {
   Family<Counter>& finetune_steps;
   Family<Gauge>& finetune_loss;
   Family<Gauge>& instance_healthy;
+  Family<Counter>& routed_requests;
   Family<Gauge>& build_info;
   Family<Counter>& grpc_handled;
   Family<Histogram>& grpc_handling;
@@ -218,6 +227,15 @@ void Metrics::SetInstanceHealthy(std::string_view model,
         {{"model", std::string(model)}, {"device", std::string(device)}});
   }
   series.healthy->Set(healthy ? 1 : 0);
+}
+
+void Metrics::RecordRoute(std::string_view model, std::string_view device,
+                          std::string_view route) {
+  families_->routed_requests
+      .Add({{"model", std::string(model)},
+            {"device", std::string(device)},
+            {"route", std::string(route)}})
+      .Increment();
 }
 
 void Metrics::RemoveInstance(std::string_view model, std::string_view device) {

@@ -14,6 +14,10 @@
 //   bitnet_finetune_loss{model}                  gauge (fine-tuning, later issue)
 //   bitnet_build_info{version,cuda}              gauge = 1
 //   bitnet_instance_healthy{model,device}        gauge, 1 in rotation, 0 out
+//   bitnet_routed_requests_total{model,device,route}  counter, requests routed
+//       to the instance when the model has several: route "home" (its
+//       connection's instance), "handed_over" (its home was more than a
+//       batch behind or out of rotation), "soonest" (no affinity)
 //   grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
 //   grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}  histogram
 // `device` on the per-instance families is the model instance's name: its
@@ -70,6 +74,10 @@ class Metrics {
   // Whether instance `device` of `model` is in rotation.
   void SetInstanceHealthy(std::string_view model, std::string_view device,
                           bool healthy);
+  // One request of a model with several instances routed to instance
+  // `device`; `route` is "home", "handed_over" or "soonest".
+  void RecordRoute(std::string_view model, std::string_view device,
+                   std::string_view route);
   // Removes the instance's bitnet_instance_healthy series (model unloaded).
   void RemoveInstance(std::string_view model, std::string_view device);
 

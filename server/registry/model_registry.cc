@@ -35,6 +35,19 @@ std::vector<std::string> DevicesOf(
   return devices;
 }
 
+}  // namespace
+
+std::string_view RouteName(Route route) {
+  switch (route) {
+    case Route::kHome: return "home";
+    case Route::kHandedOver: return "handed_over";
+    case Route::kSoonest: break;
+  }
+  return "soonest";
+}
+
+namespace {
+
 // Connection affinity: a key stays on its home instance while the home is at
 // most this many thousandths of a batch time behind the soonest instance.
 constexpr int64_t kAffinityMarginMilli = 1000;
@@ -171,8 +184,10 @@ struct ModelRegistry::Entry {
   // let the closed-loop clients of two instances merge into bigger batches
   // (`bitnet-bench routing`, 16 clients per instance: p99 7.1 ms on two
   // instances against 5.8 on one; 5.7 with fractions; RESULTS.md).
-  int Pick(const ModelVersion* pinned, int64_t rows, uint64_t routing_key) {
+  int Pick(const ModelVersion* pinned, int64_t rows, uint64_t routing_key,
+           Route* route) {
     const int n = static_cast<int>(instances.size());
+    *route = Route::kSoonest;
     if (n == 1) return 0;
     for (bool need_healthy : {true, false}) {
       auto candidate = [&](int i) {
@@ -213,8 +228,10 @@ struct ModelRegistry::Entry {
       if (affinity && routing_key != 0) {
         const int home = HomeOf(routing_key);
         if (candidate(home) && keys[home].first - best.first <= kAffinityMarginMilli) {
+          *route = Route::kHome;
           return home;
         }
+        *route = Route::kHandedOver;
       }
       int k = ties == 1 ? 0 : static_cast<int>(round_robin.fetch_add(1) % ties);
       for (int i = 0; i < n; ++i) {
@@ -740,7 +757,12 @@ absl::Status ModelRegistry::Enqueue(std::string_view name,
     }
     pinned = it->second;
   }
-  Instance& instance = *entry->instances[entry->Pick(pinned.get(), request.rows, request.routing_key)];
+  Route route = Route::kSoonest;
+  Instance& instance =
+      *entry->instances[entry->Pick(pinned.get(), request.rows, request.routing_key, &route)];
+  if (entry->instances.size() > 1 && instance.observer != nullptr) {
+    instance.observer->OnRouted(route);
+  }
   // Counted before the batcher can answer, uncounted just before the
   // caller hears back (so its next request sees the true load). A pinned
   // request keeps its version alive until answered, so unloading the

@@ -144,8 +144,22 @@ class ModelVersion {
 
 // Per-instance events on top of the batcher's (the service turns them into
 // metrics and health). Thread-safety as BatcherObserver.
+// How Enqueue() chose the instance of a model with several instances.
+enum class Route {
+  kSoonest,     // no routing key, or affinity off: the soonest answer
+  kHome,        // the key's home instance (ModelRegistryOptions::affinity)
+  kHandedOver,  // the key's home was more than a batch behind or out of
+                // rotation: the soonest instead
+};
+// "soonest", "home", "handed_over" (the metrics' `route` label).
+std::string_view RouteName(Route route);
+
 class InstanceObserver : public BatcherObserver {
  public:
+  // Enqueue() routed a request to this instance (models with several
+  // instances only). Called on the caller's thread for every request: must
+  // be cheap.
+  virtual void OnRouted(Route route) {}
   // The instance left the rotation after a device failure (`healthy` false,
   // `cause` the Forward error) or rejoined it after a successful Forward
   // (`healthy` true, `cause` OK). Called from a batcher worker thread with

@@ -46,6 +46,9 @@ class MetricsObserver final : public InstanceObserver {
   void OnHealthChanged(bool healthy, const absl::Status& cause) override {
     state_->OnInstanceHealth(model_, instance_, healthy, cause);
   }
+  void OnRouted(Route route) override {
+    metrics_->RecordRoute(model_, instance_, RouteName(route));
+  }
 
  private:
   ServingState* const state_;

@@ -50,7 +50,9 @@ SKIP = 77
 
 # ARCHITECTURE.md "Metrics" (fixed). Histograms expose _bucket/_sum/_count.
 COUNTERS = {"bitnet_requests_total", "bitnet_rows_total",
-            "bitnet_finetune_steps_total", "grpc_server_handled_total"}
+            "bitnet_finetune_steps_total", "grpc_server_handled_total",
+            # Added with connection affinity (docs/api.md "Metrics").
+            "bitnet_routed_requests_total"}
 GAUGES = {"bitnet_queue_rows", "bitnet_model_info",
           "bitnet_device_memory_used_bytes", "bitnet_finetune_loss",
           "bitnet_build_info",
