@@ -236,6 +236,11 @@ absl::Status CudaBuffer::CopyFromHost(const void* src, size_t bytes) {
   DeviceGuard guard(device_);
   BITNET_RETURN_IF_ERROR(guard.status());
   BITNET_CUDA_RETURN_IF_ERROR(cudaMemcpy(data_, src, bytes, cudaMemcpyHostToDevice));
+  // From pageable memory cudaMemcpy may return once the bytes are staged,
+  // before the DMA into data_ is done, and kernels on non-blocking streams
+  // (the backends', the trainer's) do not wait for the default stream's
+  // copy: wait for it here, so the buffer is complete when this returns.
+  BITNET_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(nullptr));
   return absl::OkStatus();
 }
 
