@@ -609,6 +609,28 @@ TEST_F(MultiDeviceTest, ConnectionsGetHomesInTurnAndLeaveAFailedOne) {
   EXPECT_EQ(Routes().back(), "cuda:1 handed_over");
 }
 
+// Connections come and go: past kMaxRoutingKeys keys the least recently
+// used half is forgotten; recent keys keep their homes, a forgotten one
+// that comes back gets the next home in turn.
+TEST_F(MultiDeviceTest, ForgetsTheLeastRecentlyUsedConnections) {
+  ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
+  const uint64_t keys = ModelRegistry::kMaxRoutingKeys + 1;
+  auto device_of = [&](uint64_t key) {
+    Reply reply;
+    EXPECT_TRUE(registry_->Enqueue("m", KeyedRequest(key, 1, 1, &reply)).ok());
+    return DeviceOf(reply.Await());
+  };
+  for (uint64_t key = 1; key <= keys; ++key) {
+    ASSERT_EQ(device_of(key), static_cast<int>((key - 1) % 2)) << "key " << key;
+  }
+  // The last insertion forgot keys 1..~2048; 4000 and the newest stayed.
+  EXPECT_EQ(device_of(4000), 1);
+  EXPECT_EQ(device_of(keys), 0);
+  // Key 1 comes back: a new home, the next in turn (keys homes so far: 4097).
+  EXPECT_EQ(device_of(1), 1);
+  EXPECT_EQ(device_of(1), 1);
+}
+
 TEST_F(MultiDeviceTest, IdleInstancesShareSequentialTrafficInTurn) {
   ASSERT_TRUE(registry_->Load("m", v1_, "v1").ok());
   std::map<int, int> per_device;

@@ -52,8 +52,8 @@ namespace {
 // most this many thousandths of a batch time behind the soonest instance.
 constexpr int64_t kAffinityMarginMilli = 1000;
 // Routing keys remembered per model before the least recently used half is
-// forgotten.
-constexpr size_t kMaxHomes = 4096;
+// forgotten (ModelRegistry::kMaxRoutingKeys).
+constexpr size_t kMaxHomes = ModelRegistry::kMaxRoutingKeys;
 
 }  // namespace
 
@@ -107,15 +107,15 @@ struct ModelRegistry::Entry {
 
   int HomeOf(uint64_t key) {
     absl::MutexLock lock(&homes_mu);
-    ++homes_seq;
     auto [it, inserted] = homes.try_emplace(key);
-    if (inserted) {
-      it->second.instance = next_home;
-      next_home = (next_home + 1) % static_cast<int>(instances.size());
-      if (homes.size() > kMaxHomes) ForgetOldestHomes();
-    }
-    it->second.last_used = homes_seq;
-    return it->second.instance;
+    it->second.last_used = ++homes_seq;
+    if (!inserted) return it->second.instance;
+    const int home = next_home;
+    it->second.instance = home;
+    next_home = (next_home + 1) % static_cast<int>(instances.size());
+    // The new key is the most recently used, so it stays (`it` may not).
+    if (homes.size() > kMaxHomes) ForgetOldestHomes();
+    return home;
   }
   // Keys are connections, which come and go: past kMaxHomes keys, the half
   // least recently used is forgotten (a forgotten key that comes back gets

@@ -220,6 +220,11 @@ struct ModelRegistryOptions {
 // Thread-safe: every method may be called from any thread, concurrently.
 class ModelRegistry {
  public:
+  // Routing keys (connections) remembered per model for affinity; beyond
+  // it the least recently used half is forgotten, and a forgotten key that
+  // comes back gets a new home in turn.
+  static constexpr size_t kMaxRoutingKeys = 4096;
+
   // One model instance per backend, in order (backends are shared: the
   // service may use them too). `clock` is not owned, must outlive the
   // registry; nullptr = RealClock::Default().
