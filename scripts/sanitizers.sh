@@ -48,7 +48,8 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:exitcode=66"
 if [[ $mode == asan ]]; then
   default_tests="kernels_ternary_format_test kernels_ternary_gemm_test kernels_bit_linear_test
     model_safetensors_test model_file_test model_demo_test model_reference_forward_test
-    pack_converter_test runtime_test batching_test registry_test training_test training_digits_test"
+    pack_converter_test runtime_test batching_test registry_test multi_device_test training_test
+    training_digits_test"
   # The gRPC server's unit and integration tests: clean and fast to run
   # (3 s), but building bitnet_server_lib with ASan costs about 5.5 more
   # CPU-minutes, so they are opt-in.

@@ -289,14 +289,17 @@ class MultiDeviceTest : public ::testing::Test {
 
   std::vector<int64_t> Outstanding() {
     std::vector<int64_t> rows;
-    for (const InstanceStatus& i : registry_->List().at(0).instances) {
+    // A copy: a range-for over a member of List()'s temporary would outlive it.
+    const std::vector<ModelStatus> models = registry_->List();
+    for (const InstanceStatus& i : models.at(0).instances) {
       rows.push_back(i.outstanding_rows);
     }
     return rows;
   }
   std::vector<bool> Healthy() {
     std::vector<bool> healthy;
-    for (const InstanceStatus& i : registry_->List().at(0).instances) {
+    const std::vector<ModelStatus> models = registry_->List();
+    for (const InstanceStatus& i : models.at(0).instances) {
       healthy.push_back(i.healthy);
     }
     return healthy;
