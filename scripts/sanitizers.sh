@@ -60,7 +60,7 @@ else
   # Not training_digits_test: TSan slows it past its own 60 s bound, and
   # training_test already runs the trainer's threads.
   default_tests="kernels_ternary_gemm_test kernels_bit_linear_test runtime_test batching_test
-    registry_test training_test"
+    registry_test multi_device_test training_test"
 fi
 read -r -a tests <<<"$(echo ${BITNET_SANITIZER_TESTS:-$default_tests})"
 
