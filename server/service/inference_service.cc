@@ -175,7 +175,10 @@ class InferStreamReactor final
       public ServingState::DrainableStream {
  public:
   InferStreamReactor(ServingState* state, grpc::CallbackServerContext* context)
-      : state_(state), context_(context), start_(absl::Now()) {
+      : state_(state),
+        context_(context),
+        routing_key_(RoutingKeyOf(*context)),
+        start_(absl::Now()) {
     state_->CallStarted();
     StartRead(&request_);
     // Last: from here on the drain may call EndForDrain (gRPC queues a
@@ -185,15 +188,7 @@ class InferStreamReactor final
     if (state_->draining()) EndForDrain();
   }
 
-  void EndForDrain() override {
-    bool finish;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ending_for_drain_ = true;
-      finish = ShouldFinishLocked();
-    }
-    if (finish) Finish(final_status_);
-  }
+  void EndForDrain() override { SetAndFinishIfDone(&InferStreamReactor::ending_for_drain_); }
 
   void OnReadDone(bool ok) override {
     {
@@ -250,15 +245,7 @@ class InferStreamReactor final
     if (finish) Finish(final_status_);
   }
 
-  void OnCancel() override {
-    bool finish;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancelled_ = true;
-      finish = ShouldFinishLocked();
-    }
-    if (finish) Finish(final_status_);
-  }
+  void OnCancel() override { SetAndFinishIfDone(&InferStreamReactor::cancelled_); }
 
   void OnDone() override {
     state_->metrics().RecordRpc("bidi_stream", kInferenceServiceName,
@@ -285,7 +272,7 @@ class InferStreamReactor final
           std::move(*request.mutable_input()->mutable_data()));
       status = SubmitInfer(
           *state_, request, std::move(owned), start, DeadlineOf(context_),
-          [context] { return context->IsCancelled(); }, RoutingKeyOf(*context),
+          [context] { return context->IsCancelled(); }, routing_key_,
           answer->mutable_response(),
           [this, state, answer](const absl::Status& s) {
             if (!s.ok()) SetError(answer.get(), s);
@@ -328,6 +315,18 @@ class InferStreamReactor final
     if (finish) Finish(final_status_);
   }
 
+  // Sets one of the end conditions (cancelled_, ending_for_drain_) and
+  // finishes the stream if nothing else is outstanding.
+  void SetAndFinishIfDone(bool InferStreamReactor::*condition) {
+    bool finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      this->*condition = true;
+      finish = ShouldFinishLocked();
+    }
+    if (finish) Finish(final_status_);
+  }
+
   // True exactly once: when no answer can still arrive or be written and
   // the client will send nothing more (or a drain ends the stream). Marks
   // the reactor finished and sets final_status_ (written once, here, then
@@ -348,6 +347,8 @@ class InferStreamReactor final
 
   ServingState* const state_;
   grpc::CallbackServerContext* const context_;
+  // The stream's connection, for routing affinity: one per stream, not per item.
+  const uint64_t routing_key_;
   const absl::Time start_;
   v1::InferRequest request_;  // the read buffer
 
