@@ -578,9 +578,11 @@ TEST(CudaKernelsTest, OneWorkspaceServesUnsplitAndSplitCallsInTurn) {
 // prepared activations under it. Checked per layer against the oracle run on
 // that layer's actual input, and bit for bit against the same stack launched
 // plainly and replayed as a captured CUDA graph (programmatic edges). Every
-// configuration runs: the gemv ones overlap, the others must launch plainly
-// although the flag is set (they do not wait). Odd widths exercise both the
-// in-place fp16 path (K % 8 == 0) and the preparation launch.
+// configuration runs: the gemv and warp-specialized (ws, ws2 clusters) ones
+// overlap, the others must launch plainly although the flag is set (they do
+// not wait). Odd widths exercise both the in-place fp16 path (K % 8 == 0)
+// and the preparation launch; 70 rows give the ws tiles two batch tiles and
+// split-K scratch shared by consecutive layers.
 TEST(CudaKernelsTest, DependentLaunchStackMatchesPlainLaunchesAndOracle) {
   SKIP_WITHOUT_GPU();
   absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
@@ -592,7 +594,7 @@ TEST(CudaKernelsTest, DependentLaunchStackMatchesPlainLaunchesAndOracle) {
   // Layer i maps width dims[i] to dims[i + 1].
   const std::vector<int64_t> dims = {520, 300, 1000, 777, 520, 300};
   const int layers = static_cast<int>(dims.size()) - 1;
-  const int64_t max_m = 16;
+  const int64_t max_m = 70;
   std::vector<PackedTernaryMatrix> w;
   std::vector<std::vector<float>> bias;
   std::vector<std::unique_ptr<CudaTernaryWeights>> dw;
@@ -629,7 +631,7 @@ TEST(CudaKernelsTest, DependentLaunchStackMatchesPlainLaunchesAndOracle) {
   if (QuickMode()) configs = {kCudaAutoConfig};
   int overlapping_runs = 0;
   for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
-    for (int64_t m : {1, 5, 16}) {
+    for (int64_t m : {1, 5, 16, 70}) {
       const HostInput in = MakeInput(rng, m, dims[0], dims[0], CudaDType::kF16, 0.5f);
       for (int config : configs) {
         if (config >= 0) {

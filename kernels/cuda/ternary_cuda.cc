@@ -802,9 +802,9 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
   p.y = args.y;
   p.ldy = y_stride;
   p.y_type = static_cast<OutType>(static_cast<int>(args.y_dtype));
-  // Only the gemv kernels wait for the previous grid before reading x; the
-  // others must never start early (ternary_launch.h, GemmParams::pdl).
-  p.pdl = plan->overlap_previous_kernel && kernel.gemv;
+  // Only kernels that wait for the previous grid before reading x may start
+  // early (ternary_launch.h, GemmParams::pdl).
+  p.pdl = plan->overlap_previous_kernel && kernel.overlaps_previous;
   if (plan->split_k > 1) {
     p.counters = reinterpret_cast<int*>(ws + layout.counters);
     p.partials = reinterpret_cast<uint32_t*>(ws + layout.partials);

@@ -371,22 +371,22 @@ __device__ __forceinline__ float ApplyAct(Act act, float v) {
   }
 }
 
-// Final value of one output element from its accumulator.
+// One output value: accumulator -> scaled, biased, activated float, with its
+// operands already loaded (the gemv kernels fetch them while the weights
+// stream in, so the epilogue waits for no memory).
 template <typename T>
-__device__ __forceinline__ float EpilogueValue(const GemmParams& p, T acc, int row_m, int col_n) {
+__device__ __forceinline__ float EpilogueValueFrom(const GemmParams& p, T acc, float ws, float bias,
+                                                   float rs) {
   if (p.y_type == OutType::kS32) return __int_as_float(static_cast<int>(acc));
-  const float ws = p.w_scale[col_n];
-  const float bias = p.bias != nullptr ? p.bias[col_n] : 0.0f;
   float v;
   if constexpr (std::is_same<T, int>::value) {
     // Int8Dequantize (kernels/activation.h), same float operations and order:
     // float(acc) * weight_scale / row_scale + bias, no contraction.
     v = __fmul_rn(static_cast<float>(acc), ws);
-    v = __fadd_rn(__fdiv_rn(v, p.row_scale[row_m]), bias);
+    v = __fadd_rn(__fdiv_rn(v, rs), bias);
   } else {
-    // acc * ws (* row scale when given: an exact power of two, so * 1 is the
-    // same value) + bias, rounded step by step as in EpilogueRows.
-    const float rs = p.row_scale != nullptr ? p.row_scale[row_m] : 1.0f;
+    // acc * ws (* row scale: an exact power of two, so * 1 is the same value)
+    // + bias, rounded step by step as in EpilogueRows.
     v = __fadd_rn(__fmul_rn(__fmul_rn(acc, ws), rs), bias);
   }
   return ApplyAct(p.act, v);

@@ -47,9 +47,11 @@ struct GemmParams {
   int* counters = nullptr;
   // Launch with programmatic dependent launch (dependent_launch.cuh): the
   // kernel may start while the previous kernel on the stream still runs and
-  // load weights before waiting for it. Honored by the gemv configurations
-  // only (their kernels wait before reading x); every other launcher ignores
-  // it and launches plainly. Set by the dispatcher on sm_90+ only.
+  // load weights before waiting for it. Honored by the gemv and
+  // warp-specialized configurations (their kernels wait before reading x);
+  // every other launcher ignores it and launches plainly. Set by the
+  // dispatcher on sm_90+ only, for configurations with
+  // GemmKernelInfo::overlaps_previous.
   bool pdl = false;
 };
 
@@ -103,6 +105,10 @@ struct GemmKernelInfo {
   // Blocks that fit on one SM (shared memory, registers): the automatic
   // split-K aims at this many blocks per SM when the output tiles are few.
   int blocks_per_sm = 2;
+  // The kernel waits for the previous grid (PdlWaitForPrerequisites) before
+  // it reads activations, row scales or split-K scratch and before it writes
+  // y, so it may be launched with GemmParams::pdl.
+  bool overlaps_previous = false;
 };
 
 // The explicit list (ternary_mma.cu + ternary_wgmma.cu), in config-id order.

@@ -242,6 +242,44 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
   // weights; it still waits for this grid to complete before reading y.
   PdlLaunchDependents();
 
+  // The outputs this thread stores after the cross-warp reduction (entries
+  // tid, tid + kThreads, ... of the block's kRegs x 32 accumulators), and
+  // their epilogue operands, loaded now: ncu showed the epilogue's first
+  // FMUL waiting a full memory latency for w_scale when it loaded them last.
+  // Weight scales and bias come with the weights (not from the previous
+  // kernel); row scales after the PDL wait below.
+  constexpr int kOuts = (Tr::kRegs * 32 + Tr::kThreads - 1) / Tr::kThreads;
+  int out_m[kOuts];
+  int out_n[kOuts];
+  float out_ws[kOuts];
+  float out_bias[kOuts];
+  float out_rs[kOuts];
+#pragma unroll
+  for (int o = 0; o < kOuts; ++o) {
+    const int idx = tid + o * Tr::kThreads;
+    const int reg = idx >> 5;
+    const int ln = idx & 31;
+    // reg = (r * kNT + j) * 4 + e, lane ln = 4 g + t (mma C-fragment order).
+    const int e = reg & 3;
+    const int j = (reg >> 2) % kNT;
+    const int r = (reg >> 2) / kNT;
+    const bool valid = idx < Tr::kRegs * 32;
+    out_n[o] = valid ? block_w0 + r * 16 + (ln >> 2) + 8 * (e >> 1) : p.n;
+    out_m[o] = valid ? block_b0 + j * 8 + 2 * (ln & 3) + (e & 1) : p.m;
+    const bool store = out_m[o] < p.m && out_n[o] < p.n;
+    out_ws[o] = store ? __ldg(p.w_scale + out_n[o]) : 0.0f;
+    out_bias[o] = store && p.bias != nullptr ? __ldg(p.bias + out_n[o]) : 0.0f;
+    out_rs[o] = 1.0f;
+  }
+  auto load_row_scales = [&] {
+#pragma unroll
+    for (int o = 0; o < kOuts; ++o) {
+      if (out_m[o] < p.m && out_n[o] < p.n && p.row_scale != nullptr) {
+        out_rs[o] = p.row_scale[out_m[o]];
+      }
+    }
+  };
+
   // Two accumulator sets (even / odd k-tile of the warp) halve the chain of
   // dependent MMAs.
   T acc[Tr::kRG][kNT][4];
@@ -274,7 +312,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
     // above are in flight while this waits for it. Everything below (x,
     // row_scale, w_scale/bias, y) is ordered after the wait; later passes
     // need no further wait.
-    if (pass_kt0 == 0) PdlWaitForPrerequisites();
+    if (pass_kt0 == 0) {
+      PdlWaitForPrerequisites();
+      load_row_scales();
+    }
 #pragma unroll
     for (int chunk = 0; chunk < Tr::kPassKt / Tr::kChunkKt; ++chunk) {
       const int ckt0 = pass_kt0 + chunk * Tr::kChunkKt;
@@ -378,7 +419,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
       for (int e = 0; e < 4; ++e) acc[r][j][e] = acc[r][j][e] + acc2[r][j][e];
   // No pass ran (k_tiles is >= 1 for any CudaTernaryWeights, so never in
   // practice): still no store of y before the previous kernel is done.
-  if (p.k_tiles <= 0) PdlWaitForPrerequisites();
+  if (p.k_tiles <= 0) {
+    PdlWaitForPrerequisites();
+    load_row_scales();
+  }
 
   // Cross-warp reduction in shared memory, in warp order (deterministic).
   __syncthreads();
@@ -387,21 +431,17 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
 #pragma unroll
   for (int r = 0; r < Tr::kRegs; ++r) red[(warp * Tr::kRegs + r) * 32 + lane] = flat[r];
   __syncthreads();
-  for (int idx = tid; idx < Tr::kRegs * 32; idx += Tr::kThreads) {
+#pragma unroll
+  for (int o = 0; o < kOuts; ++o) {
+    const int idx = tid + o * Tr::kThreads;
+    if (out_m[o] >= p.m || out_n[o] >= p.n) continue;  // also idx past the accumulators
     const int reg = idx >> 5;
     const int ln = idx & 31;
     T sum = T(0);
 #pragma unroll
     for (int w = 0; w < Tr::kWarps; ++w) sum = sum + red[(w * Tr::kRegs + reg) * 32 + ln];
-    // reg = (r * kNT + j) * 4 + e, lane ln = 4 g + t (mma C-fragment order).
-    const int e = reg & 3;
-    const int j = (reg >> 2) % kNT;
-    const int r = (reg >> 2) / kNT;
-    const int gn = block_w0 + r * 16 + (ln >> 2) + 8 * (e >> 1);
-    const int gm = block_b0 + j * 8 + 2 * (ln & 3) + (e & 1);
-    if (gm < p.m && gn < p.n) {
-      StoreOutput(p, static_cast<int64_t>(gm) * p.ldy + gn, EpilogueValue(p, sum, gm, gn));
-    }
+    StoreOutput(p, static_cast<int64_t>(out_m[o]) * p.ldy + out_n[o],
+                EpilogueValueFrom(p, sum, out_ws[o], out_bias[o], out_rs[o]));
   }
 }
 
@@ -419,7 +459,7 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
     name, RG * 16, NT * 8, WARPS * 32, false, true, {                                     \
       &LaunchGemv<MmaType::kF16, NT, RG, WARPS>, &LaunchGemv<MmaType::kBF16, NT, RG, WARPS>, \
           &LaunchGemv<MmaType::kS8, NT, RG, WARPS>                                        \
-    }                                                                                     \
+    }, 2, true                                                                            \
   }
 
 #define BITNET_MMA_CONFIG(name, WN, WM, RG, NT, ST)                                     \
