@@ -578,7 +578,7 @@ TEST(CudaKernelsTest, OneWorkspaceServesUnsplitAndSplitCallsInTurn) {
 // prepared activations under it. Checked per layer against the oracle run on
 // that layer's actual input, and bit for bit against the same stack launched
 // plainly and replayed as a captured CUDA graph (programmatic edges). Every
-// configuration runs: the gemv and warp-specialized (ws, ws2 clusters) ones
+// configuration runs: the gemv and warp-specialized (ws) ones
 // overlap, the others must launch plainly although the flag is set (they do
 // not wait). Odd widths exercise both the in-place fp16 path (K % 8 == 0)
 // and the preparation launch; 70 rows give the ws tiles two batch tiles and

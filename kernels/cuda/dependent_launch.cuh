@@ -51,56 +51,35 @@ __device__ __forceinline__ void PdlWaitForPrerequisites() {
 #endif
 }
 
-// Launches `kernel` on `stream` in clusters of `cluster_x` blocks along x
-// (1: no clusters; grid.x must be a multiple); with `overlap_previous`, with
-// the programmatic stream serialization attribute, so that it may start
-// while the previous kernel on the stream is still running (and, under
-// stream capture, becomes a programmatic edge of the graph). Returns the
-// launch error, with the runtime's last-error state cleared either way.
+// Launches `kernel` on `stream`; with `overlap_previous`, with the
+// programmatic stream serialization attribute, so that it may start while
+// the previous kernel on the stream is still running (and, under stream
+// capture, becomes a programmatic edge of the graph). Returns the launch
+// error, with the runtime's last-error state cleared either way.
 template <typename... KernelParams, typename... Args>
-cudaError_t LaunchClusterWithOptionalPdl(void (*kernel)(KernelParams...), dim3 grid, dim3 block,
-                                         size_t dynamic_smem_bytes, cudaStream_t stream,
-                                         bool overlap_previous, unsigned cluster_x,
-                                         Args&&... args) {
-  if (!overlap_previous && cluster_x <= 1) {
+cudaError_t LaunchWithOptionalPdl(void (*kernel)(KernelParams...), dim3 grid, dim3 block,
+                                  size_t dynamic_smem_bytes, cudaStream_t stream,
+                                  bool overlap_previous, Args&&... args) {
+  if (!overlap_previous) {
     kernel<<<grid, block, dynamic_smem_bytes, stream>>>(std::forward<Args>(args)...);
     return cudaGetLastError();
   }
-  cudaLaunchAttribute attribute[2] = {};
-  unsigned count = 0;
-  if (overlap_previous) {
-    attribute[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[count].val.programmaticStreamSerializationAllowed = 1;
-    ++count;
-  }
-  if (cluster_x > 1) {
-    attribute[count].id = cudaLaunchAttributeClusterDimension;
-    attribute[count].val.clusterDim.x = cluster_x;
-    attribute[count].val.clusterDim.y = 1;
-    attribute[count].val.clusterDim.z = 1;
-    ++count;
-  }
+  cudaLaunchAttribute attribute[1] = {};
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = dynamic_smem_bytes;
   config.stream = stream;
   config.attrs = attribute;
-  config.numAttrs = count;
+  config.numAttrs = 1;
   const cudaError_t e = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   // A failed launch also leaves the error in the per-thread last-error slot;
   // clear it so that a later cudaGetLastError elsewhere does not report it
   // a second time (the <<<>>> path clears it through cudaGetLastError above).
   if (e != cudaSuccess) (void)cudaGetLastError();
   return e;
-}
-
-template <typename... KernelParams, typename... Args>
-cudaError_t LaunchWithOptionalPdl(void (*kernel)(KernelParams...), dim3 grid, dim3 block,
-                                  size_t dynamic_smem_bytes, cudaStream_t stream,
-                                  bool overlap_previous, Args&&... args) {
-  return LaunchClusterWithOptionalPdl(kernel, grid, block, dynamic_smem_bytes, stream,
-                                      overlap_previous, 1u, std::forward<Args>(args)...);
 }
 
 }  // namespace bitnet::cuda_internal

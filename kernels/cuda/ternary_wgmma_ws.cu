@@ -15,18 +15,9 @@
 //    keep one tile of wgmmas in flight, and release the previous tile's stage
 //    on its "empty" mbarrier.
 // Split-K and the epilogue are the shared ones (ternary_device.cuh) on a
-// named barrier over the consumer threads.
-//
-// Clusters (kCluster = 2, the "ws2_" configurations): two blocks with
-// neighbouring weight rows and the same batch rows share one activation
-// tile. Each block's producer loads half of the tile's rows and multicasts
-// them into both blocks' shared memory, so every activation byte leaves L2
-// once per pair instead of once per block. Why: with 128 weight rows per
-// block the activations are re-read N / 128 times (32x at N = 4096: 537 MB
-// from L2 for M = 2048 in fp16, ~6 TB/s at cuBLAS speed, the L2's limit),
-// which ncu showed as the consumers waiting on "full" barriers. A stage is
-// refilled only when the consumers of both blocks have released it (each
-// consumer warp arrives on the "empty" barrier of both blocks).
+// named barrier over the consumer threads. With PDL (GemmParams::pdl) the
+// producer sends the first stages' weights before waiting for the previous
+// kernel, and the consumers wait before split-K and the epilogue.
 #include <cuda.h>  // CUtensorMap and its enums (header only: no libcuda link)
 #include <cuda_runtime.h>
 
@@ -41,7 +32,7 @@
 namespace bitnet::cuda_internal {
 namespace {
 
-template <MmaType kType, int kBN, int kCluster = 1>
+template <MmaType kType, int kBN>
 struct WsTraits {
   static constexpr int kConsumerWarps = 8;  // 2 warpgroups
   static constexpr int kConsumerThreads = kConsumerWarps * 32;
@@ -59,10 +50,6 @@ struct WsTraits {
   static constexpr int kBoxCols = 128 / kElemBytes;  // elements per 128-byte column block
   static constexpr int kColBlocks = kElemBytes;      // column blocks per 128-element k-tile
   static constexpr int kColBlockBytes = kBN * 128;
-  // Rows of a column block that each block of a cluster loads (and
-  // multicasts): a multiple of 8, so each part starts on a swizzle atom.
-  static constexpr int kBoxRows = kBN / kCluster;
-  static_assert(kBoxRows % 8 == 0, "multicast parts are whole 1024-byte swizzle atoms");
   static constexpr int kActStageBytes = kColBlocks * kColBlockBytes;
   static constexpr int kWGroupBytes = 512;  // 16 weight rows x 128 columns, packed
   static constexpr int kWStageBytes = (kBW / 16) * kWGroupBytes;
@@ -126,49 +113,13 @@ __device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, uint32_t
       : "memory");
 }
 
-// The same copy, written at the same offset (and completing on the same
-// barrier offset) in every block of the cluster named in cta_mask.
-__device__ __forceinline__ void TmaLoad2DMulticast(uint32_t dst, const CUtensorMap* map, int c0,
-                                                   int c1, uint32_t bar, uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
-      : "memory");
-}
-
-__device__ __forceinline__ uint32_t ClusterCtaRank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-
-// Every thread of every block of the cluster (not .aligned: the producer
-// warpgroup reaches it on divergent paths).
-__device__ __forceinline__ void ClusterSync() {
-  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
-  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
-}
-
-// Arrive on the barrier at shared-memory offset `bar` of cluster block `rank`.
-// Default semantics (release at CTA scope), as CUTLASS's cluster pipelines
-// release a stage: what is released is this warp's wgmma reads of the stage,
-// already complete (wgmma.wait_group). An explicit .release.cluster made
-// every arrival a cluster-scope fence and the multicast kernels 2-3x slower
-// (measured on an H100, session 7).
-__device__ __forceinline__ void MbarArriveInBlock(uint32_t bar, uint32_t rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(rank));
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-}
-
 #endif
 
-template <MmaType kType, int kBN, int kCluster>
-__global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
+template <MmaType kType, int kBN>
+__global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
     ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map) {
 #ifdef BITNET_WGMMA_ENABLED
-  using Tr = WsTraits<kType, kBN, kCluster>;
+  using Tr = WsTraits<kType, kBN>;
   constexpr int kStages = Tr::kStages;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem_raw[];
@@ -186,31 +137,19 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
   const int block_b0 = blockIdx.y * Tr::kBB;
   const int kt0 = blockIdx.z * p.kt_per_split;
   const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
-  // With clusters the grid is rounded up to whole clusters: a block past the
-  // last weight rows (within the 256-row padding) still loads and
-  // multicasts its part of the activations, then stores nothing.
-  const int tiles_n = (p.n + Tr::kBW - 1) / Tr::kBW;
-  const uint32_t rank = kCluster > 1 ? ClusterCtaRank() : 0;
-  // With PDL (GemmParams::pdl) the next kernel may launch now; this one
-  // loads its first stages of weights before waiting for the previous one.
+  // With PDL the next kernel may launch now; this one loads its first
+  // stages of weights before waiting for the previous one.
   PdlLaunchDependents();
 
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
-      MbarInit(full_bar + 8 * s, 1);  // the producer's expect_tx arrive
-      // One arrive per consumer warp of every block sharing the stage.
-      MbarInit(empty_bar + 8 * s, Tr::kConsumerWarps * kCluster);
+      MbarInit(full_bar + 8 * s, 1);                     // the producer's expect_tx arrive
+      MbarInit(empty_bar + 8 * s, Tr::kConsumerWarps);  // one arrive per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  // The peer block multicasts into this block's stages and arrives on its
-  // barriers: both must see initialized barriers first.
-  if constexpr (kCluster > 1) {
-    ClusterSync();
-  } else {
-    __syncthreads();
-  }
+  __syncthreads();
 
   if (warp >= Tr::kConsumerWarps) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
@@ -248,14 +187,8 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
         const int kt = kt0 + i;
 #pragma unroll
         for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
-          if constexpr (kCluster > 1) {
-            TmaLoad2DMulticast(act + cb * Tr::kColBlockBytes + rank * Tr::kBoxRows * 128, &act_map,
-                               kt * 128 + cb * Tr::kBoxCols, block_b0 + rank * Tr::kBoxRows, bar,
-                               static_cast<uint16_t>((1u << kCluster) - 1));
-          } else {
-            TmaLoad2D(act + cb * Tr::kColBlockBytes, &act_map, kt * 128 + cb * Tr::kBoxCols,
-                      block_b0, bar);
-          }
+          TmaLoad2D(act + cb * Tr::kColBlockBytes, &act_map, kt * 128 + cb * Tr::kBoxCols,
+                    block_b0, bar);
         }
         const char* w_tile = w_block + static_cast<int64_t>(kt) * Tr::kWGroupBytes;
         if (!weights_sent) {
@@ -271,9 +204,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
         }
       }
     }
-    // No block of the cluster may exit while its peer can still write into
-    // its shared memory or arrive on its barriers.
-    if constexpr (kCluster > 1) ClusterSync();
     return;  // takes no part in the consumers' named barriers
   }
 
@@ -304,14 +234,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
     FenceRegs(a_prev);
     if (prev_stage >= 0) {
       __syncwarp();
-      if (lane == 0) {
-        if constexpr (kCluster > 1) {
-#pragma unroll
-          for (int r = 0; r < kCluster; ++r) MbarArriveInBlock(empty_bar + 8 * prev_stage, r);
-        } else {
-          MbarArrive(empty_bar + 8 * prev_stage);
-        }
-      }
+      if (lane == 0) MbarArrive(empty_bar + 8 * prev_stage);
     }
     prev_stage = stage;
     if (++stage == kStages) {
@@ -329,13 +252,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
   FenceRegs(a_even);
   FenceRegs(a_odd);
   WgmmaFenceOperand(acc);
-  if constexpr (kCluster > 1) {
-    // Every multicast into this block has landed (its full barriers all
-    // completed); after this no block of the cluster touches another's
-    // shared memory, so the epilogue may reuse the stages.
-    ClusterSync();
-    if (blockIdx.x >= tiles_n) return;
-  }
   // Split-K scratch, row scales and y may belong to (or be read by) the
   // previous kernel: nothing below runs before it has completed.
   PdlWaitForPrerequisites();
@@ -344,7 +260,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
   ComputeSync<Tr::kConsumerThreads>();
 
   if (p.splits > 1) {
-    const int tile = blockIdx.x + tiles_n * blockIdx.y;
+    const int tile = blockIdx.x + gridDim.x * blockIdx.y;
     if (!SplitKReduce<T, Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(acc, p, tile)) {
       return;
     }
@@ -354,7 +270,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCluster>::kThreads, 1)
       p, acc3, reinterpret_cast<float*>(smem), block_w0, block_b0,
       [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
 #else
-  using Tr = WsTraits<kType, kBN, kCluster>;
+  using Tr = WsTraits<kType, kBN>;
   static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0, "traits are used by the sm_90a body");
   (void)act_map;
   __trap();  // never launched: the host checks CudaDeviceHasWgmma first
@@ -382,14 +298,13 @@ EncodeTiledFn GetEncodeTiled() {
   return fn;
 }
 
-template <MmaType kType, int kBN, int kCluster>
+template <MmaType kType, int kBN>
 cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = WsTraits<kType, kBN, kCluster>;
+  using Tr = WsTraits<kType, kBN>;
   const EncodeTiledFn encode = GetEncodeTiled();
   if (encode == nullptr) return cudaErrorNotSupported;
   // Activations [m rows, x_k_limit columns] with row pitch ldx elements; a
-  // box is one 128-byte column block of kBN rows (kBN / kCluster with
-  // multicast), swizzled as wgmma reads it.
+  // box is one 128-byte column block of kBN rows, swizzled as wgmma reads it.
   // Outside the tensor (rows >= m, columns >= x_k_limit) TMA writes zeros.
   CUtensorMap map;
   const CUtensorMapDataType dtype = kType == MmaType::kS8    ? CU_TENSOR_MAP_DATA_TYPE_UINT8
@@ -397,42 +312,34 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.x_k_limit), static_cast<cuuint64_t>(p.m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.ldx) * Tr::kElemBytes};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(Tr::kBoxCols),
-                             static_cast<cuuint32_t>(Tr::kBoxRows)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(Tr::kBoxCols), static_cast<cuuint32_t>(kBN)};
   const cuuint32_t elem_strides[2] = {1, 1};
   if (encode(&map, dtype, 2, const_cast<void*>(p.x), dims, strides, box, elem_strides,
              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
-  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN, kCluster>;
+  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
-  // Whole clusters along the weight rows (an even count of 128-row blocks
-  // stays inside the 256-row padding of the weights).
-  const dim3 cluster_grid((grid.x + kCluster - 1) / kCluster * kCluster, grid.y, grid.z);
-  return LaunchClusterWithOptionalPdl(kernel, cluster_grid, dim3(Tr::kThreads), Tr::kSmemBytes,
-                                      stream, p.pdl, kCluster, p, map);
+  return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
+                               map);
 }
 
-#define BITNET_WS_CONFIG(name, BN, CLUSTER)                                               \
-  GemmKernelInfo {                                                                         \
-    name, 128, BN, WsTraits<MmaType::kS8, BN>::kThreads, true, false, {                 \
-      &LaunchWgmmaWs<MmaType::kF16, BN, CLUSTER>, &LaunchWgmmaWs<MmaType::kBF16, BN, CLUSTER>, \
-          &LaunchWgmmaWs<MmaType::kS8, BN, CLUSTER>                                       \
-    }, 1, true                                                                             \
+#define BITNET_WS_CONFIG(name, BN)                                                   \
+  GemmKernelInfo {                                                                    \
+    name, 128, BN, WsTraits<MmaType::kS8, BN>::kThreads, true, false, {            \
+      &LaunchWgmmaWs<MmaType::kF16, BN>, &LaunchWgmmaWs<MmaType::kBF16, BN>,          \
+          &LaunchWgmmaWs<MmaType::kS8, BN>                                         \
+    }, 1, true                                                                        \
   }
 }  // namespace
 
 // Warp-specialized configurations (ids follow kWgmmaKernels).
 extern const GemmKernelInfo kWgmmaWsKernels[] = {
-    BITNET_WS_CONFIG("ws_w128_b64", 64, 1),
-    BITNET_WS_CONFIG("ws_w128_b128", 128, 1),
-    BITNET_WS_CONFIG("ws_w128_b256", 256, 1),
-    // Pairs of blocks sharing each activation tile (TMA multicast).
-    BITNET_WS_CONFIG("ws2_w128_b64", 64, 2),
-    BITNET_WS_CONFIG("ws2_w128_b128", 128, 2),
-    BITNET_WS_CONFIG("ws2_w128_b256", 256, 2),
+    BITNET_WS_CONFIG("ws_w128_b64", 64),
+    BITNET_WS_CONFIG("ws_w128_b128", 128),
+    BITNET_WS_CONFIG("ws_w128_b256", 256),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
 
