@@ -281,11 +281,11 @@ struct CudaLinearArgs {
   int split_k = 0;
   // Programmatic dependent launch (Hopper, sm_90+; ignored on older
   // devices). When set, this call's launches may start while the previous
-  // kernel on `stream` is still running: the activation preparation and the
-  // small-M (gemv) configurations start early, and the gemv kernel streams
-  // its packed weights from DRAM meanwhile. x, the workspace's activations
-  // and y are read or written only after that previous kernel has completed,
-  // so results are identical with or without it; larger configurations
+  // kernel on `stream` is still running: the activation preparation, the
+  // small-M (gemv) and the warp-specialized (ws) configurations start early
+  // and fetch their first packed weights meanwhile. x, the workspace and y
+  // are read or written only after that previous kernel has completed, so
+  // results are identical with or without it; the other configurations
   // launch as usual. The caller promises that the weights (codes, scales,
   // bias) are not written by anything still running on the stream: only
   // then may this launch overlap it. CudaTernaryWeights are immutable after
@@ -300,9 +300,8 @@ struct CudaLaunchPlan {
   bool prepare_activations = false;  // a conversion/quantization launch first
   size_t workspace_bytes = 0;
   // overlap_previous_kernel was set and the device honors it (sm_90+): the
-  // preparation launch, and the GEMM launch of a gemv configuration
-  // (split_k == false in CudaKernelConfigs()), use programmatic dependent
-  // launch.
+  // preparation launch, and the GEMM launch of a gemv or ws configuration,
+  // use programmatic dependent launch.
   bool overlap_previous_kernel = false;
 };
 
