@@ -18,6 +18,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -489,6 +490,35 @@ TEST(CudaKernelsTest, SplitKIsDeterministicAndCorrect) {
       RunCase(c, AllConfigs(), *wg, pick());
     }
   }
+}
+
+// Warp-specialized grids a little over one wave of this device's SMs, with
+// partial last tiles in both directions: whole waves of blocks followed by a
+// few (the shape where session 7 tried splitting the last wave's tiles; see
+// benchmarks/NOTES-kernels.md). Sized from the SM count.
+TEST(CudaKernelsTest, WarpSpecializedMultiWaveGridsMatchOracle) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok()) << wg.status();
+  if (!*wg) GTEST_SKIP() << "the ws configurations need sm_90a";
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  std::mt19937_64 pick(FreshSeed());
+  int checked = 0;
+  for (const CudaKernelConfig& cfg : CudaKernelConfigs()) {
+    if (std::string_view(cfg.name).substr(0, 3) != "ws_") continue;
+    // 3 batch tiles (the last one partial) x enough weight tiles for one
+    // wave plus 5-7 tiles.
+    const int64_t m = 3 * cfg.batch_rows - 5;
+    const int64_t n = ((sms + 4) / 3 + 1) * cfg.weight_rows - 37;
+    for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+      Case c{m, n, 1100, mode, CudaDType::kF16, CudaDType::kF32, Activation::kGelu, true,
+             ScaleGranularity::kPerRow, 0, 0, 0};
+      SCOPED_TRACE(std::string(cfg.name));
+      checked += RunCase(c, {cfg.id}, true, pick());
+    }
+  }
+  EXPECT_GT(checked, 0);
 }
 
 // A server runs every layer and batch size through one workspace. An int8

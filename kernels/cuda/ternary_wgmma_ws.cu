@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
       MbarInit(full_bar + 8 * s, 1);                     // the producer's expect_tx arrive
-      MbarInit(empty_bar + 8 * s, Tr::kConsumerWarps);  // one arrive per consumer warp
+      MbarInit(empty_bar + 8 * s, Tr::kConsumerThreads);  // one arrive per consumer thread
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -232,10 +232,12 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
     // The previous tile's wgmmas are done: its A registers may be reused and
     // its stage refilled.
     FenceRegs(a_prev);
-    if (prev_stage >= 0) {
-      __syncwarp();
-      if (lane == 0) MbarArrive(empty_bar + 8 * prev_stage);
-    }
+    // Every consumer thread arrives itself (not one lane per warp after a
+    // __syncwarp): each thread's own shared-memory reads of the stage are
+    // then ordered before the refill by its own release, an edge
+    // compute-sanitizer's racecheck follows (with one arrive per warp it
+    // reported WAR hazards between these reads and the refill).
+    if (prev_stage >= 0) MbarArrive(empty_bar + 8 * prev_stage);
     prev_stage = stage;
     if (++stage == kStages) {
       stage = 0;
