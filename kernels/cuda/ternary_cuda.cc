@@ -565,15 +565,16 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   }
   // Hopper (sweep of 2026-11-26, benchmarks/NOTES-kernels.md): the
   // warp-specialized, TMA-fed wgmma kernels (ternary_wgmma_ws.cu) from 64
-  // rows in fp16 mode; in int8 mode up to 256 rows at N < 8192 the
-  // two-blocks-per-SM kernels still win (their int8 tiles are cheaper to
-  // fill), and the ws tiles take over above.
+  // rows in fp16 mode, and from 65 rows in int8 mode (session 7, H100: at
+  // N = 4096 ws_w128_b64 ran int8 M = 128 in 21.6 us and M = 256 in 24.9 us
+  // against 25.5 and 28.4 us for wgmma_w128_b64, which session 3 had
+  // measured faster).
   const bool wide = n >= 8192;
   if (m <= 32) return FindConfig("mma_w64_b32");
   if (type == MmaType::kS8) {
     if (m <= 64) return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
     if (m <= 256) {
-      if (!wide) return FindConfig("wgmma_w128_b64");
+      if (!wide) return FindConfig("ws_w128_b64");
       return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
     }
     return FindConfig(m <= 1024 ? "ws_w128_b128" : "ws_w128_b256");
