@@ -161,42 +161,35 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
       const char* w_block = reinterpret_cast<const char*>(
           p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32);
       const int64_t w_group_stride = static_cast<int64_t>(p.k_tiles) * Tr::kWGroupBytes;
-      // The weights of the first stages go out before the wait for the
-      // previous kernel (they never depend on it); each stage's barrier then
-      // expects its activations too, issued after the wait.
-      const int first = min(nkt, kStages);
-      for (int i = 0; i < first; ++i) {
-        const uint32_t bar = full_bar + 8 * i;
+      // Stage `stage`'s barrier expects the whole stage; its weights (k-tile
+      // kt) are sent here, its activations by the loop below.
+      auto send_weights = [&](int stage, int kt) {
+        const uint32_t bar = full_bar + 8 * stage;
         MbarArriveExpectTx(bar, Tr::kStageBytes);
-        const char* w_tile = w_block + static_cast<int64_t>(kt0 + i) * Tr::kWGroupBytes;
+        const char* w_tile = w_block + static_cast<int64_t>(kt) * Tr::kWGroupBytes;
 #pragma unroll
         for (int g = 0; g < Tr::kBW / 16; ++g) {
-          BulkCopy(smem_base + i * Tr::kStageBytes + Tr::kActStageBytes + g * Tr::kWGroupBytes,
+          BulkCopy(smem_base + stage * Tr::kStageBytes + Tr::kActStageBytes + g * Tr::kWGroupBytes,
                    w_tile + g * w_group_stride, Tr::kWGroupBytes, bar);
         }
-      }
+      };
+      // The weights of the first stages go out before the wait for the
+      // previous kernel (they never depend on it).
+      const int first = min(nkt, kStages);
+      for (int i = 0; i < first; ++i) send_weights(i, kt0 + i);
       PdlWaitForPrerequisites();
       int stage = 0;
       uint32_t phase = 0;
       for (int i = 0; i < nkt; ++i) {
-        const bool weights_sent = i < first;
         if (i >= kStages) MbarWait(empty_bar + 8 * stage, phase ^ 1);
-        const uint32_t bar = full_bar + 8 * stage;
-        if (!weights_sent) MbarArriveExpectTx(bar, Tr::kStageBytes);
-        const uint32_t act = smem_base + stage * Tr::kStageBytes;
         const int kt = kt0 + i;
+        if (i >= first) send_weights(stage, kt);
+        const uint32_t bar = full_bar + 8 * stage;
+        const uint32_t act = smem_base + stage * Tr::kStageBytes;
 #pragma unroll
         for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
           TmaLoad2D(act + cb * Tr::kColBlockBytes, &act_map, kt * 128 + cb * Tr::kBoxCols,
                     block_b0, bar);
-        }
-        const char* w_tile = w_block + static_cast<int64_t>(kt) * Tr::kWGroupBytes;
-        if (!weights_sent) {
-#pragma unroll
-          for (int g = 0; g < Tr::kBW / 16; ++g) {
-            BulkCopy(act + Tr::kActStageBytes + g * Tr::kWGroupBytes, w_tile + g * w_group_stride,
-                     Tr::kWGroupBytes, bar);
-          }
         }
         if (++stage == kStages) {
           stage = 0;
