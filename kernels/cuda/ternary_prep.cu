@@ -103,7 +103,13 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) 
 }
 
 // Vector variant for the common case (k % 8 == 0, rows 16-byte aligned):
-// 8 elements per thread per step.
+// 8 elements per thread per step. Rows of up to kHeldGroups x 8 x 256
+// elements (K <= 8192) are read once: the groups a thread loads for the
+// absmax stay in its registers for the conversion, so the row never makes a
+// second trip through L1/L2 (the int8 launch at M = 2048 is a pure stream of
+// x in and xq out). Longer rows reload the groups past that.
+constexpr int kHeldGroups = 4;
+
 template <typename InT, MmaType kOut>
 __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParams p) {
   PdlLaunchDependents();
@@ -124,10 +130,26 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
       for (int i = 0; i < 8; ++i) v[i] = ToFloat(h[i]);
     }
   };
+  // held[j] is group threadIdx.x + j * kPrepThreads (zeros past the row).
+  float held[kHeldGroups][8];
+#pragma unroll
+  for (int j = 0; j < kHeldGroups; ++j) {
+    const int gi = threadIdx.x + j * kPrepThreads;
+    if (gi < groups) {
+      load8(gi, held[j]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) held[j][i] = 0.0f;
+    }
+  }
   float mul = 1.0f;
   if (kOut == MmaType::kS8 || p.prescale) {
     float amax = 0.0f;
-    for (int gi = threadIdx.x; gi < groups; gi += kPrepThreads) {
+#pragma unroll
+    for (int j = 0; j < kHeldGroups; ++j)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(held[j][i]));
+    for (int gi = threadIdx.x + kHeldGroups * kPrepThreads; gi < groups; gi += kPrepThreads) {
       float v[8];
       load8(gi, v);
 #pragma unroll
@@ -148,15 +170,7 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
       if (threadIdx.x == 0) p.row_scale[row] = ldexpf(1.0f, -e);
     }
   }
-  const int out_groups = static_cast<int>(p.ldo / 8);
-  for (int gi = threadIdx.x; gi < out_groups; gi += kPrepThreads) {
-    float v[8];
-    if (gi < groups) {
-      load8(gi, v);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = 0.0f;
-    }
+  auto store8 = [&](int gi, const float (&v)[8]) {
     if constexpr (kOut == MmaType::kS8) {
       uint32_t lo = 0, hi = 0;
 #pragma unroll
@@ -179,6 +193,24 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
       reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p.out) +
                                static_cast<int64_t>(row) * p.ldo)[gi] = *reinterpret_cast<uint4*>(h);
     }
+  };
+  // Output groups [0, ldo / 8): held groups (zeros past k, which also pads
+  // columns [k, ldo)), then reloaded ones, then zero padding.
+  const int out_groups = static_cast<int>(p.ldo / 8);
+#pragma unroll
+  for (int j = 0; j < kHeldGroups; ++j) {
+    const int gi = threadIdx.x + j * kPrepThreads;
+    if (gi < out_groups) store8(gi, held[j]);
+  }
+  for (int gi = threadIdx.x + kHeldGroups * kPrepThreads; gi < out_groups; gi += kPrepThreads) {
+    float v[8];
+    if (gi < groups) {
+      load8(gi, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+    }
+    store8(gi, v);
   }
 }
 
