@@ -36,7 +36,7 @@ for step in $steps; do
       note "sass: $(grep -cE 'GMMA|MMA' "$out/sass.txt") mma lines, LDL/STL: $(grep -E ' (LDL|STL)' "$out/sass.txt" | awk '{s+=$1} END {print s+0}')"
       ;;
     tests)
-      timeout 150 "$bundle/cuda_kernels_test" 2>&1 | tail -n 200 > "$out/tests.log"
+      timeout ${TEST_TIMEOUT:-240} "$bundle/cuda_kernels_test" 2>&1 | tail -n 200 > "$out/tests.log"
       note "tests: $(grep -E '^\[  (PASSED|FAILED)  \]|tests? ran' "$out/tests.log" | tr '\n' ' ')"
       grep -E "FAILED|Failure|bad outputs|relative error" "$out/tests.log" | head -20
       if [[ -x "$bundle/cuda_backend_test" ]]; then

@@ -570,13 +570,23 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // against 25.5 and 28.4 us for wgmma_w128_b64, which session 3 had
   // measured faster).
   const bool wide = n >= 8192;
-  if (m <= 32) return FindConfig("mma_w64_b32");
+  // Session 8 (H100, graph --pdl timing, RESULTS.md): at N = 4096 the 128 x
+  // 32 ws tile ran fp16 M = 32 in 8.1 us against 9.7 us for mma_w64_b32; at
+  // N = 11008 (86 weight tiles) the 176-row batch tile beats 128 and 256 from
+  // M = 512 on (fp16 M = 512 66.4 / 72.4 / 86.2 us, int8 51.2 / 62.9 / 70.0;
+  // M = 2048 int8 200.9 / 229.2 / 210.3): 3 batch tiles of 176 make 258 tiles,
+  // two nearly full waves on 132 SMs, where 128-row tiles leave a third wave
+  // mostly idle.
+  if (m <= 32) {
+    return FindConfig(type != MmaType::kS8 && m > 16 && !wide ? "ws_w128_b32" : "mma_w64_b32");
+  }
   if (type == MmaType::kS8) {
     if (m <= 64) return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
     if (m <= 256) {
       if (!wide) return FindConfig("ws_w128_b64");
       return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
     }
+    if (wide) return FindConfig("ws_w128_b176");
     return FindConfig(m <= 1024 ? "ws_w128_b128" : "ws_w128_b256");
   }
   if (m <= 64) return FindConfig("ws_w128_b64");
@@ -584,7 +594,8 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
     if (!wide) return FindConfig("ws_w128_b64");
     return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
   }
-  if (m <= 1024 || wide) return FindConfig("ws_w128_b128");
+  if (wide) return FindConfig("ws_w128_b176");
+  if (m <= 1024) return FindConfig("ws_w128_b128");
   return FindConfig("ws_w128_b256");
 }
 

@@ -332,8 +332,10 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 
 // Warp-specialized configurations (ids follow kWgmmaKernels).
 extern const GemmKernelInfo kWgmmaWsKernels[] = {
+    BITNET_WS_CONFIG("ws_w128_b32", 32),
     BITNET_WS_CONFIG("ws_w128_b64", 64),
     BITNET_WS_CONFIG("ws_w128_b128", 128),
+    BITNET_WS_CONFIG("ws_w128_b176", 176),
     BITNET_WS_CONFIG("ws_w128_b256", 256),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);

@@ -14,6 +14,80 @@ namespace bitnet::cuda_internal {
 #endif
 
 
+__device__ __forceinline__ void WgmmaF16N32(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaBF16N32(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaS8N32(int (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k32.s32.s8.s8 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaFenceOperand(float (&d)[16]) {
+  asm volatile("" : "+f"(d[0])::"memory");
+  asm volatile("" : "+f"(d[1])::"memory");
+  asm volatile("" : "+f"(d[2])::"memory");
+  asm volatile("" : "+f"(d[3])::"memory");
+  asm volatile("" : "+f"(d[4])::"memory");
+  asm volatile("" : "+f"(d[5])::"memory");
+  asm volatile("" : "+f"(d[6])::"memory");
+  asm volatile("" : "+f"(d[7])::"memory");
+  asm volatile("" : "+f"(d[8])::"memory");
+  asm volatile("" : "+f"(d[9])::"memory");
+  asm volatile("" : "+f"(d[10])::"memory");
+  asm volatile("" : "+f"(d[11])::"memory");
+  asm volatile("" : "+f"(d[12])::"memory");
+  asm volatile("" : "+f"(d[13])::"memory");
+  asm volatile("" : "+f"(d[14])::"memory");
+  asm volatile("" : "+f"(d[15])::"memory");
+}
+
+__device__ __forceinline__ void WgmmaFenceOperand(int (&d)[16]) {
+  asm volatile("" : "+r"(d[0])::"memory");
+  asm volatile("" : "+r"(d[1])::"memory");
+  asm volatile("" : "+r"(d[2])::"memory");
+  asm volatile("" : "+r"(d[3])::"memory");
+  asm volatile("" : "+r"(d[4])::"memory");
+  asm volatile("" : "+r"(d[5])::"memory");
+  asm volatile("" : "+r"(d[6])::"memory");
+  asm volatile("" : "+r"(d[7])::"memory");
+  asm volatile("" : "+r"(d[8])::"memory");
+  asm volatile("" : "+r"(d[9])::"memory");
+  asm volatile("" : "+r"(d[10])::"memory");
+  asm volatile("" : "+r"(d[11])::"memory");
+  asm volatile("" : "+r"(d[12])::"memory");
+  asm volatile("" : "+r"(d[13])::"memory");
+  asm volatile("" : "+r"(d[14])::"memory");
+  asm volatile("" : "+r"(d[15])::"memory");
+}
+
 __device__ __forceinline__ void WgmmaF16N64(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
 #ifdef BITNET_WGMMA_ENABLED
   asm volatile(
@@ -288,6 +362,224 @@ __device__ __forceinline__ void WgmmaFenceOperand(int (&d)[64]) {
   asm volatile("" : "+r"(d[61])::"memory");
   asm volatile("" : "+r"(d[62])::"memory");
   asm volatile("" : "+r"(d[63])::"memory");
+}
+
+__device__ __forceinline__ void WgmmaF16N176(float (&d)[88], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %93, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n176k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, "
+      "{%88, %89, %90, %91}, %92, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaBF16N176(float (&d)[88], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %93, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n176k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, "
+      "{%88, %89, %90, %91}, %92, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaS8N176(int (&d)[88], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %93, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n176k32.s32.s8.s8 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, "
+      "{%88, %89, %90, %91}, %92, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaFenceOperand(float (&d)[88]) {
+  asm volatile("" : "+f"(d[0])::"memory");
+  asm volatile("" : "+f"(d[1])::"memory");
+  asm volatile("" : "+f"(d[2])::"memory");
+  asm volatile("" : "+f"(d[3])::"memory");
+  asm volatile("" : "+f"(d[4])::"memory");
+  asm volatile("" : "+f"(d[5])::"memory");
+  asm volatile("" : "+f"(d[6])::"memory");
+  asm volatile("" : "+f"(d[7])::"memory");
+  asm volatile("" : "+f"(d[8])::"memory");
+  asm volatile("" : "+f"(d[9])::"memory");
+  asm volatile("" : "+f"(d[10])::"memory");
+  asm volatile("" : "+f"(d[11])::"memory");
+  asm volatile("" : "+f"(d[12])::"memory");
+  asm volatile("" : "+f"(d[13])::"memory");
+  asm volatile("" : "+f"(d[14])::"memory");
+  asm volatile("" : "+f"(d[15])::"memory");
+  asm volatile("" : "+f"(d[16])::"memory");
+  asm volatile("" : "+f"(d[17])::"memory");
+  asm volatile("" : "+f"(d[18])::"memory");
+  asm volatile("" : "+f"(d[19])::"memory");
+  asm volatile("" : "+f"(d[20])::"memory");
+  asm volatile("" : "+f"(d[21])::"memory");
+  asm volatile("" : "+f"(d[22])::"memory");
+  asm volatile("" : "+f"(d[23])::"memory");
+  asm volatile("" : "+f"(d[24])::"memory");
+  asm volatile("" : "+f"(d[25])::"memory");
+  asm volatile("" : "+f"(d[26])::"memory");
+  asm volatile("" : "+f"(d[27])::"memory");
+  asm volatile("" : "+f"(d[28])::"memory");
+  asm volatile("" : "+f"(d[29])::"memory");
+  asm volatile("" : "+f"(d[30])::"memory");
+  asm volatile("" : "+f"(d[31])::"memory");
+  asm volatile("" : "+f"(d[32])::"memory");
+  asm volatile("" : "+f"(d[33])::"memory");
+  asm volatile("" : "+f"(d[34])::"memory");
+  asm volatile("" : "+f"(d[35])::"memory");
+  asm volatile("" : "+f"(d[36])::"memory");
+  asm volatile("" : "+f"(d[37])::"memory");
+  asm volatile("" : "+f"(d[38])::"memory");
+  asm volatile("" : "+f"(d[39])::"memory");
+  asm volatile("" : "+f"(d[40])::"memory");
+  asm volatile("" : "+f"(d[41])::"memory");
+  asm volatile("" : "+f"(d[42])::"memory");
+  asm volatile("" : "+f"(d[43])::"memory");
+  asm volatile("" : "+f"(d[44])::"memory");
+  asm volatile("" : "+f"(d[45])::"memory");
+  asm volatile("" : "+f"(d[46])::"memory");
+  asm volatile("" : "+f"(d[47])::"memory");
+  asm volatile("" : "+f"(d[48])::"memory");
+  asm volatile("" : "+f"(d[49])::"memory");
+  asm volatile("" : "+f"(d[50])::"memory");
+  asm volatile("" : "+f"(d[51])::"memory");
+  asm volatile("" : "+f"(d[52])::"memory");
+  asm volatile("" : "+f"(d[53])::"memory");
+  asm volatile("" : "+f"(d[54])::"memory");
+  asm volatile("" : "+f"(d[55])::"memory");
+  asm volatile("" : "+f"(d[56])::"memory");
+  asm volatile("" : "+f"(d[57])::"memory");
+  asm volatile("" : "+f"(d[58])::"memory");
+  asm volatile("" : "+f"(d[59])::"memory");
+  asm volatile("" : "+f"(d[60])::"memory");
+  asm volatile("" : "+f"(d[61])::"memory");
+  asm volatile("" : "+f"(d[62])::"memory");
+  asm volatile("" : "+f"(d[63])::"memory");
+  asm volatile("" : "+f"(d[64])::"memory");
+  asm volatile("" : "+f"(d[65])::"memory");
+  asm volatile("" : "+f"(d[66])::"memory");
+  asm volatile("" : "+f"(d[67])::"memory");
+  asm volatile("" : "+f"(d[68])::"memory");
+  asm volatile("" : "+f"(d[69])::"memory");
+  asm volatile("" : "+f"(d[70])::"memory");
+  asm volatile("" : "+f"(d[71])::"memory");
+  asm volatile("" : "+f"(d[72])::"memory");
+  asm volatile("" : "+f"(d[73])::"memory");
+  asm volatile("" : "+f"(d[74])::"memory");
+  asm volatile("" : "+f"(d[75])::"memory");
+  asm volatile("" : "+f"(d[76])::"memory");
+  asm volatile("" : "+f"(d[77])::"memory");
+  asm volatile("" : "+f"(d[78])::"memory");
+  asm volatile("" : "+f"(d[79])::"memory");
+  asm volatile("" : "+f"(d[80])::"memory");
+  asm volatile("" : "+f"(d[81])::"memory");
+  asm volatile("" : "+f"(d[82])::"memory");
+  asm volatile("" : "+f"(d[83])::"memory");
+  asm volatile("" : "+f"(d[84])::"memory");
+  asm volatile("" : "+f"(d[85])::"memory");
+  asm volatile("" : "+f"(d[86])::"memory");
+  asm volatile("" : "+f"(d[87])::"memory");
+}
+
+__device__ __forceinline__ void WgmmaFenceOperand(int (&d)[88]) {
+  asm volatile("" : "+r"(d[0])::"memory");
+  asm volatile("" : "+r"(d[1])::"memory");
+  asm volatile("" : "+r"(d[2])::"memory");
+  asm volatile("" : "+r"(d[3])::"memory");
+  asm volatile("" : "+r"(d[4])::"memory");
+  asm volatile("" : "+r"(d[5])::"memory");
+  asm volatile("" : "+r"(d[6])::"memory");
+  asm volatile("" : "+r"(d[7])::"memory");
+  asm volatile("" : "+r"(d[8])::"memory");
+  asm volatile("" : "+r"(d[9])::"memory");
+  asm volatile("" : "+r"(d[10])::"memory");
+  asm volatile("" : "+r"(d[11])::"memory");
+  asm volatile("" : "+r"(d[12])::"memory");
+  asm volatile("" : "+r"(d[13])::"memory");
+  asm volatile("" : "+r"(d[14])::"memory");
+  asm volatile("" : "+r"(d[15])::"memory");
+  asm volatile("" : "+r"(d[16])::"memory");
+  asm volatile("" : "+r"(d[17])::"memory");
+  asm volatile("" : "+r"(d[18])::"memory");
+  asm volatile("" : "+r"(d[19])::"memory");
+  asm volatile("" : "+r"(d[20])::"memory");
+  asm volatile("" : "+r"(d[21])::"memory");
+  asm volatile("" : "+r"(d[22])::"memory");
+  asm volatile("" : "+r"(d[23])::"memory");
+  asm volatile("" : "+r"(d[24])::"memory");
+  asm volatile("" : "+r"(d[25])::"memory");
+  asm volatile("" : "+r"(d[26])::"memory");
+  asm volatile("" : "+r"(d[27])::"memory");
+  asm volatile("" : "+r"(d[28])::"memory");
+  asm volatile("" : "+r"(d[29])::"memory");
+  asm volatile("" : "+r"(d[30])::"memory");
+  asm volatile("" : "+r"(d[31])::"memory");
+  asm volatile("" : "+r"(d[32])::"memory");
+  asm volatile("" : "+r"(d[33])::"memory");
+  asm volatile("" : "+r"(d[34])::"memory");
+  asm volatile("" : "+r"(d[35])::"memory");
+  asm volatile("" : "+r"(d[36])::"memory");
+  asm volatile("" : "+r"(d[37])::"memory");
+  asm volatile("" : "+r"(d[38])::"memory");
+  asm volatile("" : "+r"(d[39])::"memory");
+  asm volatile("" : "+r"(d[40])::"memory");
+  asm volatile("" : "+r"(d[41])::"memory");
+  asm volatile("" : "+r"(d[42])::"memory");
+  asm volatile("" : "+r"(d[43])::"memory");
+  asm volatile("" : "+r"(d[44])::"memory");
+  asm volatile("" : "+r"(d[45])::"memory");
+  asm volatile("" : "+r"(d[46])::"memory");
+  asm volatile("" : "+r"(d[47])::"memory");
+  asm volatile("" : "+r"(d[48])::"memory");
+  asm volatile("" : "+r"(d[49])::"memory");
+  asm volatile("" : "+r"(d[50])::"memory");
+  asm volatile("" : "+r"(d[51])::"memory");
+  asm volatile("" : "+r"(d[52])::"memory");
+  asm volatile("" : "+r"(d[53])::"memory");
+  asm volatile("" : "+r"(d[54])::"memory");
+  asm volatile("" : "+r"(d[55])::"memory");
+  asm volatile("" : "+r"(d[56])::"memory");
+  asm volatile("" : "+r"(d[57])::"memory");
+  asm volatile("" : "+r"(d[58])::"memory");
+  asm volatile("" : "+r"(d[59])::"memory");
+  asm volatile("" : "+r"(d[60])::"memory");
+  asm volatile("" : "+r"(d[61])::"memory");
+  asm volatile("" : "+r"(d[62])::"memory");
+  asm volatile("" : "+r"(d[63])::"memory");
+  asm volatile("" : "+r"(d[64])::"memory");
+  asm volatile("" : "+r"(d[65])::"memory");
+  asm volatile("" : "+r"(d[66])::"memory");
+  asm volatile("" : "+r"(d[67])::"memory");
+  asm volatile("" : "+r"(d[68])::"memory");
+  asm volatile("" : "+r"(d[69])::"memory");
+  asm volatile("" : "+r"(d[70])::"memory");
+  asm volatile("" : "+r"(d[71])::"memory");
+  asm volatile("" : "+r"(d[72])::"memory");
+  asm volatile("" : "+r"(d[73])::"memory");
+  asm volatile("" : "+r"(d[74])::"memory");
+  asm volatile("" : "+r"(d[75])::"memory");
+  asm volatile("" : "+r"(d[76])::"memory");
+  asm volatile("" : "+r"(d[77])::"memory");
+  asm volatile("" : "+r"(d[78])::"memory");
+  asm volatile("" : "+r"(d[79])::"memory");
+  asm volatile("" : "+r"(d[80])::"memory");
+  asm volatile("" : "+r"(d[81])::"memory");
+  asm volatile("" : "+r"(d[82])::"memory");
+  asm volatile("" : "+r"(d[83])::"memory");
+  asm volatile("" : "+r"(d[84])::"memory");
+  asm volatile("" : "+r"(d[85])::"memory");
+  asm volatile("" : "+r"(d[86])::"memory");
+  asm volatile("" : "+r"(d[87])::"memory");
 }
 
 __device__ __forceinline__ void WgmmaF16N256(float (&d)[128], const uint32_t (&a)[4], uint64_t desc) {

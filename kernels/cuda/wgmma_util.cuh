@@ -24,23 +24,29 @@ __device__ __forceinline__ uint64_t MakeSw128Desc(uint32_t addr) {
 }
 #endif
 
+// The wrapper for this input type and batch tile (kBN must be one of the
+// tiles gen_wgmma.py emits).
+#define BITNET_WGMMA_BY_N(PREFIX)                   \
+  if constexpr (kBN == 32) PREFIX##N32(d, a, desc);   \
+  if constexpr (kBN == 64) PREFIX##N64(d, a, desc);   \
+  if constexpr (kBN == 128) PREFIX##N128(d, a, desc); \
+  if constexpr (kBN == 176) PREFIX##N176(d, a, desc); \
+  if constexpr (kBN == 256) PREFIX##N256(d, a, desc);
+
 template <MmaType kType, int kBN>
 __device__ __forceinline__ void Wgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
                                       uint64_t desc) {
+  static_assert(kBN == 32 || kBN == 64 || kBN == 128 || kBN == 176 || kBN == 256,
+                "no wgmma wrapper for this batch tile (kernels/cuda/tools/gen_wgmma.py)");
   if constexpr (kType == MmaType::kF16) {
-    if constexpr (kBN == 64) WgmmaF16N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaF16N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaF16N256(d, a, desc);
+    BITNET_WGMMA_BY_N(WgmmaF16)
   } else if constexpr (kType == MmaType::kBF16) {
-    if constexpr (kBN == 64) WgmmaBF16N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaBF16N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaBF16N256(d, a, desc);
+    BITNET_WGMMA_BY_N(WgmmaBF16)
   } else {
-    if constexpr (kBN == 64) WgmmaS8N64(d, a, desc);
-    if constexpr (kBN == 128) WgmmaS8N128(d, a, desc);
-    if constexpr (kBN == 256) WgmmaS8N256(d, a, desc);
+    BITNET_WGMMA_BY_N(WgmmaS8)
   }
 }
+#undef BITNET_WGMMA_BY_N
 
 // An empty asm that "reads and writes" every A register: the compiler keeps
 // them live (and unmodified) until this point.
