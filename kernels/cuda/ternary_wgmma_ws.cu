@@ -8,8 +8,8 @@
 //  * one producer thread: it issues, per k-tile, one TMA
 //    (cp.async.bulk.tensor) per 128-byte column block of activations (the
 //    hardware swizzles, and zero-fills rows past M and columns past K) and
-//    eight 512-byte bulk copies of packed weights, all completing on the
-//    stage's "full" mbarrier;
+//    one 3-D TMA for the block's 4 KB of packed weights (8 row groups of
+//    512 bytes), all completing on the stage's "full" mbarrier;
 //  * two consumer warpgroups (64 weight rows each): wait for "full", load
 //    their 16-byte weight fragment, decode, issue the wgmmas of the tile,
 //    keep one tile of wgmmas in flight, and release the previous tile's stage
@@ -104,12 +104,12 @@ __device__ __forceinline__ void TmaLoad2D(uint32_t dst, const CUtensorMap* map, 
       : "memory");
 }
 
-__device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, uint32_t bytes,
-                                         uint32_t bar) {
+__device__ __forceinline__ void TmaLoad3D(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                          int c2, uint32_t bar) {
   asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
 
@@ -117,7 +117,8 @@ __device__ __forceinline__ void BulkCopy(uint32_t dst, const void* src, uint32_t
 
 template <MmaType kType, int kBN>
 __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
-    ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map) {
+    ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map,
+                            const __grid_constant__ CUtensorMap w_map) {
 #ifdef BITNET_WGMMA_ENABLED
   using Tr = WsTraits<kType, kBN>;
   constexpr int kStages = Tr::kStages;
@@ -158,20 +159,17 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
     if (warp == Tr::kConsumerWarps && lane == 0) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&act_map))
                    : "memory");
-      const char* w_block = reinterpret_cast<const char*>(
-          p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32);
-      const int64_t w_group_stride = static_cast<int64_t>(p.k_tiles) * Tr::kWGroupBytes;
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w_map))
+                   : "memory");
       // Stage `stage`'s barrier expects the whole stage; its weights (k-tile
-      // kt) are sent here, its activations by the loop below.
+      // kt of the block's 8 row groups, one TMA) are sent here, its
+      // activations by the loop below. (Eight 512-byte bulk copies per
+      // k-tile, one per row group, measured slower: see LaunchWgmmaWs.)
       auto send_weights = [&](int stage, int kt) {
         const uint32_t bar = full_bar + 8 * stage;
         MbarArriveExpectTx(bar, Tr::kStageBytes);
-        const char* w_tile = w_block + static_cast<int64_t>(kt) * Tr::kWGroupBytes;
-#pragma unroll
-        for (int g = 0; g < Tr::kBW / 16; ++g) {
-          BulkCopy(smem_base + stage * Tr::kStageBytes + Tr::kActStageBytes + g * Tr::kWGroupBytes,
-                   w_tile + g * w_group_stride, Tr::kWGroupBytes, bar);
-        }
+        TmaLoad3D(smem_base + stage * Tr::kStageBytes + Tr::kActStageBytes, &w_map, 0, kt,
+                  block_w0 / 16, bar);
       };
       // The weights of the first stages go out before the wait for the
       // previous kernel (they never depend on it).
@@ -268,6 +266,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   using Tr = WsTraits<kType, kBN>;
   static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0, "traits are used by the sm_90a body");
   (void)act_map;
+  (void)w_map;
   __trap();  // never launched: the host checks CudaDeviceHasWgmma first
 #endif
 }
@@ -314,11 +313,30 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
+  // Packed weights [row groups][k_tiles][512 bytes] as 32-bit words: a box
+  // is one k-tile of the block's 8 row groups, landing in shared memory in
+  // the order the consumers read it (group g at g x 512 bytes). Groups up to
+  // a whole number of 128-row blocks exist (rows are padded to 256).
+  CUtensorMap w_map;
+  const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(Tr::kWGroupBytes / 4),
+                                static_cast<cuuint64_t>(p.k_tiles),
+                                static_cast<cuuint64_t>((p.n + Tr::kBW - 1) / Tr::kBW * (Tr::kBW / 16))};
+  const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(Tr::kWGroupBytes),
+                                   static_cast<cuuint64_t>(p.k_tiles) * Tr::kWGroupBytes};
+  const cuuint32_t w_box[3] = {static_cast<cuuint32_t>(Tr::kWGroupBytes / 4), 1,
+                               static_cast<cuuint32_t>(Tr::kBW / 16)};
+  const cuuint32_t w_elem_strides[3] = {1, 1, 1};
+  if (encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<uint4*>(p.w), w_dims, w_strides,
+             w_box, w_elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return cudaErrorInvalidValue;
+  }
   constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
-                               map);
+                               map, w_map);
 }
 
 #define BITNET_WS_CONFIG(name, BN)                                                   \
