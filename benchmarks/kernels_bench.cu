@@ -15,7 +15,8 @@
 // Our outputs are checked against cuBLAS on the same data before timing.
 //
 // Options: --csv FILE --json FILE --reps N --warmup N --m 1,16,... --n 4096,...
-//          --k 4096 --device D --sweep FILE (time every config x split-K too)
+//          --k 4096 --device D --sweep FILE (time every config x split-K too;
+//          with --config NAME only that configuration)
 //          --pdl (our launches set CudaLinearArgs::overlap_previous_kernel:
 //          programmatic dependent launch on sm_90+, so with back-to-back runs
 //          a gemv launch may start, and load its weights, while the previous
@@ -675,6 +676,8 @@ bool Run(const Options& o) {
       if (sweep != nullptr) {
         for (const auto& cfg : bitnet::CudaKernelConfigs()) {
           if (cfg.wgmma && !*has_wgmma) continue;
+          // With --config the sweep covers that configuration's split-K choices only.
+          if (forced != bitnet::kCudaAutoConfig && cfg.id != forced) continue;
           for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
             if (mode == ActivationQuant::kNone ? !cfg.fp : !cfg.int8) continue;
             for (int split : {0, 1, 2, 4, 8}) {

@@ -548,6 +548,19 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
   return l;
 }
 
+// The ws batch tile for 65..256 rows at N >= 8192, where one 128-row weight
+// tile per block leaves 86 of them (N = 11008) for 132 SMs. What a block
+// costs hardly depends on how many of its batch rows are real (session 8,
+// H100, graph --pdl, N = 11008): a wave of 86 full-K tiles ran fp16 /
+// int8 in 22.1 / 20.5 us at 128 columns and 29.1 / 23.1 us at 176; 3 batch
+// tiles of 96 (258 tiles, two nearly full waves) ran M = 256 in 38.0 / 33.0 us
+// where one wave of 256-column tiles took 41.3 / 35.0 us.
+const char* WideTile(int64_t m) {
+  if (m <= 128) return "ws_w128_b128";
+  if (m <= 176) return "ws_w128_b176";
+  return "ws_w128_b96";
+}
+
 int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md,
   // K = 4096, N = 4096 and 11008). Small batches stream the weights:
@@ -584,7 +597,7 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
     if (m <= 64) return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
     if (m <= 256) {
       if (!wide) return FindConfig("ws_w128_b64");
-      return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
+      return FindConfig(WideTile(m));
     }
     if (wide) return FindConfig("ws_w128_b176");
     return FindConfig(m <= 1024 ? "ws_w128_b128" : "ws_w128_b256");
@@ -592,7 +605,7 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   if (m <= 64) return FindConfig("ws_w128_b64");
   if (m <= 256) {
     if (!wide) return FindConfig("ws_w128_b64");
-    return FindConfig(m <= 128 ? "ws_w128_b128" : "ws_w128_b256");
+    return FindConfig(WideTile(m));
   }
   if (wide) return FindConfig("ws_w128_b176");
   if (m <= 1024) return FindConfig("ws_w128_b128");

@@ -352,6 +352,7 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 extern const GemmKernelInfo kWgmmaWsKernels[] = {
     BITNET_WS_CONFIG("ws_w128_b32", 32),
     BITNET_WS_CONFIG("ws_w128_b64", 64),
+    BITNET_WS_CONFIG("ws_w128_b96", 96),
     BITNET_WS_CONFIG("ws_w128_b128", 128),
     BITNET_WS_CONFIG("ws_w128_b176", 176),
     BITNET_WS_CONFIG("ws_w128_b256", 256),

@@ -194,6 +194,144 @@ __device__ __forceinline__ void WgmmaFenceOperand(int (&d)[32]) {
   asm volatile("" : "+r"(d[31])::"memory");
 }
 
+__device__ __forceinline__ void WgmmaF16N96(float (&d)[48], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, "
+      "{%48, %49, %50, %51}, %52, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaBF16N96(float (&d)[48], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, "
+      "{%48, %49, %50, %51}, %52, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaS8N96(int (&d)[48], const uint32_t (&a)[4], uint64_t desc) {
+#ifdef BITNET_WGMMA_ENABLED
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k32.s32.s8.s8 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, "
+      "{%48, %49, %50, %51}, %52, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void WgmmaFenceOperand(float (&d)[48]) {
+  asm volatile("" : "+f"(d[0])::"memory");
+  asm volatile("" : "+f"(d[1])::"memory");
+  asm volatile("" : "+f"(d[2])::"memory");
+  asm volatile("" : "+f"(d[3])::"memory");
+  asm volatile("" : "+f"(d[4])::"memory");
+  asm volatile("" : "+f"(d[5])::"memory");
+  asm volatile("" : "+f"(d[6])::"memory");
+  asm volatile("" : "+f"(d[7])::"memory");
+  asm volatile("" : "+f"(d[8])::"memory");
+  asm volatile("" : "+f"(d[9])::"memory");
+  asm volatile("" : "+f"(d[10])::"memory");
+  asm volatile("" : "+f"(d[11])::"memory");
+  asm volatile("" : "+f"(d[12])::"memory");
+  asm volatile("" : "+f"(d[13])::"memory");
+  asm volatile("" : "+f"(d[14])::"memory");
+  asm volatile("" : "+f"(d[15])::"memory");
+  asm volatile("" : "+f"(d[16])::"memory");
+  asm volatile("" : "+f"(d[17])::"memory");
+  asm volatile("" : "+f"(d[18])::"memory");
+  asm volatile("" : "+f"(d[19])::"memory");
+  asm volatile("" : "+f"(d[20])::"memory");
+  asm volatile("" : "+f"(d[21])::"memory");
+  asm volatile("" : "+f"(d[22])::"memory");
+  asm volatile("" : "+f"(d[23])::"memory");
+  asm volatile("" : "+f"(d[24])::"memory");
+  asm volatile("" : "+f"(d[25])::"memory");
+  asm volatile("" : "+f"(d[26])::"memory");
+  asm volatile("" : "+f"(d[27])::"memory");
+  asm volatile("" : "+f"(d[28])::"memory");
+  asm volatile("" : "+f"(d[29])::"memory");
+  asm volatile("" : "+f"(d[30])::"memory");
+  asm volatile("" : "+f"(d[31])::"memory");
+  asm volatile("" : "+f"(d[32])::"memory");
+  asm volatile("" : "+f"(d[33])::"memory");
+  asm volatile("" : "+f"(d[34])::"memory");
+  asm volatile("" : "+f"(d[35])::"memory");
+  asm volatile("" : "+f"(d[36])::"memory");
+  asm volatile("" : "+f"(d[37])::"memory");
+  asm volatile("" : "+f"(d[38])::"memory");
+  asm volatile("" : "+f"(d[39])::"memory");
+  asm volatile("" : "+f"(d[40])::"memory");
+  asm volatile("" : "+f"(d[41])::"memory");
+  asm volatile("" : "+f"(d[42])::"memory");
+  asm volatile("" : "+f"(d[43])::"memory");
+  asm volatile("" : "+f"(d[44])::"memory");
+  asm volatile("" : "+f"(d[45])::"memory");
+  asm volatile("" : "+f"(d[46])::"memory");
+  asm volatile("" : "+f"(d[47])::"memory");
+}
+
+__device__ __forceinline__ void WgmmaFenceOperand(int (&d)[48]) {
+  asm volatile("" : "+r"(d[0])::"memory");
+  asm volatile("" : "+r"(d[1])::"memory");
+  asm volatile("" : "+r"(d[2])::"memory");
+  asm volatile("" : "+r"(d[3])::"memory");
+  asm volatile("" : "+r"(d[4])::"memory");
+  asm volatile("" : "+r"(d[5])::"memory");
+  asm volatile("" : "+r"(d[6])::"memory");
+  asm volatile("" : "+r"(d[7])::"memory");
+  asm volatile("" : "+r"(d[8])::"memory");
+  asm volatile("" : "+r"(d[9])::"memory");
+  asm volatile("" : "+r"(d[10])::"memory");
+  asm volatile("" : "+r"(d[11])::"memory");
+  asm volatile("" : "+r"(d[12])::"memory");
+  asm volatile("" : "+r"(d[13])::"memory");
+  asm volatile("" : "+r"(d[14])::"memory");
+  asm volatile("" : "+r"(d[15])::"memory");
+  asm volatile("" : "+r"(d[16])::"memory");
+  asm volatile("" : "+r"(d[17])::"memory");
+  asm volatile("" : "+r"(d[18])::"memory");
+  asm volatile("" : "+r"(d[19])::"memory");
+  asm volatile("" : "+r"(d[20])::"memory");
+  asm volatile("" : "+r"(d[21])::"memory");
+  asm volatile("" : "+r"(d[22])::"memory");
+  asm volatile("" : "+r"(d[23])::"memory");
+  asm volatile("" : "+r"(d[24])::"memory");
+  asm volatile("" : "+r"(d[25])::"memory");
+  asm volatile("" : "+r"(d[26])::"memory");
+  asm volatile("" : "+r"(d[27])::"memory");
+  asm volatile("" : "+r"(d[28])::"memory");
+  asm volatile("" : "+r"(d[29])::"memory");
+  asm volatile("" : "+r"(d[30])::"memory");
+  asm volatile("" : "+r"(d[31])::"memory");
+  asm volatile("" : "+r"(d[32])::"memory");
+  asm volatile("" : "+r"(d[33])::"memory");
+  asm volatile("" : "+r"(d[34])::"memory");
+  asm volatile("" : "+r"(d[35])::"memory");
+  asm volatile("" : "+r"(d[36])::"memory");
+  asm volatile("" : "+r"(d[37])::"memory");
+  asm volatile("" : "+r"(d[38])::"memory");
+  asm volatile("" : "+r"(d[39])::"memory");
+  asm volatile("" : "+r"(d[40])::"memory");
+  asm volatile("" : "+r"(d[41])::"memory");
+  asm volatile("" : "+r"(d[42])::"memory");
+  asm volatile("" : "+r"(d[43])::"memory");
+  asm volatile("" : "+r"(d[44])::"memory");
+  asm volatile("" : "+r"(d[45])::"memory");
+  asm volatile("" : "+r"(d[46])::"memory");
+  asm volatile("" : "+r"(d[47])::"memory");
+}
+
 __device__ __forceinline__ void WgmmaF16N128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc) {
 #ifdef BITNET_WGMMA_ENABLED
   asm volatile(

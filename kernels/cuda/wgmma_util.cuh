@@ -29,6 +29,7 @@ __device__ __forceinline__ uint64_t MakeSw128Desc(uint32_t addr) {
 #define BITNET_WGMMA_BY_N(PREFIX)                   \
   if constexpr (kBN == 32) PREFIX##N32(d, a, desc);   \
   if constexpr (kBN == 64) PREFIX##N64(d, a, desc);   \
+  if constexpr (kBN == 96) PREFIX##N96(d, a, desc);   \
   if constexpr (kBN == 128) PREFIX##N128(d, a, desc); \
   if constexpr (kBN == 176) PREFIX##N176(d, a, desc); \
   if constexpr (kBN == 256) PREFIX##N256(d, a, desc);
@@ -36,7 +37,8 @@ __device__ __forceinline__ uint64_t MakeSw128Desc(uint32_t addr) {
 template <MmaType kType, int kBN>
 __device__ __forceinline__ void Wgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
                                       uint64_t desc) {
-  static_assert(kBN == 32 || kBN == 64 || kBN == 128 || kBN == 176 || kBN == 256,
+  static_assert(kBN == 32 || kBN == 64 || kBN == 96 || kBN == 128 || kBN == 176 ||
+                    kBN == 256,
                 "no wgmma wrapper for this batch tile (kernels/cuda/tools/gen_wgmma.py)");
   if constexpr (kType == MmaType::kF16) {
     BITNET_WGMMA_BY_N(WgmmaF16)

@@ -71,7 +71,7 @@ def fence(name, n, acc_c, acc_t):
 out = [HEADER]
 # Batch tiles of the ws kernels (WgmmaN in wgmma_util.cuh); every n must be a
 # legal wgmma N for s8 too (8, 16, 24, 32, then multiples of 16).
-for n in (32, 64, 128, 176, 256):
+for n in (32, 64, 96, 128, 176, 256):
     out.append(gen(f"WgmmaF16N{n}", n, "f32.f16.f16", "f", "float", 16, True))
     out.append(gen(f"WgmmaBF16N{n}", n, "f32.bf16.bf16", "f", "float", 16, True))
     out.append(gen(f"WgmmaS8N{n}", n, "s32.s8.s8", "r", "int", 32, False))
