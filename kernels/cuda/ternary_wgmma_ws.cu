@@ -318,17 +318,18 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   // the order the consumers read it (group g at g x 512 bytes). Groups up to
   // a whole number of 128-row blocks exist (rows are padded to 256).
   CUtensorMap w_map;
+  const int64_t w_groups = (p.n + Tr::kBW - 1) / Tr::kBW * (Tr::kBW / 16);
   const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(Tr::kWGroupBytes / 4),
                                 static_cast<cuuint64_t>(p.k_tiles),
-                                static_cast<cuuint64_t>((p.n + Tr::kBW - 1) / Tr::kBW * (Tr::kBW / 16))};
+                                static_cast<cuuint64_t>(w_groups)};
   const cuuint64_t w_strides[2] = {static_cast<cuuint64_t>(Tr::kWGroupBytes),
                                    static_cast<cuuint64_t>(p.k_tiles) * Tr::kWGroupBytes};
   const cuuint32_t w_box[3] = {static_cast<cuuint32_t>(Tr::kWGroupBytes / 4), 1,
                                static_cast<cuuint32_t>(Tr::kBW / 16)};
   const cuuint32_t w_elem_strides[3] = {1, 1, 1};
-  if (encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<uint4*>(p.w), w_dims, w_strides,
-             w_box, w_elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+  if (encode(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<uint4*>(p.w), w_dims,
+             w_strides, w_box, w_elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }

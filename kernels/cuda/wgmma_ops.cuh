@@ -1018,6 +1018,39 @@ __device__ __forceinline__ void WgmmaFenceOperand(int (&d)[128]) {
   asm volatile("" : "+r"(d[127])::"memory");
 }
 
+template <int kN>
+__device__ __forceinline__ void WgmmaF16(float (&d)[kN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  static_assert(kN == 32 || kN == 64 || kN == 96 || kN == 128 || kN == 176 || kN == 256, "no wrapper for this N: add it to gen_wgmma.py");
+  if constexpr (kN == 32) WgmmaF16N32(d, a, desc);
+  if constexpr (kN == 64) WgmmaF16N64(d, a, desc);
+  if constexpr (kN == 96) WgmmaF16N96(d, a, desc);
+  if constexpr (kN == 128) WgmmaF16N128(d, a, desc);
+  if constexpr (kN == 176) WgmmaF16N176(d, a, desc);
+  if constexpr (kN == 256) WgmmaF16N256(d, a, desc);
+}
+
+template <int kN>
+__device__ __forceinline__ void WgmmaBF16(float (&d)[kN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  static_assert(kN == 32 || kN == 64 || kN == 96 || kN == 128 || kN == 176 || kN == 256, "no wrapper for this N: add it to gen_wgmma.py");
+  if constexpr (kN == 32) WgmmaBF16N32(d, a, desc);
+  if constexpr (kN == 64) WgmmaBF16N64(d, a, desc);
+  if constexpr (kN == 96) WgmmaBF16N96(d, a, desc);
+  if constexpr (kN == 128) WgmmaBF16N128(d, a, desc);
+  if constexpr (kN == 176) WgmmaBF16N176(d, a, desc);
+  if constexpr (kN == 256) WgmmaBF16N256(d, a, desc);
+}
+
+template <int kN>
+__device__ __forceinline__ void WgmmaS8(int (&d)[kN / 2], const uint32_t (&a)[4], uint64_t desc) {
+  static_assert(kN == 32 || kN == 64 || kN == 96 || kN == 128 || kN == 176 || kN == 256, "no wrapper for this N: add it to gen_wgmma.py");
+  if constexpr (kN == 32) WgmmaS8N32(d, a, desc);
+  if constexpr (kN == 64) WgmmaS8N64(d, a, desc);
+  if constexpr (kN == 96) WgmmaS8N96(d, a, desc);
+  if constexpr (kN == 128) WgmmaS8N128(d, a, desc);
+  if constexpr (kN == 176) WgmmaS8N176(d, a, desc);
+  if constexpr (kN == 256) WgmmaS8N256(d, a, desc);
+}
+
 __device__ __forceinline__ void WgmmaSsF16N128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
 #ifdef BITNET_WGMMA_ENABLED
   asm volatile(

@@ -24,31 +24,19 @@ __device__ __forceinline__ uint64_t MakeSw128Desc(uint32_t addr) {
 }
 #endif
 
-// The wrapper for this input type and batch tile (kBN must be one of the
-// tiles gen_wgmma.py emits).
-#define BITNET_WGMMA_BY_N(PREFIX)                   \
-  if constexpr (kBN == 32) PREFIX##N32(d, a, desc);   \
-  if constexpr (kBN == 64) PREFIX##N64(d, a, desc);   \
-  if constexpr (kBN == 96) PREFIX##N96(d, a, desc);   \
-  if constexpr (kBN == 128) PREFIX##N128(d, a, desc); \
-  if constexpr (kBN == 176) PREFIX##N176(d, a, desc); \
-  if constexpr (kBN == 256) PREFIX##N256(d, a, desc);
-
+// The wrapper for this input type and batch tile (the tiles are listed in
+// kernels/cuda/tools/gen_wgmma.py).
 template <MmaType kType, int kBN>
 __device__ __forceinline__ void Wgmma(AccType<kType> (&d)[kBN / 2], const uint32_t (&a)[4],
                                       uint64_t desc) {
-  static_assert(kBN == 32 || kBN == 64 || kBN == 96 || kBN == 128 || kBN == 176 ||
-                    kBN == 256,
-                "no wgmma wrapper for this batch tile (kernels/cuda/tools/gen_wgmma.py)");
   if constexpr (kType == MmaType::kF16) {
-    BITNET_WGMMA_BY_N(WgmmaF16)
+    WgmmaF16<kBN>(d, a, desc);
   } else if constexpr (kType == MmaType::kBF16) {
-    BITNET_WGMMA_BY_N(WgmmaBF16)
+    WgmmaBF16<kBN>(d, a, desc);
   } else {
-    BITNET_WGMMA_BY_N(WgmmaS8)
+    WgmmaS8<kBN>(d, a, desc);
   }
 }
-#undef BITNET_WGMMA_BY_N
 
 // An empty asm that "reads and writes" every A register: the compiler keeps
 // them live (and unmodified) until this point.

@@ -68,15 +68,32 @@ def fence(name, n, acc_c, acc_t):
     return f"__device__ __forceinline__ void {name}({acc_t} (&d)[{nregs}]) {{\n{body}\n}}"
 
 
+def dispatch(prefix, acc_t, ns):
+    """WgmmaF16<N>(...) etc.: the wrapper for batch tile N, so that callers
+    (wgmma_util.cuh) name the tile as a template argument and this list is the
+    only place the tiles are written."""
+    allowed = " || ".join(f"kN == {n}" for n in ns)
+    calls = "\n".join(f"  if constexpr (kN == {n}) {prefix}N{n}(d, a, desc);" for n in ns)
+    return (f"template <int kN>\n"
+            f"__device__ __forceinline__ void {prefix}({acc_t} (&d)[kN / 2], "
+            f"const uint32_t (&a)[4], uint64_t desc) {{\n"
+            f"  static_assert({allowed}, \"no wrapper for this N: add it to gen_wgmma.py\");\n"
+            f"{calls}\n}}")
+
+
 out = [HEADER]
-# Batch tiles of the ws kernels (WgmmaN in wgmma_util.cuh); every n must be a
-# legal wgmma N for s8 too (8, 16, 24, 32, then multiples of 16).
-for n in (32, 64, 96, 128, 176, 256):
+# Batch tiles of the ws kernels; every n must be a legal wgmma N for s8 too
+# (8, 16, 24, 32, then multiples of 16).
+TILES = (32, 64, 96, 128, 176, 256)
+for n in TILES:
     out.append(gen(f"WgmmaF16N{n}", n, "f32.f16.f16", "f", "float", 16, True))
     out.append(gen(f"WgmmaBF16N{n}", n, "f32.bf16.bf16", "f", "float", 16, True))
     out.append(gen(f"WgmmaS8N{n}", n, "s32.s8.s8", "r", "int", 32, False))
     out.append(fence(f"WgmmaFenceOperand", n, "f", "float"))
     out.append(fence(f"WgmmaFenceOperand", n, "r", "int"))
+out.append(dispatch("WgmmaF16", "float", TILES))
+out.append(dispatch("WgmmaBF16", "float", TILES))
+out.append(dispatch("WgmmaS8", "int", TILES))
 for n in (128, 256):
     out.append(gen(f"WgmmaSsF16N{n}", n, "f32.f16.f16", "f", "float", 16, True, False))
     out.append(gen(f"WgmmaSsS8N{n}", n, "s32.s8.s8", "r", "int", 32, False, False))
