@@ -104,9 +104,6 @@ struct Options {
   TimingMethod timing = TimingMethod::kRotate;  // --timing rotate|flush|graph
   std::string config;  // --config NAME: force one configuration (profiling)
   bool pdl = false;    // --pdl: our calls set overlap_previous_kernel
-  // --stream-k auto|on|off (CudaLinearArgs::stream_k); "on" applies to the
-  // configurations that have it (ws_*) and leaves the others as they are.
-  bitnet::CudaStreamK stream_k = bitnet::CudaStreamK::kAuto;
   int reps = 200;
   int warmup = 20;
   int device = 0;
@@ -180,18 +177,6 @@ bool ParseOptions(int argc, char** argv, Options* o) {
     } else if (a == "--config") {
       if ((v = value("--config")) == nullptr) return false;
       o->config = v;
-    } else if (a == "--stream-k") {
-      if ((v = value("--stream-k")) == nullptr) return false;
-      if (std::string(v) == "auto") {
-        o->stream_k = bitnet::CudaStreamK::kAuto;
-      } else if (std::string(v) == "on") {
-        o->stream_k = bitnet::CudaStreamK::kOn;
-      } else if (std::string(v) == "off") {
-        o->stream_k = bitnet::CudaStreamK::kOff;
-      } else {
-        std::fprintf(stderr, "kernels bench: --stream-k is %s; must be auto, on or off\n", v);
-        return false;
-      }
     } else if (a == "--no-ceilings") {
       o->ceilings = false;
     } else if (a == "--pdl") {
@@ -201,11 +186,8 @@ bool ParseOptions(int argc, char** argv, Options* o) {
           "bitnet-bench kernels [--csv FILE] [--json FILE] [--sweep FILE] [--reps N]\n"
           "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n"
           "  [--no-ceilings] [--timing rotate|flush|graph] [--config NAME] [--pdl]\n"
-          "  [--stream-k auto|on|off]\n"
           "  --pdl: launch our kernels with programmatic dependent launch (sm_90+;\n"
-          "         CudaLinearArgs::overlap_previous_kernel), in every timing method\n"
-          "  --stream-k: CudaLinearArgs::stream_k for the ws_* configurations; a\n"
-          "         configuration that ran stream-K is reported as NAME+sk\n");
+          "         CudaLinearArgs::overlap_previous_kernel), in every timing method\n");
       std::exit(0);
     } else {
       std::fprintf(stderr, "kernels bench: unknown option %s\n", a.c_str());
@@ -630,7 +612,6 @@ bool Run(const Options& o) {
       BENCH_CHECK_CUDA(
           cudaMemcpy(y_ref.data(), dy_ref[0], y_ref.size() * 2, cudaMemcpyDeviceToHost));
 
-      // split -1: stream-K on (sweep rows "sk").
       auto time_ours = [&](ActivationQuant mode, int config, int split, int warmup, int reps,
                            double* us, double* rel_err, std::string* config_name,
                            int* split_used) -> bool {
@@ -643,20 +624,9 @@ bool Run(const Options& o) {
         a.y = dy[0];
         a.y_dtype = CudaDType::kF16;
         a.config = config;
-        a.split_k = split < 0 ? 0 : split;
+        a.split_k = split;
         // Copied into every timed run below (ai = a), whatever the timing.
         a.overlap_previous_kernel = o.pdl;
-        a.stream_k = split < 0 ? bitnet::CudaStreamK::kOn : o.stream_k;
-        if (a.stream_k == bitnet::CudaStreamK::kOn) {
-          // Only where the configuration has it (auto picks the config).
-          CudaLinearArgs probe = a;
-          probe.stream_k = bitnet::CudaStreamK::kOff;
-          absl::StatusOr<bitnet::CudaLaunchPlan> pick = bitnet::CudaPlanLinear(probe);
-          BENCH_CHECK_STATUS(pick.status());
-          if (!bitnet::CudaKernelConfigs()[pick->config].stream_k) {
-            a.stream_k = bitnet::CudaStreamK::kAuto;
-          }
-        }
         absl::StatusOr<bitnet::CudaLaunchPlan> plan = bitnet::CudaPlanLinear(a);
         BENCH_CHECK_STATUS(plan.status());
         absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(plan->workspace_bytes, o.device);
@@ -670,10 +640,7 @@ bool Run(const Options& o) {
         std::vector<__half> y(static_cast<size_t>(m * n));
         BENCH_CHECK_CUDA(cudaMemcpy(y.data(), dy[0], y.size() * 2, cudaMemcpyDeviceToHost));
         *rel_err = RelErr(y, y_ref);
-        if (config_name != nullptr) {
-          *config_name = bitnet::CudaKernelConfigs()[plan->config].name;
-          if (plan->stream_k_blocks > 0) *config_name += "+sk";
-        }
+        if (config_name != nullptr) *config_name = bitnet::CudaKernelConfigs()[plan->config].name;
         if (split_used != nullptr) *split_used = plan->split_k;
         // int8 activations differ from fp16 by the quantization (~1e-2).
         const double tol = mode == ActivationQuant::kInt8 ? 5e-2 : 5e-3;
@@ -713,18 +680,17 @@ bool Run(const Options& o) {
           if (forced != bitnet::kCudaAutoConfig && cfg.id != forced) continue;
           for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
             if (mode == ActivationQuant::kNone ? !cfg.fp : !cfg.int8) continue;
-            for (int split : {0, 1, 2, 4, 8, -1}) {
+            for (int split : {0, 1, 2, 4, 8}) {
               if (split > 1 && !cfg.split_k) continue;
-              if (split < 0 && !cfg.stream_k) continue;
               double us = 0, err = 0;
               if (!time_ours(mode, cfg.id, split, 3, 30, &us, &err, nullptr, nullptr)) {
                 us = NAN;
                 ++failures;
               }
-              std::fprintf(sweep, "%lld,%lld,%lld,%s,%s,%s,%.2f\n", static_cast<long long>(n),
+              std::fprintf(sweep, "%lld,%lld,%lld,%s,%s,%d,%.2f\n", static_cast<long long>(n),
                            static_cast<long long>(k), static_cast<long long>(m),
                            mode == ActivationQuant::kInt8 ? "int8" : "fp16", cfg.name.c_str(),
-                           split < 0 ? "sk" : std::to_string(split).c_str(), us);
+                           split, us);
             }
           }
         }

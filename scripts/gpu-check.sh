@@ -52,11 +52,10 @@ for step in $steps; do
         echo "== racecheck"
         # EveryConfig covers every kernel; WarpSpecializedMulti* adds ws grids
         # whose blocks reuse pipeline stages (EveryConfig's ws grids split K
-        # and never do; session 7 found hazards only there); StreamK* adds the
-        # stream-K grids, whose blocks wait for each other.
-        BITNET_CUDA_TEST_QUICK=1 timeout ${RACECHECK_TIMEOUT:-240} compute-sanitizer --tool racecheck \
+        # and never do; session 7 found hazards only there).
+        BITNET_CUDA_TEST_QUICK=1 timeout 150 compute-sanitizer --tool racecheck \
           "$bundle/cuda_kernels_test" --gtest_brief=1 \
-          --gtest_filter='CudaKernelsTest.EveryConfig*:CudaKernelsTest.WarpSpecializedMulti*:CudaKernelsTest.StreamK*' 2>&1 |
+          --gtest_filter='CudaKernelsTest.EveryConfig*:CudaKernelsTest.WarpSpecializedMulti*' 2>&1 |
           tail -n 30
       } > "$out/sanitizer.log" 2>&1
       note "sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" | tr '\n' ' ')"

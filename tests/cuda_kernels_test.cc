@@ -170,7 +170,6 @@ struct Case {
   int64_t x_pad;  // extra elements per x row (stride = k + x_pad)
   int64_t y_pad;
   int split_k;    // 0 = auto
-  CudaStreamK stream_k = CudaStreamK::kAuto;
 };
 
 std::string Describe(const Case& c, int config) {
@@ -181,8 +180,7 @@ std::string Describe(const Case& c, int config) {
          " act=" + std::string(ActivationName(c.activation)) + " bias=" + std::to_string(c.bias) +
          " per_tensor=" + std::to_string(c.granularity == ScaleGranularity::kPerTensor) +
          " x_pad=" + std::to_string(c.x_pad) + " y_pad=" + std::to_string(c.y_pad) +
-         " split_k=" + std::to_string(c.split_k) +
-         " stream_k=" + std::to_string(static_cast<int>(c.stream_k)) + " config=" +
+         " split_k=" + std::to_string(c.split_k) + " config=" +
          (config < 0 ? std::string("auto") : CudaKernelConfigs()[config].name);
 }
 
@@ -242,9 +240,6 @@ int RunCase(const Case& c, const std::vector<int>& configs, bool has_wgmma, uint
       if (cfg.wgmma && !has_wgmma) continue;
       if (c.mode == ActivationQuant::kNone ? !cfg.fp : !cfg.int8) continue;
       if (c.split_k > 1 && !cfg.split_k) continue;
-      if (c.stream_k == CudaStreamK::kOn && !cfg.stream_k) continue;
-    } else if (c.stream_k == CudaStreamK::kOn) {
-      continue;  // kOn needs a configuration that has stream-K
     }
     SCOPED_TRACE(Describe(c, config) + " seed=" + std::to_string(seed));
     CudaLinearArgs a;
@@ -260,7 +255,6 @@ int RunCase(const Case& c, const std::vector<int>& configs, bool has_wgmma, uint
     a.y_stride = y_stride;
     a.config = config;
     a.split_k = c.split_k;
-    a.stream_k = c.stream_k;
     absl::StatusOr<size_t> ws_bytes = CudaLinearWorkspaceBytes(a);
     EXPECT_TRUE(ws_bytes.ok()) << ws_bytes.status();
     if (!ws_bytes.ok()) continue;
@@ -525,118 +519,6 @@ TEST(CudaKernelsTest, WarpSpecializedMultiWaveGridsMatchOracle) {
     }
   }
   EXPECT_GT(checked, 0);
-}
-
-// Stream-K grids (CudaStreamK): fewer output tiles than SMs, so one block per
-// SM shares their k-tiles and most runs cross from one tile into the next.
-// 2, 9 and 17 k-tiles give tiles shared by 1..3 blocks with uneven runs;
-// at 17 the runs are longer than the pipeline, so its stages are refilled
-// across a tile boundary. RunCase runs each call twice, which checks that
-// the tile counters come back to zero. Sized from the SM count.
-TEST(CudaKernelsTest, StreamKGridsMatchOracle) {
-  SKIP_WITHOUT_GPU();
-  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
-  ASSERT_TRUE(wg.ok()) << wg.status();
-  if (!*wg) GTEST_SKIP() << "the ws configurations need sm_90a";
-  int sms = 0;
-  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
-  std::mt19937_64 pick(FreshSeed());
-  int checked = 0;
-  for (const CudaKernelConfig& cfg : CudaKernelConfigs()) {
-    if (!cfg.stream_k) continue;
-    for (int64_t k : {200, 1100, 2100}) {
-      if (QuickMode() && k == 2100) continue;
-      // 2/3 of the SMs' worth of tiles, the last ones partial: 2 batch tiles
-      // x sms / 3 weight tiles, or (long K, to keep the oracle quick) one
-      // batch tile x 2 sms / 3 weight tiles.
-      const int64_t m = k < 2000 ? cfg.batch_rows + 7 : 23;
-      const int64_t n = std::max(1, (k < 2000 ? 1 : 2) * sms / 3) * cfg.weight_rows - 37;
-      for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
-        Case c{m, n, k, mode, CudaDType::kF16, CudaDType::kF32, Activation::kGelu, true,
-               ScaleGranularity::kPerRow, 0, 0, 0};
-        c.stream_k = CudaStreamK::kOn;
-        SCOPED_TRACE(std::string(cfg.name));
-        checked += RunCase(c, {cfg.id}, true, pick());
-      }
-    }
-  }
-  EXPECT_GT(checked, 0);
-}
-
-// When stream-K runs: the automatic choice (independent of this device:
-// the plan is asked for a 132-SM Hopper), and the errors of a forced one.
-TEST(CudaKernelsTest, StreamKPlanFollowsTheTileCount) {
-  SKIP_WITHOUT_GPU();
-  std::mt19937_64 rng(FreshSeed());
-  auto weights = [&](int64_t n) {
-    const PackedTernaryMatrix w = RandomWeights(rng, n, 256, ScaleGranularity::kPerRow);
-    absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
-        CudaTernaryWeights::Create(w.view(), nullptr, 0);
-    EXPECT_TRUE(dw.ok()) << dw.status();
-    return dw.ok() ? std::move(*dw) : nullptr;
-  };
-  const std::unique_ptr<CudaTernaryWeights> wide = weights(11008);   // 86 weight tiles
-  const std::unique_ptr<CudaTernaryWeights> narrow = weights(4096);  // 32 weight tiles
-  ASSERT_TRUE(wide != nullptr && narrow != nullptr);
-  auto plan = [&](const CudaTernaryWeights* w, int64_t m, ActivationQuant mode, int config,
-                  int split_k, CudaStreamK sk) {
-    CudaLinearArgs a;
-    a.m = m;
-    a.x = reinterpret_cast<const void*>(uintptr_t{256});  // never read by the planner
-    a.x_dtype = CudaDType::kF16;
-    a.weights = w;
-    a.act_quant = mode;
-    a.y = reinterpret_cast<void*>(uintptr_t{256});
-    a.config = config;
-    a.split_k = split_k;
-    a.stream_k = sk;
-    return CudaPlanLinear(a, 9, 132, true);
-  };
-  auto id = [](const char* name) {
-    for (const CudaKernelConfig& c : CudaKernelConfigs()) {
-      if (c.name == name) return c.id;
-    }
-    return -1;
-  };
-  for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
-    SCOPED_TRACE(std::string(ActivationQuantName(mode)));
-    // 86 tiles of 128 x 128 on 132 SMs: auto shares them over 132 blocks.
-    absl::StatusOr<CudaLaunchPlan> p =
-        plan(wide.get(), 128, mode, kCudaAutoConfig, 0, CudaStreamK::kAuto);
-    ASSERT_TRUE(p.ok()) << p.status();
-    EXPECT_EQ(p->stream_k_blocks, 132);
-    EXPECT_EQ(p->split_k, 1);
-    EXPECT_TRUE(CudaKernelConfigs()[p->config].stream_k);
-    p = plan(wide.get(), 128, mode, kCudaAutoConfig, 0, CudaStreamK::kOff);
-    ASSERT_TRUE(p.ok()) << p.status();
-    EXPECT_EQ(p->stream_k_blocks, 0);
-    // 128 tiles fill 97 % of the SMs: auto keeps the plain grid, kOn shares.
-    p = plan(narrow.get(), 512, mode, id("ws_w128_b128"), 0, CudaStreamK::kAuto);
-    ASSERT_TRUE(p.ok()) << p.status();
-    EXPECT_EQ(p->stream_k_blocks, 0);
-    p = plan(narrow.get(), 512, mode, id("ws_w128_b128"), 0, CudaStreamK::kOn);
-    ASSERT_TRUE(p.ok()) << p.status();
-    EXPECT_EQ(p->stream_k_blocks, 132);
-    // More tiles than SMs: kOn runs the plain grid.
-    p = plan(narrow.get(), 2048, mode, id("ws_w128_b64"), 0, CudaStreamK::kOn);
-    ASSERT_TRUE(p.ok()) << p.status();
-    EXPECT_EQ(p->stream_k_blocks, 0);
-    // Forced stream-K where it cannot run is a clear error.
-    p = plan(wide.get(), 128, mode, id("ws_w128_b128"), 2, CudaStreamK::kOn);
-    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << p.status();
-    EXPECT_NE(p.status().message().find("split_k"), std::string_view::npos) << p.status();
-    p = plan(wide.get(), 128, mode, id("mma_w64_b32"), 0, CudaStreamK::kOn);
-    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << p.status();
-    EXPECT_NE(p.status().message().find("stream_k"), std::string_view::npos) << p.status();
-  }
-  CudaLinearArgs bad;
-  bad.m = 1;
-  bad.x = reinterpret_cast<const void*>(uintptr_t{256});
-  bad.weights = wide.get();
-  bad.y = reinterpret_cast<void*>(uintptr_t{256});
-  bad.stream_k = static_cast<CudaStreamK>(7);
-  EXPECT_EQ(CudaPlanLinear(bad, 9, 132, true).status().code(),
-            absl::StatusCode::kInvalidArgument);
 }
 
 // A server runs every layer and batch size through one workspace. An int8

@@ -87,7 +87,6 @@ using cuda_internal::GemmParams;
 using cuda_internal::MmaType;
 using cuda_internal::OutType;
 using cuda_internal::PrepParams;
-using cuda_internal::StreamKBlockOf;
 
 #define BITNET_RETURN_IF_ERROR(expr)          \
   do {                                        \
@@ -483,7 +482,6 @@ const std::vector<CudaKernelConfig>& CudaKernelConfigs() {
              k.launch[static_cast<int>(MmaType::kBF16)] != nullptr;
       c.int8 = k.launch[static_cast<int>(MmaType::kS8)] != nullptr;
       c.split_k = !k.gemv;
-      c.stream_k = k.stream_k;
       v->push_back(c);
     }
     return v;
@@ -525,9 +523,7 @@ struct WorkspaceLayout {
   size_t total = 0;
 };
 
-// partial_slots: partial sums per output tile (the split count with split-K,
-// StreamKSlots with stream-K, 0 without either).
-WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, int partial_slots,
+WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, int splits,
                        bool prep, size_t prep_elem_bytes, int64_t padded_k) {
   WorkspaceLayout l;
   // The counters always sit at offset 0 and nothing else ever uses those
@@ -537,9 +533,9 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
   // call expected zero counters, and that call summed the wrong partials.
   l.counters = 0;
   size_t off = AlignUp(kCudaSplitKCounterBytes);
-  if (partial_slots > 0) {
+  if (splits > 1) {
     l.partials = off;
-    off = AlignUp(off + static_cast<size_t>(tiles) * partial_slots * kernel.weight_rows *
+    off = AlignUp(off + static_cast<size_t>(tiles) * splits * kernel.weight_rows *
                             kernel.batch_rows * sizeof(uint32_t));
   }
   if (prep) {
@@ -550,18 +546,6 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
   }
   l.total = off;
   return l;
-}
-
-// Stream-K (GemmParams::stream_k_tiles): the most blocks after a tile's
-// first block that run part of it, i.e. the partial-sum slots per tile.
-int StreamKSlots(int64_t tiles, int64_t k_tiles, int64_t blocks) {
-  const int64_t iters = tiles * k_tiles;
-  int64_t most = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    most = std::max(most, StreamKBlockOf((t + 1) * k_tiles - 1, iters, blocks) -
-                              StreamKBlockOf(t * k_tiles, iters, blocks));
-  }
-  return static_cast<int>(most);
 }
 
 // The ws batch tile for 65..256 rows at N >= 8192, where one 128-row weight
@@ -695,10 +679,6 @@ absl::StatusOr<ShapeCheck> CheckArgs(const CudaLinearArgs& args) {
         "config is %d; valid ids are 0..%d (CudaKernelConfigs()) or kCudaAutoConfig",
         args.config, GemmKernelCount() - 1));
   }
-  if (args.stream_k != CudaStreamK::kAuto && args.stream_k != CudaStreamK::kOn &&
-      args.stream_k != CudaStreamK::kOff) {
-    return absl::InvalidArgumentError("stream_k is not a known value");
-  }
   if (args.split_k < 0 || args.split_k > w.k_tiles()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "split_k is %d; must be 0 (auto) or 1..%d (K / 128 rounded up)", args.split_k,
@@ -748,32 +728,7 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
         tiles_m, kernel.batch_rows, kernel.name));
   }
   const int64_t tiles = tiles_n * tiles_m;
-  constexpr int64_t kMaxSplitTiles = static_cast<int64_t>(kCudaSplitKCounterBytes / sizeof(int));
-  // Stream-K (CudaStreamK in ternary_cuda.h): one block per SM, sharing the
-  // tiles' k-tiles, when the tiles alone would leave SMs idle.
-  if (args.stream_k == CudaStreamK::kOn) {
-    if (!kernel.stream_k) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stream_k is on but configuration ", kernel.name,
-          " has no stream-K grid (only the warp-specialized ws_* configurations do)"));
-    }
-    if (args.split_k > 1) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "split_k is %d but stream_k is on; stream-K shares K by itself (use split_k 0 or 1)",
-          args.split_k));
-    }
-  }
-  const bool stream_k =
-      kernel.stream_k && tiles <= kMaxSplitTiles &&
-      (args.stream_k == CudaStreamK::kOn
-           ? tiles <= device_sms
-           : args.stream_k == CudaStreamK::kAuto && args.split_k == 0 &&
-                 tiles * 2 > device_sms && tiles * 10 <= int64_t{device_sms} * 9);
-  // Each block's run is then at most k_tiles long (blocks >= tiles), which
-  // the kernel relies on; with as many blocks as tiles it is the plain grid.
-  const int64_t stream_k_blocks = std::min<int64_t>(device_sms, tiles * w.k_tiles());
-  if (stream_k && stream_k_blocks > tiles) plan.stream_k_blocks = static_cast<int>(stream_k_blocks);
-  int splits = kernel.gemv || plan.stream_k_blocks > 0 ? 1 : args.split_k;
+  int splits = kernel.gemv ? 1 : args.split_k;
   if (splits == 0) {
     // Split K only when the output tiles leave SMs idle (splitting a full
     // grid measured slower: partial sums cost more than they balance), then
@@ -795,6 +750,7 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
           std::clamp<int64_t>((2 * device_sms + tiles - 1) / tiles, 1, max_splits));
     }
   }
+  constexpr int64_t kMaxSplitTiles = static_cast<int64_t>(kCudaSplitKCounterBytes / sizeof(int));
   if (splits > 1 && tiles > kMaxSplitTiles) {
     if (args.split_k > 1) {
       return absl::InvalidArgumentError(absl::StrFormat(
@@ -812,10 +768,7 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   // griddepcontrol exists from sm_90 on; older devices launch plainly.
   plan.overlap_previous_kernel = args.overlap_previous_kernel && device_sm_major >= 9;
   const size_t prep_elem = type == MmaType::kS8 ? 1 : 2;
-  const int partial_slots = plan.stream_k_blocks > 0
-                                ? StreamKSlots(tiles, w.k_tiles(), plan.stream_k_blocks)
-                                : (splits > 1 ? splits : 0);
-  plan.workspace_bytes = Layout(args.m, kernel, tiles, partial_slots, plan.prepare_activations,
+  plan.workspace_bytes = Layout(args.m, kernel, tiles, splits, plan.prepare_activations,
                                 prep_elem, w.k_tiles() * kCudaColTile)
                              .total;
   return plan;
@@ -852,13 +805,9 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
   const int64_t padded_k = w.k_tiles() * kCudaColTile;
   const int64_t tiles_n = (w.rows() + kernel.weight_rows - 1) / kernel.weight_rows;
   const int64_t tiles_m = (args.m + kernel.batch_rows - 1) / kernel.batch_rows;
-  const int64_t tiles = tiles_n * tiles_m;
-  const int stream_k_slots =
-      plan->stream_k_blocks > 0 ? StreamKSlots(tiles, w.k_tiles(), plan->stream_k_blocks) : 0;
   const WorkspaceLayout layout =
-      Layout(args.m, kernel, tiles,
-             plan->stream_k_blocks > 0 ? stream_k_slots : (plan->split_k > 1 ? plan->split_k : 0),
-             plan->prepare_activations, type == MmaType::kS8 ? 1 : 2, padded_k);
+      Layout(args.m, kernel, tiles_n * tiles_m, plan->split_k, plan->prepare_activations,
+             type == MmaType::kS8 ? 1 : 2, padded_k);
 
   DeviceGuard guard(w.device());
   BITNET_RETURN_IF_ERROR(guard.status());
@@ -881,14 +830,9 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
   // Only kernels that wait for the previous grid before reading x may start
   // early (ternary_launch.h, GemmParams::pdl).
   p.pdl = plan->overlap_previous_kernel && kernel.overlaps_previous;
-  if (plan->split_k > 1 || plan->stream_k_blocks > 0) {
+  if (plan->split_k > 1) {
     p.counters = reinterpret_cast<int*>(ws + layout.counters);
     p.partials = reinterpret_cast<uint32_t*>(ws + layout.partials);
-  }
-  if (plan->stream_k_blocks > 0) {
-    p.stream_k_tiles = static_cast<int>(tiles);
-    p.tiles_n = static_cast<int>(tiles_n);
-    p.stream_k_slots = stream_k_slots;
   }
   if (plan->prepare_activations) {
     PrepParams prep;
@@ -916,10 +860,8 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
     p.x_k_limit = w.cols();
     p.row_scale = nullptr;
   }
-  const dim3 grid = plan->stream_k_blocks > 0
-                       ? dim3(static_cast<unsigned>(plan->stream_k_blocks))
-                       : dim3(static_cast<unsigned>(tiles_n), static_cast<unsigned>(tiles_m),
-                              static_cast<unsigned>(plan->split_k));
+  const dim3 grid(static_cast<unsigned>(tiles_n), static_cast<unsigned>(tiles_m),
+                  static_cast<unsigned>(plan->split_k));
   BITNET_CUDA_RETURN_IF_ERROR(kernel.launch[static_cast<int>(type)](p, grid, s));
   return absl::OkStatus();
 }

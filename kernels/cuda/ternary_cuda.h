@@ -249,31 +249,10 @@ struct CudaKernelConfig {
   bool fp = true;       // compiled for ActivationQuant::kNone (fp16/bf16)
   bool int8 = true;     // compiled for ActivationQuant::kInt8
   bool split_k = true;  // accepts split_k > 1 (gemv configs split K in-block)
-  bool stream_k = false;  // accepts CudaStreamK::kOn (the ws_* configurations)
 };
 const std::vector<CudaKernelConfig>& CudaKernelConfigs();
 
 inline constexpr int kCudaAutoConfig = -1;
-
-// Stream-K for the warp-specialized (ws_*) configurations. When the output
-// tiles are fewer than the SMs, one block per tile leaves SMs idle for the
-// whole call (N = 11008 in 128-row tiles: 86 tiles on 132 SMs). With
-// stream-K, one block per SM shares all the tiles' k-tiles evenly instead,
-// a block's run crossing from one tile into the next; the block that ran a
-// tile's first k-tile adds the others' partial sums (through the workspace)
-// and writes the tile. Results match the plain grid's up to fp32 summation
-// order (int8 accumulators are identical).
-//  * kAuto: used when the tiles fill more than half but at most 90 % of the
-//    SMs, with split_k 0 (with fewer tiles, split-K already balances);
-//  * kOn: used whenever the configuration is a ws one and its tiles are no
-//    more than the SMs (otherwise the plan reports stream_k_blocks = 0); a
-//    configuration without stream-K or split_k > 1 is INVALID_ARGUMENT;
-//  * kOff: never.
-// The blocks of a stream-K grid wait for each other, so they must all be
-// resident at once: the plan uses at most one block per SM of the device.
-// Keep kOff where a process gets only part of the device's SMs (e.g. an MPS
-// active-thread percentage).
-enum class CudaStreamK { kAuto = 0, kOn = 1, kOff = 2 };
 
 struct CudaLinearArgs {
   int64_t m = 0;                  // batch rows (0: nothing to do)
@@ -300,7 +279,6 @@ struct CudaLinearArgs {
   // 0: chosen automatically; else 1..K/128. > 1 is INVALID_ARGUMENT for a
   // configuration with split_k == false.
   int split_k = 0;
-  CudaStreamK stream_k = CudaStreamK::kAuto;
   // Programmatic dependent launch (Hopper, sm_90+; ignored on older
   // devices). When set, this call's launches may start while the previous
   // kernel on `stream` is still running: the activation preparation, the
@@ -319,8 +297,6 @@ struct CudaLinearArgs {
 struct CudaLaunchPlan {
   int config = 0;
   int split_k = 1;
-  // > 0: stream-K over this many blocks (one per SM at most); split_k is 1.
-  int stream_k_blocks = 0;
   bool prepare_activations = false;  // a conversion/quantization launch first
   size_t workspace_bytes = 0;
   // overlap_previous_kernel was set and the device honors it (sm_90+): the

@@ -356,67 +356,6 @@ __device__ __forceinline__ bool SplitKReduce(T (&acc)[kRegs], const GemmParams& 
 }
 
 // ---------------------------------------------------------------------------
-// Stream-K fixup (GemmParams::stream_k_tiles). A block that ran part of a
-// tile but not its first k-tile stores its raw accumulators in the tile's
-// slot `slot` (how many blocks after the tile's first block it is, minus
-// one; thread-major, like split-K) and counts itself in. The tile's first
-// block then waits for all `others` of them, adds the slots in order (so
-// the sum does not depend on arrival order) and resets the counter for the
-// next launch.
-template <typename T, int kRegs, int kThreads, int kNamedThreads>
-__device__ __forceinline__ void StreamKStorePartial(const T (&acc)[kRegs], const GemmParams& p,
-                                                    int tile, int slot) {
-  const int tid = threadIdx.x;
-  uint32_t* mine =
-      p.partials + (static_cast<int64_t>(tile) * p.stream_k_slots + slot) * kRegs * kThreads;
-#pragma unroll
-  for (int r = 0; r < kRegs; ++r) {
-    uint32_t bits;
-    if constexpr (std::is_same<T, float>::value) {
-      bits = __float_as_uint(acc[r]);
-    } else {
-      bits = static_cast<uint32_t>(acc[r]);
-    }
-    __stcg(mine + r * kThreads + tid, bits);
-  }
-  __threadfence();
-  ComputeSync<kNamedThreads>();
-  if (tid == 0) atomicAdd(p.counters + tile, 1);
-}
-
-template <typename T, int kRegs, int kThreads, int kNamedThreads>
-__device__ __forceinline__ void StreamKAddPartials(T (&acc)[kRegs], const GemmParams& p, int tile,
-                                                   int others) {
-  if (others <= 0) return;
-  const int tid = threadIdx.x;
-  if (tid == 0) {
-    int* counter = p.counters + tile;
-    for (;;) {
-      int seen;
-      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-      if (seen >= others) break;
-      __nanosleep(32);
-    }
-    *counter = 0;
-  }
-  ComputeSync<kNamedThreads>();
-  __threadfence();
-  const uint32_t* base = p.partials + static_cast<int64_t>(tile) * p.stream_k_slots * kRegs * kThreads;
-  for (int s = 0; s < others; ++s) {
-    const uint32_t* part = base + static_cast<int64_t>(s) * kRegs * kThreads;
-#pragma unroll
-    for (int r = 0; r < kRegs; ++r) {
-      const uint32_t bits = __ldcg(part + r * kThreads + tid);
-      if constexpr (std::is_same<T, float>::value) {
-        acc[r] = acc[r] + __uint_as_float(bits);
-      } else {
-        acc[r] = acc[r] + static_cast<T>(bits);
-      }
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Epilogue.
 
 __device__ __forceinline__ float ApplyAct(Act act, float v) {

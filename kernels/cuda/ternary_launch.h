@@ -53,31 +53,7 @@ struct GemmParams {
   // dispatcher on sm_90+ only, for configurations with
   // GemmKernelInfo::overlaps_previous.
   bool pdl = false;
-  // Stream-K (configurations with GemmKernelInfo::stream_k), on when
-  // stream_k_tiles > 0. The grid is then 1-D: its blocks share the
-  // stream_k_tiles x k_tiles iterations (output tile, k-tile) evenly, block b
-  // running [StreamKBegin(b), StreamKBegin(b + 1)), a run that may start in
-  // one tile and end in the next. Output tile t is weight tile t % tiles_n,
-  // batch tile t / tiles_n. A tile's first k-tile is always the last
-  // stretch of its block's run (the runs are at most k_tiles long): that
-  // block waits until the tile's other blocks have stored their partial sums
-  // (stream_k_slots per tile in `partials`, arrivals counted in `counters`),
-  // adds them and runs the epilogue.
-  int stream_k_tiles = 0;
-  int tiles_n = 0;
-  int stream_k_slots = 0;
 };
-
-// Stream-K partition (GemmParams::stream_k_tiles): the first iteration of
-// block `block` out of `blocks` sharing `iters`, and the block that runs
-// iteration `it` (the last block whose run starts at or before it; runs are
-// never empty because blocks <= iters).
-__host__ __device__ inline int64_t StreamKBegin(int64_t block, int64_t iters, int64_t blocks) {
-  return block * iters / blocks;
-}
-__host__ __device__ inline int64_t StreamKBlockOf(int64_t it, int64_t iters, int64_t blocks) {
-  return ((it + 1) * blocks - 1) / iters;
-}
 
 // Activation preparation: per row, optional absmax, then either int8
 // quantization (out: int8 [m, ldo], row_scale = s) or conversion to fp16/bf16
@@ -133,10 +109,6 @@ struct GemmKernelInfo {
   // it reads activations, row scales or split-K scratch and before it writes
   // y, so it may be launched with GemmParams::pdl.
   bool overlaps_previous = false;
-  // Accepts GemmParams::stream_k_tiles (a 1-D grid of at most one block per
-  // SM; the blocks must be able to run at the same time, since a tile's
-  // first block waits for the others' partial sums).
-  bool stream_k = false;
 };
 
 // The explicit list (ternary_mma.cu + ternary_wgmma.cu), in config-id order.

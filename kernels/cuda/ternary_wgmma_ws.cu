@@ -32,9 +32,7 @@
 namespace bitnet::cuda_internal {
 namespace {
 
-// kMB: row blocks of 64 weight rows per consumer warpgroup (1 or 2), so a
-// block covers kBW = 128 kMB weight rows.
-template <MmaType kType, int kBN, int kMB = 1>
+template <MmaType kType, int kBN>
 struct WsTraits {
   static constexpr int kConsumerWarps = 8;  // 2 warpgroups
   static constexpr int kConsumerThreads = kConsumerWarps * 32;
@@ -46,7 +44,7 @@ struct WsTraits {
   static constexpr int kConsumerRegs = 232;  // 256 x 232 + 128 x 40 <= 64K
   static_assert(kConsumerThreads * kConsumerRegs + 128 * kProducerRegs <= 65536,
                 "register file");
-  static constexpr int kBW = 128 * kMB;                   // weight rows per block
+  static constexpr int kBW = 128;                         // weight rows per block
   static constexpr int kBB = kBN;                         // batch rows per block
   static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
   static constexpr int kBoxCols = 128 / kElemBytes;  // elements per 128-byte column block
@@ -61,7 +59,7 @@ struct WsTraits {
   static constexpr int kFit = (kSmemLimit - 1024 - kBarrierBytes) / kStageBytes;
   static constexpr int kStages = kFit > 8 ? 8 : kFit;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
-  static constexpr int kAccRegs = kBN / 2;  // m64 x kBN over 128 threads, per row block
+  static constexpr int kAccRegs = kBN / 2;  // m64 x kBN over 128 threads
   static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kDataBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
@@ -117,12 +115,12 @@ __device__ __forceinline__ void TmaLoad3D(uint32_t dst, const CUtensorMap* map, 
 
 #endif
 
-template <MmaType kType, int kBN, int kMB>
-__global__ void __launch_bounds__(WsTraits<kType, kBN, kMB>::kThreads, 1)
+template <MmaType kType, int kBN>
+__global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
     ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map,
                             const __grid_constant__ CUtensorMap w_map) {
 #ifdef BITNET_WGMMA_ENABLED
-  using Tr = WsTraits<kType, kBN, kMB>;
+  using Tr = WsTraits<kType, kBN>;
   constexpr int kStages = Tr::kStages;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem_raw[];
@@ -136,24 +134,10 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kMB>::kThreads, 1)
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
-  // The block's run of iterations (output tile, k-tile), numbered
-  // tile * k_tiles + kt: one tile's k-range (split-K, or all of it), or a
-  // stream-K share that may start in one tile and end in the next.
-  const int k_tiles = p.k_tiles;
-  const bool stream_k = p.stream_k_tiles > 0;
-  const int tiles_n = stream_k ? p.tiles_n : static_cast<int>(gridDim.x);
-  const int64_t sk_iters = static_cast<int64_t>(p.stream_k_tiles) * k_tiles;
-  int64_t it_begin;
-  int64_t it_end;
-  if (stream_k) {
-    it_begin = StreamKBegin(blockIdx.x, sk_iters, gridDim.x);
-    it_end = StreamKBegin(blockIdx.x + 1, sk_iters, gridDim.x);
-  } else {
-    const int kt0 = blockIdx.z * p.kt_per_split;
-    it_begin = static_cast<int64_t>(blockIdx.x + gridDim.x * blockIdx.y) * k_tiles + kt0;
-    it_end = it_begin + min(p.kt_per_split, k_tiles - kt0);
-  }
-  const int nkt = static_cast<int>(it_end - it_begin);
+  const int block_w0 = blockIdx.x * Tr::kBW;
+  const int block_b0 = blockIdx.y * Tr::kBB;
+  const int kt0 = blockIdx.z * p.kt_per_split;
+  const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
   // With PDL the next kernel may launch now; this one loads its first
   // stages of weights before waiting for the previous one.
   PdlLaunchDependents();
@@ -170,56 +154,40 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kMB>::kThreads, 1)
 
   if (warp >= Tr::kConsumerWarps) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
-    // Producer. Stage s is refilled for iteration i once the consumers
-    // released iteration i - kStages (empty barrier phase
-    // (i / kStages - 1) & 1).
+    // Producer. Stage s is refilled for tile i once the consumers released
+    // tile i - kStages (empty barrier phase (i / kStages - 1) & 1).
     if (warp == Tr::kConsumerWarps && lane == 0) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&act_map))
                    : "memory");
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w_map))
                    : "memory");
       // Stage `stage`'s barrier expects the whole stage; its weights (k-tile
-      // kt of the tile's 8 row groups, one TMA) are sent here, its
+      // kt of the block's 8 row groups, one TMA) are sent here, its
       // activations by the loop below. (Eight 512-byte bulk copies per
       // k-tile, one per row group, measured slower: see LaunchWgmmaWs.)
-      auto send_weights = [&](int stage, int tile, int kt) {
+      auto send_weights = [&](int stage, int kt) {
         const uint32_t bar = full_bar + 8 * stage;
         MbarArriveExpectTx(bar, Tr::kStageBytes);
         TmaLoad3D(smem_base + stage * Tr::kStageBytes + Tr::kActStageBytes, &w_map, 0, kt,
-                  (tile % tiles_n) * (Tr::kBW / 16), bar);
+                  block_w0 / 16, bar);
       };
-      // (tile, kt) of the next iteration, stepped without divisions.
-      auto step = [&](int& tile, int& kt) {
-        if (++kt == k_tiles) {
-          kt = 0;
-          ++tile;
-        }
-      };
-      const int tile0 = static_cast<int>(it_begin / k_tiles);
-      const int kt0 = static_cast<int>(it_begin - static_cast<int64_t>(tile0) * k_tiles);
       // The weights of the first stages go out before the wait for the
       // previous kernel (they never depend on it).
       const int first = min(nkt, kStages);
-      {
-        int tile = tile0;
-        int kt = kt0;
-        for (int i = 0; i < first; ++i, step(tile, kt)) send_weights(i, tile, kt);
-      }
+      for (int i = 0; i < first; ++i) send_weights(i, kt0 + i);
       PdlWaitForPrerequisites();
       int stage = 0;
       uint32_t phase = 0;
-      int tile = tile0;
-      int kt = kt0;
-      for (int i = 0; i < nkt; ++i, step(tile, kt)) {
+      for (int i = 0; i < nkt; ++i) {
         if (i >= kStages) MbarWait(empty_bar + 8 * stage, phase ^ 1);
-        if (i >= first) send_weights(stage, tile, kt);
+        const int kt = kt0 + i;
+        if (i >= first) send_weights(stage, kt);
         const uint32_t bar = full_bar + 8 * stage;
         const uint32_t act = smem_base + stage * Tr::kStageBytes;
-        const int b0 = (tile / tiles_n) * Tr::kBB;
 #pragma unroll
         for (int cb = 0; cb < Tr::kColBlocks; ++cb) {
-          TmaLoad2D(act + cb * Tr::kColBlockBytes, &act_map, kt * 128 + cb * Tr::kBoxCols, b0,
-                    bar);
+          TmaLoad2D(act + cb * Tr::kColBlockBytes, &act_map, kt * 128 + cb * Tr::kBoxCols,
+                    block_b0, bar);
         }
         if (++stage == kStages) {
           stage = 0;
@@ -231,40 +199,30 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kMB>::kThreads, 1)
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Tr::kConsumerRegs));
-  // Consumers: warpgroup w / 4 owns kMB row blocks of 64 weight rows; in
-  // row block h, warp w owns the 16 rows of weight group
-  // RowGroup(h) = (w / 4) 4 kMB + 4 h + w % 4, exactly the rows of its
-  // wgmma A fragment.
-  auto row_group = [&](int h) { return (warp / 4) * 4 * kMB + 4 * h + warp % 4; };
-  T acc[kMB * Tr::kAccRegs];
+  // Consumers: warp w owns weight rows 16w..16w+15 of the block (warpgroup
+  // w / 4 owns 64 rows), exactly the rows of its wgmma A fragment.
+  T acc[Tr::kAccRegs];
+#pragma unroll
+  for (int i = 0; i < Tr::kAccRegs; ++i) acc[i] = T(0);
 
   // One tile of wgmmas in flight per warpgroup, so two register copies of
   // the decoded A fragments. (A second tile in flight would need a third
   // copy; 168 registers per thread, what ptxas allocates for 384 threads,
   // has no room for it with the larger accumulators.)
-  uint32_t a_even[kMB][Tr::kSteps][4] = {};
-  uint32_t a_odd[kMB][Tr::kSteps][4] = {};
-  auto fence_a = [](uint32_t(&a)[kMB][Tr::kSteps][4]) {
-#pragma unroll
-    for (int h = 0; h < kMB; ++h) FenceRegs(a[h]);
-  };
+  uint32_t a_even[Tr::kSteps][4] = {};
+  uint32_t a_odd[Tr::kSteps][4] = {};
   int stage = 0;
   uint32_t phase = 0;
   int prev_stage = -1;
-  auto tile_step = [&](uint32_t (&a)[kMB][Tr::kSteps][4],
-                       uint32_t (&a_prev)[kMB][Tr::kSteps][4]) {
+  auto tile_step = [&](uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4]) {
     MbarWait(full_bar + 8 * stage, phase);
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
-    uint4 wv[kMB];
-#pragma unroll
-    for (int h = 0; h < kMB; ++h) {
-      wv[h] = LdShared128(act + Tr::kActStageBytes + (row_group(h) * 32 + lane) * 16);
-    }
-    DecodeAndIssueRowBlocks<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
+    const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
+    DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     // The previous tile's wgmmas are done: its A registers may be reused and
     // its stage refilled.
-    fence_a(a_prev);
+    FenceRegs(a_prev);
     // Every consumer thread arrives itself (not one lane per warp after a
     // __syncwarp): each thread's own shared-memory reads of the stage are
     // then ordered before the refill by its own release, an edge
@@ -277,72 +235,35 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kMB>::kThreads, 1)
       phase ^= 1;
     }
   };
-  // One stretch per output tile in the run: split-K and plain grids have
-  // one, a stream-K run at most two (the tail of one tile, then the head of
-  // the next).
-  for (int64_t it = it_begin; it < it_end;) {
-    const int tile = static_cast<int>(it / k_tiles);
-    const bool tile_head = it == static_cast<int64_t>(tile) * k_tiles;
-    const int64_t stretch_end = min(it_end, static_cast<int64_t>(tile + 1) * k_tiles);
-    const int n = static_cast<int>(stretch_end - it);
-#pragma unroll
-    for (int r = 0; r < kMB * Tr::kAccRegs; ++r) acc[r] = T(0);
-    int i = 0;
-    for (; i + 1 < n; i += 2) {
-      tile_step(a_even, a_odd);
-      tile_step(a_odd, a_even);
-    }
-    if (i < n) tile_step(a_even, a_odd);
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    fence_a(a_even);
-    fence_a(a_odd);
-#pragma unroll
-    for (int h = 0; h < kMB; ++h) {
-      WgmmaFenceOperand(reinterpret_cast<T(&)[Tr::kAccRegs]>(acc[h * Tr::kAccRegs]));
-    }
-    if (stretch_end < it_end) {
-      // The producer goes on into the next tile: release the last stage.
-      MbarArrive(empty_bar + 8 * prev_stage);
-      prev_stage = -1;
-    }
-    it = stretch_end;
-    // Partial sums, row scales and y may belong to (or be read by) the
-    // previous kernel: nothing below runs before it has completed.
-    PdlWaitForPrerequisites();
-    if (stream_k) {
-      const int first_block = static_cast<int>(
-          StreamKBlockOf(static_cast<int64_t>(tile) * k_tiles, sk_iters, gridDim.x));
-      if (!tile_head) {
-        StreamKStorePartial<T, kMB * Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(
-            acc, p, tile, static_cast<int>(blockIdx.x) - first_block - 1);
-        continue;
-      }
-      // The head is the run's last stretch: the pipeline is drained, and
-      // the epilogue may reuse its shared memory once both warpgroups are
-      // done with it.
-      ComputeSync<Tr::kConsumerThreads>();
-      const int last_block = static_cast<int>(
-          StreamKBlockOf(static_cast<int64_t>(tile + 1) * k_tiles - 1, sk_iters, gridDim.x));
-      StreamKAddPartials<T, kMB * Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(
-          acc, p, tile, last_block - first_block);
-    } else {
-      // Both warpgroups are done reading the pipeline before the epilogue
-      // reuses its shared memory.
-      ComputeSync<Tr::kConsumerThreads>();
-      if (p.splits > 1 &&
-          !SplitKReduce<T, kMB * Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(
-              acc, p, tile)) {
-        return;
-      }
-    }
-    auto& acc3 = reinterpret_cast<T(&)[kMB][kBN / 8][4]>(acc);
-    Epilogue<Tr::kBW, Tr::kBB, Tr::kConsumerThreads, Tr::kConsumerThreads>(
-        p, acc3, reinterpret_cast<float*>(smem), (tile % tiles_n) * Tr::kBW,
-        (tile / tiles_n) * Tr::kBB, [&](int h) { return row_group(h) * 16; },
-        [&](int j) { return j * 8; });
+  int i = 0;
+  for (; i + 1 < nkt; i += 2) {
+    tile_step(a_even, a_odd);
+    tile_step(a_odd, a_even);
   }
+  if (i < nkt) tile_step(a_even, a_odd);
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  FenceRegs(a_even);
+  FenceRegs(a_odd);
+  WgmmaFenceOperand(acc);
+  // Split-K scratch, row scales and y may belong to (or be read by) the
+  // previous kernel: nothing below runs before it has completed.
+  PdlWaitForPrerequisites();
+  // Both warpgroups are done reading the pipeline before the epilogue reuses
+  // its shared memory.
+  ComputeSync<Tr::kConsumerThreads>();
+
+  if (p.splits > 1) {
+    const int tile = blockIdx.x + gridDim.x * blockIdx.y;
+    if (!SplitKReduce<T, Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(acc, p, tile)) {
+      return;
+    }
+  }
+  auto& acc3 = reinterpret_cast<T(&)[1][kBN / 8][4]>(acc);
+  Epilogue<Tr::kBW, Tr::kBB, Tr::kConsumerThreads, Tr::kConsumerThreads>(
+      p, acc3, reinterpret_cast<float*>(smem), block_w0, block_b0,
+      [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
 #else
-  using Tr = WsTraits<kType, kBN, kMB>;
+  using Tr = WsTraits<kType, kBN>;
   static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0, "traits are used by the sm_90a body");
   (void)act_map;
   (void)w_map;
@@ -371,9 +292,9 @@ EncodeTiledFn GetEncodeTiled() {
   return fn;
 }
 
-template <MmaType kType, int kBN, int kMB>
+template <MmaType kType, int kBN>
 cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = WsTraits<kType, kBN, kMB>;
+  using Tr = WsTraits<kType, kBN>;
   const EncodeTiledFn encode = GetEncodeTiled();
   if (encode == nullptr) return cudaErrorNotSupported;
   // Activations [m rows, x_k_limit columns] with row pitch ldx elements; a
@@ -412,39 +333,30 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
-  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN, kMB>;
+  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
                                map, w_map);
 }
 
-#define BITNET_WS_CONFIG(name, MB, BN)                                                  \
-  GemmKernelInfo {                                                                       \
-    name, 128 * MB, BN, WsTraits<MmaType::kS8, BN, MB>::kThreads, true, false, {         \
-      &LaunchWgmmaWs<MmaType::kF16, BN, MB>, &LaunchWgmmaWs<MmaType::kBF16, BN, MB>,     \
-          &LaunchWgmmaWs<MmaType::kS8, BN, MB>                                           \
-    }, 1, true, true                                                                     \
-  }
-// int8 only: the fp16 A fragments of two row blocks and the accumulators of
-// a wide batch tile do not fit the consumers' registers together.
-#define BITNET_WS_CONFIG_S8(name, MB, BN)                                                \
-  GemmKernelInfo {                                                                       \
-    name, 128 * MB, BN, WsTraits<MmaType::kS8, BN, MB>::kThreads, true, false,           \
-        {nullptr, nullptr, &LaunchWgmmaWs<MmaType::kS8, BN, MB>}, 1, true, true          \
+#define BITNET_WS_CONFIG(name, BN)                                                   \
+  GemmKernelInfo {                                                                    \
+    name, 128, BN, WsTraits<MmaType::kS8, BN>::kThreads, true, false, {            \
+      &LaunchWgmmaWs<MmaType::kF16, BN>, &LaunchWgmmaWs<MmaType::kBF16, BN>,          \
+          &LaunchWgmmaWs<MmaType::kS8, BN>                                         \
+    }, 1, true                                                                        \
   }
 }  // namespace
 
 // Warp-specialized configurations (ids follow kWgmmaKernels).
 extern const GemmKernelInfo kWgmmaWsKernels[] = {
-    BITNET_WS_CONFIG("ws_w128_b32", 1, 32),
-    BITNET_WS_CONFIG("ws_w128_b64", 1, 64),
-    BITNET_WS_CONFIG("ws_w128_b96", 1, 96),
-    BITNET_WS_CONFIG("ws_w128_b128", 1, 128),
-    BITNET_WS_CONFIG("ws_w128_b176", 1, 176),
-    BITNET_WS_CONFIG("ws_w128_b256", 1, 256),
-    BITNET_WS_CONFIG("ws_w256_b64", 2, 64),
-    BITNET_WS_CONFIG_S8("ws_w256_b128", 2, 128),
+    BITNET_WS_CONFIG("ws_w128_b32", 32),
+    BITNET_WS_CONFIG("ws_w128_b64", 64),
+    BITNET_WS_CONFIG("ws_w128_b96", 96),
+    BITNET_WS_CONFIG("ws_w128_b128", 128),
+    BITNET_WS_CONFIG("ws_w128_b176", 176),
+    BITNET_WS_CONFIG("ws_w128_b256", 256),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
 

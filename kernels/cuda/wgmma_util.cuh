@@ -75,40 +75,6 @@ __device__ __forceinline__ void DecodeAndIssueTile(const uint4& wv, uint32_t (&a
   });
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
-
-// The same for kMB row blocks of 64 weight rows per warpgroup (the warp's 16
-// packed bytes of block h in wv[h], its accumulators at acc[h * kBN / 2]):
-// all blocks are decoded, then each k-step's wgmmas are issued for every
-// block (independent accumulator chains, one activation descriptor), as one
-// commit group.
-template <MmaType kType, int kBN, int kColBlockBytes, int kSteps, int kMB>
-__device__ __forceinline__ void DecodeAndIssueRowBlocks(const uint4 (&wv)[kMB],
-                                                        uint32_t (&a)[kMB][kSteps][4],
-                                                        AccType<kType> (&acc)[kMB * kBN / 2],
-                                                        uint32_t act) {
-  StaticFor<0, kMB>([&](auto h_const) {
-    constexpr int H = decltype(h_const)::value;
-    StaticFor<0, kSteps>([&](auto s_const) {
-      constexpr int S = decltype(s_const)::value;
-      if constexpr (kType == MmaType::kS8) {
-        DecodeInt8Step<S>(wv[H], a[H][S]);
-      } else {
-        DecodeFpStep<kType, S>(wv[H], a[H][S]);
-      }
-    });
-  });
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-  StaticFor<0, kSteps>([&](auto s_const) {
-    constexpr int S = decltype(s_const)::value;
-    const uint32_t addr = act + ((32 * S) / 128) * kColBlockBytes + (32 * S) % 128;
-    StaticFor<0, kMB>([&](auto h_const) {
-      constexpr int H = decltype(h_const)::value;
-      Wgmma<kType, kBN>(reinterpret_cast<AccType<kType>(&)[kBN / 2]>(acc[H * (kBN / 2)]), a[H][S],
-                        MakeSw128Desc(addr));
-    });
-  });
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
 #endif
 
 }  // namespace bitnet::cuda_internal
