@@ -6,7 +6,8 @@
 # chart. Expects BUNDLE_DIR made by scripts/make-bundle.sh with
 # cuda_kernels_test and bitnet-bench (cuda_backend_test if present). Writes
 # at most 8 files under $OUT (default ./gpu-out).
-# Environment: STEPS (default "sass tests sanitize bench"), SWEEP=1 adds the
+# Environment: STEPS (default "sass tests sanitize bench"), TEST_TIMEOUT and
+# RACECHECK_TIMEOUT (seconds), SWEEP=1 adds the
 # per-config sweep CSV.
 set -uo pipefail
 bundle=$(cd "${1:?usage: gpu-check.sh BUNDLE_DIR [bench args...]}" && pwd)
@@ -53,7 +54,7 @@ for step in $steps; do
         # EveryConfig covers every kernel; WarpSpecializedMulti* adds ws grids
         # whose blocks reuse pipeline stages (EveryConfig's ws grids split K
         # and never do; session 7 found hazards only there).
-        BITNET_CUDA_TEST_QUICK=1 timeout 150 compute-sanitizer --tool racecheck \
+        BITNET_CUDA_TEST_QUICK=1 timeout ${RACECHECK_TIMEOUT:-150} compute-sanitizer --tool racecheck \
           "$bundle/cuda_kernels_test" --gtest_brief=1 \
           --gtest_filter='CudaKernelsTest.EveryConfig*:CudaKernelsTest.WarpSpecializedMulti*' 2>&1 |
           tail -n 30
