@@ -593,23 +593,14 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   if (m <= 32) {
     return FindConfig(type != MmaType::kS8 && m > 16 && !wide ? "ws_w128_b32" : "mma_w64_b32");
   }
-  if (type == MmaType::kS8) {
-    if (m <= 64) return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
-    if (m <= 256) {
-      if (!wide) return FindConfig("ws_w128_b64");
-      return FindConfig(WideTile(m));
-    }
-    if (wide) return FindConfig("ws_w128_b176");
-    return FindConfig(m <= 1024 ? "ws_w128_b128" : "ws_w128_b256");
+  if (m <= 64) {
+    if (type != MmaType::kS8) return FindConfig("ws_w128_b64");
+    return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
   }
-  if (m <= 64) return FindConfig("ws_w128_b64");
-  if (m <= 256) {
-    if (!wide) return FindConfig("ws_w128_b64");
-    return FindConfig(WideTile(m));
-  }
+  // From 65 rows both modes pick the same ws tile.
+  if (m <= 256) return FindConfig(wide ? WideTile(m) : "ws_w128_b64");
   if (wide) return FindConfig("ws_w128_b176");
-  if (m <= 1024) return FindConfig("ws_w128_b128");
-  return FindConfig("ws_w128_b256");
+  return FindConfig(m <= 1024 ? "ws_w128_b128" : "ws_w128_b256");
 }
 
 struct ShapeCheck {
