@@ -570,7 +570,11 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // best from M = 64 to 2048 in both modes, except the int8 and small-N
   // cases where the 64 x 32 mma.sync tile wins.
   // 48-row blocks at large N: one wave of two blocks per SM at N = 11008.
-  if (m <= 8) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w48_b8");
+  // Session 10 (H100, graph --pdl): up to 8 rows at N = 4096, 16 rows x 16
+  // warps (two blocks and 32 warps per SM) beat 32 rows x 8 warps: M = 1
+  // 4.10 / 4.60 us (fp16), M = 8 5.27 / 5.72 us; at N = 11008 they lose
+  // (10.55 / 8.31 us, 48-row blocks 7.65 us).
+  if (m <= 8) return FindConfig(n < 8192 ? "gemv_w16_b8" : "gemv_w48_b8");
   if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w48_b16");
   if (!wgmma) {
     if (m <= 64) return FindConfig("mma_w64_b32");

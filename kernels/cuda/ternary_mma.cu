@@ -220,6 +220,14 @@ struct GemvTraits {
   static_assert(32 % kWarps == 0, "a pass is 32 k-tiles");
   static constexpr int kSmemBytes = kXBytes > kRedBytes ? kXBytes : kRedBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
+  // Shared memory a launch needs when only `rows` (1..kBB) batch rows of a
+  // tile are real: only those rows are staged (the ldmatrix reads of the
+  // others are clamped to the last real row), so at M = 1 a block takes 8 KB
+  // instead of 64 and shared memory never limits the blocks per SM there.
+  static constexpr int SmemBytesFor(int rows) {
+    const int x = rows * kXRowStride;
+    return x > kRedBytes ? x : kRedBytes;
+  }
 };
 
 template <MmaType kType, int kNT, int kRG, int kWarps>
@@ -237,6 +245,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
   const uint4* wrow = p.w + static_cast<int64_t>(block_w0 / 16) * p.k_tiles * 32 + lane;
   const int mi = lane >> 3;
   const int ri = lane & 7;
+  // Last staged row of this block (rows past the batch are not staged; the
+  // shared memory holds only the launch's real rows, see SmemBytesFor).
+  const int last_row = max(0, min(Tr::kBB, p.m - block_b0) - 1);
 
   // The next kernel on the stream may launch now and prefetch its own
   // weights; it still waits for this grid to complete before reading y.
@@ -379,17 +390,20 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
           }
           uint32_t b[kNT][2];
           const int chunk16 = ktl * Tr::kChunks + 2 * S + (mi & 1);
+          // Rows past the batch read the last real row instead: they only
+          // feed accumulator columns that are never stored.
           if constexpr (kNT == 1) {
             uint32_t rr[2];
-            LdMatrixX2(rr, smem_base + ri * Tr::kXRowStride + ((chunk16 ^ ri) << 4));
+            const int row = min(ri, last_row);
+            LdMatrixX2(rr, smem_base + row * Tr::kXRowStride + ((chunk16 ^ (row & 7)) << 4));
             b[0][0] = rr[0];
             b[0][1] = rr[1];
           } else {
 #pragma unroll
             for (int j = 0; j < kNT; j += 2) {
-              const int row = (j + (mi >> 1)) * 8 + ri;
+              const int row = min((j + (mi >> 1)) * 8 + ri, last_row);
               uint32_t rr[4];
-              LdMatrixX4(rr, smem_base + row * Tr::kXRowStride + ((chunk16 ^ ri) << 4));
+              LdMatrixX4(rr, smem_base + row * Tr::kXRowStride + ((chunk16 ^ (row & 7)) << 4));
               b[j][0] = rr[0];
               b[j][1] = rr[1];
               b[j + 1][0] = rr[2];
@@ -451,7 +465,9 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
-  return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p);
+  const int rows = static_cast<int>(p.m < Tr::kBB ? (p.m > 0 ? p.m : 1) : Tr::kBB);
+  return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::SmemBytesFor(rows), stream,
+                               p.pdl, p);
 }
 
 #define BITNET_GEMV_CONFIG(name, NT, RG, WARPS)                                            \
