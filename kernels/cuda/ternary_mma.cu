@@ -220,6 +220,10 @@ struct GemvTraits {
   static_assert(32 % kWarps == 0, "a pass is 32 k-tiles");
   static constexpr int kSmemBytes = kXBytes > kRedBytes ? kXBytes : kRedBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
+  // k-steps of the warp's first k-tile decoded while x is still being
+  // staged: as many as fit in 16 registers (more spilled in gemv_w16_b8),
+  // none where the accumulators already crowd the registers (48 x 16).
+  static constexpr int kEarlySteps = kRG * kNT > 4 ? 0 : 4 / kRG < kSteps ? 4 / kRG : kSteps;
   // Shared memory a launch needs when only `rows` (1..kBB) batch rows of a
   // tile are real: only those rows are staged (the ldmatrix reads of the
   // others are clamped to the last real row), so at M = 1 a block takes 8 KB
@@ -368,6 +372,25 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
         }
       }
       CpAsyncCommit();
+      // The A fragments of the warp's first k-tile do not depend on x: decode
+      // them while its copies are in flight (ncu, session 10: at M = 1 the
+      // block waits for x after its weights have arrived).
+      uint32_t early[Tr::kEarlySteps > 0 ? Tr::kEarlySteps : 1][Tr::kRG][4];
+      if constexpr (Tr::kEarlySteps > 0) {
+        if (chunk == 0) {
+          StaticFor<0, Tr::kEarlySteps>([&](auto s_const) {
+            constexpr int S = decltype(s_const)::value;
+#pragma unroll
+            for (int r = 0; r < Tr::kRG; ++r) {
+              if constexpr (kType == MmaType::kS8) {
+                DecodeInt8Step<S>(wv[r][0], early[S][r]);
+              } else {
+                DecodeFpStep<kType, S>(wv[r][0], early[S][r]);
+              }
+            }
+          });
+        }
+      }
       CpAsyncWait<0>();
       __syncthreads();
 #pragma unroll
@@ -382,7 +405,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
           uint32_t a[Tr::kRG][4];
 #pragma unroll
           for (int r = 0; r < Tr::kRG; ++r) {
-            if constexpr (kType == MmaType::kS8) {
+            if (S < Tr::kEarlySteps && i == 0) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) a[r][e] = early[S < Tr::kEarlySteps ? S : 0][r][e];
+            } else if constexpr (kType == MmaType::kS8) {
               DecodeInt8Step<S>(wv[r][i], a[r]);
             } else {
               DecodeFpStep<kType, S>(wv[r][i], a[r]);
