@@ -175,6 +175,16 @@ __device__ __forceinline__ void DecodeInt8Step(const uint4& v, uint32_t (&a)[4])
   a[3] = Prmt(0x0000FF01u, 0x000000FFu, hi & 0xCCCCu);
 }
 
+// A fragment of k-step `S` in kType's execution layout (int8 or fp).
+template <MmaType kType, int S>
+__device__ __forceinline__ void DecodeStep(const uint4& v, uint32_t (&a)[4]) {
+  if constexpr (kType == MmaType::kS8) {
+    DecodeInt8Step<S>(v, a);
+  } else {
+    DecodeFpStep<kType, S>(v, a);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // mma.sync wrappers.
 

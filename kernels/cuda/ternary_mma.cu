@@ -9,6 +9,7 @@
 // the packed weights at full bandwidth) and, off Hopper, for large ones.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -96,13 +97,7 @@ __global__ void __launch_bounds__(kWarpsN* kWarpsM * 32)
       constexpr int S = decltype(s_const)::value;
       uint32_t a[kRG][4];
 #pragma unroll
-      for (int r = 0; r < kRG; ++r) {
-        if constexpr (kType == MmaType::kS8) {
-          DecodeInt8Step<S>(wv[r], a[r]);
-        } else {
-          DecodeFpStep<kType, S>(wv[r], a[r]);
-        }
-      }
+      for (int r = 0; r < kRG; ++r) DecodeStep<kType, S>(wv[r], a[r]);
       uint32_t b[kNT][2];
       if constexpr (kNT == 1) {
         const int row = warp_m * 8 + ri;
@@ -381,13 +376,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
           StaticFor<0, Tr::kEarlySteps>([&](auto s_const) {
             constexpr int S = decltype(s_const)::value;
 #pragma unroll
-            for (int r = 0; r < Tr::kRG; ++r) {
-              if constexpr (kType == MmaType::kS8) {
-                DecodeInt8Step<S>(wv[r][0], early[S][r]);
-              } else {
-                DecodeFpStep<kType, S>(wv[r][0], early[S][r]);
-              }
-            }
+            for (int r = 0; r < Tr::kRG; ++r) DecodeStep<kType, S>(wv[r][0], early[S][r]);
           });
         }
       }
@@ -408,10 +397,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
             if (S < Tr::kEarlySteps && i == 0) {
 #pragma unroll
               for (int e = 0; e < 4; ++e) a[r][e] = early[S < Tr::kEarlySteps ? S : 0][r][e];
-            } else if constexpr (kType == MmaType::kS8) {
-              DecodeInt8Step<S>(wv[r][i], a[r]);
             } else {
-              DecodeFpStep<kType, S>(wv[r][i], a[r]);
+              DecodeStep<kType, S>(wv[r][i], a[r]);
             }
           }
           uint32_t b[kNT][2];
@@ -491,7 +478,7 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
-  const int rows = static_cast<int>(p.m < Tr::kBB ? (p.m > 0 ? p.m : 1) : Tr::kBB);
+  const int rows = std::clamp(p.m, 1, Tr::kBB);
   return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::SmemBytesFor(rows), stream,
                                p.pdl, p);
 }

@@ -60,11 +60,7 @@ __device__ __forceinline__ void DecodeAndIssueTile(const uint4& wv, uint32_t (&a
                                                    uint32_t act) {
   StaticFor<0, kSteps>([&](auto s_const) {
     constexpr int S = decltype(s_const)::value;
-    if constexpr (kType == MmaType::kS8) {
-      DecodeInt8Step<S>(wv, a[S]);
-    } else {
-      DecodeFpStep<kType, S>(wv, a[S]);
-    }
+    DecodeStep<kType, S>(wv, a[S]);
   });
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
   StaticFor<0, kSteps>([&](auto s_const) {
