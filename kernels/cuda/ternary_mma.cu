@@ -180,8 +180,9 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // its 8 warps split K (warp w takes k-tiles w, w + 8, ...). Every warp first
 // issues all its weight loads for a pass of 32 k-tiles straight from global
 // memory into registers (8 x LDG.128 per lane: the whole matrix is in flight
-// at once across the grid), the block stages the activations for those
-// k-tiles in swizzled shared memory meanwhile, then each warp decodes and
+// at once across the grid), the activations for those k-tiles are staged in
+// swizzled shared memory meanwhile (by each warp for its own k-tiles when a
+// pass fits at once, so no block barrier), then each warp decodes and
 // runs its mma.syncs; partial sums are reduced across warps in shared memory
 // (fixed order: deterministic) and the epilogue stores directly. No split-K
 // round trips through global memory.
@@ -215,6 +216,9 @@ struct GemvTraits {
   static_assert(32 % kWarps == 0, "a pass is 32 k-tiles");
   static constexpr int kSmemBytes = kXBytes > kRedBytes ? kXBytes : kRedBytes;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
+  // The whole pass is staged at once: each warp can stage (and wait for)
+  // just its own k-tiles' columns of x (no block barrier before the MMAs).
+  static constexpr bool kWarpLocalX = kChunkKt == kPassKt;
   // k-steps of the warp's first k-tile decoded while x is still being
   // staged: as many as fit in 16 registers (more spilled in gemv_w16_b8),
   // none where the accumulators already crowd the registers (48 x 16).
@@ -330,8 +334,40 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
     for (int chunk = 0; chunk < Tr::kPassKt / Tr::kChunkKt; ++chunk) {
       const int ckt0 = pass_kt0 + chunk * Tr::kChunkKt;
       if (ckt0 >= p.k_tiles) break;
-      __syncthreads();  // the previous chunk's shared memory reads are done
-      {
+      if constexpr (Tr::kWarpLocalX) {
+        // Each warp stages only the x columns of its own k-tiles and reads
+        // only those: no block-wide barrier, a warp whose copies have landed
+        // starts at once. Lane q copies chunk q % kChunks of k-tile
+        // q / kChunks of the warp (rows spread over lanes when a row has
+        // fewer than 32 chunks).
+        __syncwarp();  // this warp's reads of the previous pass are done
+        constexpr int kPerRow = Tr::kKtPerWarp * Tr::kChunks;
+        constexpr int kRowsPerSweep = kPerRow >= 32 ? 1 : 32 / kPerRow;
+        constexpr int kIters = kPerRow >= 32 ? kPerRow / 32 : 1;
+        static_assert(kPerRow % 32 == 0 || 32 % kPerRow == 0, "whole sweeps per row");
+        const int col = kPerRow >= 32 ? lane : lane % kPerRow;
+        const int r_sub = kPerRow >= 32 ? 0 : lane / kPerRow;
+#pragma unroll
+        for (int r = r_sub; r < Tr::kBB; r += kRowsPerSweep) {
+          if (block_b0 + r >= p.m) break;
+          const char* row = x + (static_cast<int64_t>(block_b0 + r) * p.ldx +
+                                 static_cast<int64_t>(ckt0) * 128) * Tr::kElemBytes;
+#pragma unroll
+          for (int it = 0; it < kIters; ++it) {
+            const int idx = col + 32 * it;
+            const int c = idx % Tr::kChunks;
+            const int ktl = warp + Tr::kWarps * (idx / Tr::kChunks);
+            const int kt = ckt0 + ktl;
+            const int64_t elem = static_cast<int64_t>(ktl) * 128 + c * Tr::kElemsPerChunk;
+            const bool pred =
+                kt < p.k_tiles && static_cast<int64_t>(ckt0) * 128 + elem < p.x_k_limit;
+            const int rem = ktl * Tr::kChunks + c;
+            CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4),
+                      pred ? row + elem * Tr::kElemBytes : x, pred);
+          }
+        }
+      } else {
+        __syncthreads();  // the previous chunk's shared memory reads are done
         // Thread tid stages chunk (tid % kChunks) of k-tiles tid / kChunks +
         // j * (kThreads / kChunks) of every valid row: addresses are a row
         // base plus constants. Rows past the batch are not staged: they only
@@ -381,7 +417,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
         }
       }
       CpAsyncWait<0>();
-      __syncthreads();
+      if constexpr (Tr::kWarpLocalX) {
+        __syncwarp();  // the other lanes' copies of this warp's columns
+      } else {
+        __syncthreads();
+      }
 #pragma unroll
       for (int i = 0; i < Tr::kKtPerWarp; ++i) {
         // k-tile warp + 8 i lies in this chunk iff i / (kChunkKt / 8) == chunk.
