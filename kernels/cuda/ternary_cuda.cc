@@ -31,13 +31,19 @@ extern const GemmKernelInfo kWgmmaKernels[];
 extern const int kWgmmaKernelCount;
 extern const GemmKernelInfo kWgmmaWsKernels[];
 extern const int kWgmmaWsKernelCount;
+extern const GemmKernelInfo kClusterGemvKernels[];
+extern const int kClusterGemvKernelCount;
 
-int GemmKernelCount() { return kMmaKernelCount + kWgmmaKernelCount + kWgmmaWsKernelCount; }
+int GemmKernelCount() {
+  return kMmaKernelCount + kWgmmaKernelCount + kWgmmaWsKernelCount + kClusterGemvKernelCount;
+}
 const GemmKernelInfo& GemmKernel(int id) {
   if (id < kMmaKernelCount) return kMmaKernels[id];
   id -= kMmaKernelCount;
   if (id < kWgmmaKernelCount) return kWgmmaKernels[id];
-  return kWgmmaWsKernels[id - kWgmmaKernelCount];
+  id -= kWgmmaKernelCount;
+  if (id < kWgmmaWsKernelCount) return kWgmmaWsKernels[id];
+  return kClusterGemvKernels[id - kWgmmaWsKernelCount];
 }
 
 absl::Status CudaErrorToStatus(cudaError_t error, const char* call, const char* file, int line) {
