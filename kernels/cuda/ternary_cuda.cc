@@ -31,19 +31,13 @@ extern const GemmKernelInfo kWgmmaKernels[];
 extern const int kWgmmaKernelCount;
 extern const GemmKernelInfo kWgmmaWsKernels[];
 extern const int kWgmmaWsKernelCount;
-extern const GemmKernelInfo kClusterGemvKernels[];
-extern const int kClusterGemvKernelCount;
 
-int GemmKernelCount() {
-  return kMmaKernelCount + kWgmmaKernelCount + kWgmmaWsKernelCount + kClusterGemvKernelCount;
-}
+int GemmKernelCount() { return kMmaKernelCount + kWgmmaKernelCount + kWgmmaWsKernelCount; }
 const GemmKernelInfo& GemmKernel(int id) {
   if (id < kMmaKernelCount) return kMmaKernels[id];
   id -= kMmaKernelCount;
   if (id < kWgmmaKernelCount) return kWgmmaKernels[id];
-  id -= kWgmmaKernelCount;
-  if (id < kWgmmaWsKernelCount) return kWgmmaWsKernels[id];
-  return kClusterGemvKernels[id - kWgmmaWsKernelCount];
+  return kWgmmaWsKernels[id - kWgmmaKernelCount];
 }
 
 absl::Status CudaErrorToStatus(cudaError_t error, const char* call, const char* file, int line) {
