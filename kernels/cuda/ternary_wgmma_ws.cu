@@ -21,10 +21,7 @@
 #include <cuda.h>  // CUtensorMap and its enums (header only: no libcuda link)
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/dependent_launch.cuh"
@@ -71,20 +68,6 @@ struct WsTraits {
   static_assert(kStages >= 3, "the pipeline keeps one tile of wgmmas in flight");
   static_assert(2 * kStages * 8 <= kBarrierBytes, "full + empty barriers per stage");
 };
-
-// Experiment (session 11): per-k-tile timeline of one block, SM clock
-// cycles. Events [type][tile]: 0 producer before its empty wait, 1 producer
-// issued the stage's copies, 2/3/4 warpgroup 0 full-wait returned / wgmmas
-// issued / wait_group 1 returned, 5/6/7 the same for warpgroup 1; 8: [0]
-// kernel start, [1] consumers done.
-constexpr int kTraceTiles = 64;
-__device__ unsigned long long g_ws_trace[9][kTraceTiles];
-__device__ __forceinline__ bool TraceBlock() {
-  return blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0;
-}
-__device__ __forceinline__ void Trace(int type, int i) {
-  if (TraceBlock() && i < kTraceTiles) g_ws_trace[type][i] = clock64();
-}
 
 #ifdef BITNET_WGMMA_ENABLED
 __device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
@@ -158,7 +141,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   // With PDL the next kernel may launch now; this one loads its first
   // stages of weights before waiting for the previous one.
   PdlLaunchDependents();
-  if (tid == 0) Trace(8, 0);
 
   if (tid == 0) {
 #pragma unroll
@@ -197,9 +179,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
       int stage = 0;
       uint32_t phase = 0;
       for (int i = 0; i < nkt; ++i) {
-        Trace(0, i);
         if (i >= kStages) MbarWait(empty_bar + 8 * stage, phase ^ 1);
-        Trace(1, i);
         const int kt = kt0 + i;
         if (i >= first) send_weights(stage, kt);
         const uint32_t bar = full_bar + 8 * stage;
@@ -234,19 +214,12 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   int stage = 0;
   uint32_t phase = 0;
   int prev_stage = -1;
-  int traced = 0;
-  const bool tracer = (tid & 127) == 0;
-  const int wg = tid >> 7;
   auto tile_step = [&](uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4]) {
     MbarWait(full_bar + 8 * stage, phase);
-    if (tracer) Trace(2 + 3 * wg, traced);
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
     const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
     DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
-    if (tracer) Trace(3 + 3 * wg, traced);
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-    if (tracer) Trace(4 + 3 * wg, traced);
-    ++traced;
     // The previous tile's wgmmas are done: its A registers may be reused and
     // its stage refilled.
     FenceRegs(a_prev);
@@ -269,7 +242,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   }
   if (i < nkt) tile_step(a_even, a_odd);
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-  if (tid == 0) Trace(8, 1);
   FenceRegs(a_even);
   FenceRegs(a_odd);
   WgmmaFenceOperand(acc);
@@ -364,28 +336,8 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
-  const cudaError_t launched = LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads),
-                                                     Tr::kSmemBytes, stream, p.pdl, p, map, w_map);
-  // Experiment: BITNET_WS_TRACE=1 dumps block 0's timeline of every 64th
-  // launch (launch 30, 94, ...) to stderr. Not for graph capture.
-  static int launches = 0;
-  if (launched == cudaSuccess && std::getenv("BITNET_WS_TRACE") != nullptr &&
-      launches++ % 64 == 30) {
-    unsigned long long t[9][kTraceTiles];
-    if (cudaStreamSynchronize(stream) == cudaSuccess &&
-        cudaMemcpyFromSymbol(t, g_ws_trace, sizeof(t)) == cudaSuccess) {
-      const int nkt = std::min(p.kt_per_split, p.k_tiles);
-      std::fprintf(stderr, "ws_trace type=%d bn=%d m=%d n=%d splits=%d nkt=%d stages=%d consumers_done=%lld\n",
-                   static_cast<int>(kType), kBN, p.m, p.n, p.splits, nkt, Tr::kStages,
-                   static_cast<long long>(t[8][1] - t[8][0]));
-      for (int i = 0; i < nkt && i < kTraceTiles; ++i) {
-        std::fprintf(stderr, "ws_trace tile %d", i);
-        for (int e = 0; e < 8; ++e) std::fprintf(stderr, " %lld", static_cast<long long>(t[e][i] - t[8][0]));
-        std::fprintf(stderr, "\n");
-      }
-    }
-  }
-  return launched;
+  return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
+                               map, w_map);
 }
 
 #define BITNET_WS_CONFIG(name, BN)                                                   \
