@@ -219,8 +219,27 @@ def main():
     return 1 if c.failed else 0
 
 
+def start_server(args, tmp, max_request_rows, drain_seconds):
+    """Starts bitnet-server on ports it picks itself (0: no race with other
+    tests for a port probed free and released); returns (process, gRPC port,
+    metrics port), the ports None when it did not come up."""
+    log_path = os.path.join(tmp, "server.log")
+    server = spawn([args.server, "--address=127.0.0.1", "--port=0",
+                    "--metrics_address=127.0.0.1", "--metrics_port=0",
+                    "--demo_model=small", "--device=cpu", "--cpu_threads=1",
+                    f"--max_request_rows={max_request_rows}",
+                    f"--drain_grace_period={drain_seconds}s"], log_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and server.poll() is None:
+        text = open(log_path, errors="replace").read()
+        m = re.search(r"event=server_started .*? port=(\d+) metrics_port=(\d+)", text)
+        if m and "event=serving" in text:
+            return server, int(m.group(1)), int(m.group(2))
+        time.sleep(0.1)
+    return server, None, None
+
+
 def run(args, c, tmp, grpc, yaml, promtool, prometheus_bin):
-    grpc_port, metrics_port, prom_port = free_port(), free_port(), free_port()
     max_request_rows = 16
     drain_seconds = 5
 
@@ -231,13 +250,11 @@ def run(args, c, tmp, grpc, yaml, promtool, prometheus_bin):
             r.stdout + r.stderr)
 
     # -- bitnet-server.
-    server = spawn([args.server, "--address=127.0.0.1", f"--port={grpc_port}",
-                    "--metrics_address=127.0.0.1",
-                    f"--metrics_port={metrics_port}", "--demo_model=small",
-                    "--device=cpu", "--cpu_threads=1",
-                    f"--max_request_rows={max_request_rows}",
-                    f"--drain_grace_period={drain_seconds}s"],
-                   os.path.join(tmp, "server.log"))
+    server, grpc_port, metrics_port = start_server(args, tmp, max_request_rows,
+                                                   drain_seconds)
+    if not c.check(grpc_port is not None, "server started and logged its ports",
+                   f"exit code {server.poll()}"):
+        raise RuntimeError("server did not start")
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     deadline = time.time() + 60
     status = None
@@ -286,45 +303,54 @@ def run(args, c, tmp, grpc, yaml, promtool, prometheus_bin):
             (r.stdout + r.stderr).strip())
 
     # -- Prometheus with a copy of deploy/prometheus.yml pointed at loopback.
-    config = yaml.safe_load(open(args.prometheus_config))
-    config.setdefault("global", {})
-    config["global"]["scrape_interval"] = "1s"
-    config["global"]["evaluation_interval"] = "1s"
-    jobs = {sc["job_name"]: sc for sc in config.get("scrape_configs", [])}
-    c.check("bitnet-server" in jobs, "prometheus.yml has job bitnet-server")
-    for name, sc in jobs.items():
-        target = (f"127.0.0.1:{metrics_port}" if name == "bitnet-server"
-                  else f"127.0.0.1:{prom_port}")
-        sc["static_configs"] = [{"targets": [target]}]
+    # Prometheus cannot report a port it picked, so its port is probed free;
+    # another test may take it before Prometheus binds it, and then
+    # Prometheus exits at once: that start is retried on a new port.
     config_dir = os.path.dirname(os.path.abspath(args.prometheus_config))
-    for rule_file in config.get("rule_files", []):
-        shutil.copy(os.path.join(config_dir, rule_file),
-                    os.path.join(tmp, os.path.basename(rule_file)))
-    config["rule_files"] = [os.path.basename(f)
-                            for f in config.get("rule_files", [])]
-    prom_config = os.path.join(tmp, "prometheus.yml")
-    with open(prom_config, "w") as f:
-        yaml.safe_dump(config, f)
-    r = subprocess.run([promtool, "check", "config", prom_config],
-                       capture_output=True, text=True)
-    c.check(r.returncode == 0, "promtool check config on the rewritten copy",
-            r.stdout + r.stderr)
-    prom = spawn([prometheus_bin, f"--config.file={prom_config}",
-                  f"--storage.tsdb.path={os.path.join(tmp, 'data')}",
-                  f"--web.listen-address=127.0.0.1:{prom_port}",
-                  "--log.level=warn"],
-                 os.path.join(tmp, "prometheus.log"))
-    api = Prometheus(prom_port)
-    deadline = time.time() + 30
-    ready = False
-    while time.time() < deadline and prom.poll() is None:
-        try:
-            ready = http_get(f"{api.base}/-/ready", timeout=1)[0] == 200
-        except OSError:
-            ready = False
-        if ready:
-            break
-        time.sleep(0.3)
+    for attempt in range(3):
+        prom_port = free_port()
+        config = yaml.safe_load(open(args.prometheus_config))
+        config.setdefault("global", {})
+        config["global"]["scrape_interval"] = "1s"
+        config["global"]["evaluation_interval"] = "1s"
+        jobs = {sc["job_name"]: sc for sc in config.get("scrape_configs", [])}
+        if attempt == 0:
+            c.check("bitnet-server" in jobs, "prometheus.yml has job bitnet-server")
+        for name, sc in jobs.items():
+            target = (f"127.0.0.1:{metrics_port}" if name == "bitnet-server"
+                      else f"127.0.0.1:{prom_port}")
+            sc["static_configs"] = [{"targets": [target]}]
+        for rule_file in config.get("rule_files", []):
+            shutil.copy(os.path.join(config_dir, rule_file),
+                        os.path.join(tmp, os.path.basename(rule_file)))
+        config["rule_files"] = [os.path.basename(f)
+                                for f in config.get("rule_files", [])]
+        prom_config = os.path.join(tmp, "prometheus.yml")
+        with open(prom_config, "w") as f:
+            yaml.safe_dump(config, f)
+        if attempt == 0:
+            r = subprocess.run([promtool, "check", "config", prom_config],
+                               capture_output=True, text=True)
+            c.check(r.returncode == 0, "promtool check config on the rewritten copy",
+                    r.stdout + r.stderr)
+        prom = spawn([prometheus_bin, f"--config.file={prom_config}",
+                      f"--storage.tsdb.path={os.path.join(tmp, f'data{attempt}')}",
+                      f"--web.listen-address=127.0.0.1:{prom_port}",
+                      "--log.level=warn"],
+                     os.path.join(tmp, "prometheus.log"))
+        api = Prometheus(prom_port)
+        deadline = time.time() + 30
+        ready = False
+        while time.time() < deadline and prom.poll() is None:
+            try:
+                ready = http_get(f"{api.base}/-/ready", timeout=1)[0] == 200
+            except OSError:
+                ready = False
+            if ready:
+                break
+            time.sleep(0.3)
+        if ready or prom.poll() is None:
+            break  # ready, or up but slow: no second instance
     if not c.check(ready, "Prometheus is ready",
                    f"exit code {prom.poll()}"):
         raise RuntimeError("prometheus did not start")
