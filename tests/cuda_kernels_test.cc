@@ -514,13 +514,144 @@ TEST(CudaKernelsTest, WarpSpecializedMultiWaveGridsMatchOracle) {
     const int64_t m = 3 * cfg.batch_rows - 5;
     const int64_t n = ((sms + 4) / 3 + 1) * cfg.weight_rows - 37;
     for (ActivationQuant mode : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
-      Case c{m, n, 1100, mode, CudaDType::kF16, CudaDType::kF32, Activation::kGelu, true,
+      // fp16: K = 1100 takes the padded-copy launch; int8: K = 1096 (a
+      // multiple of 8) lets the ws kernel quantize inside the GEMM, here with
+      // quantizing blocks in the second wave.
+      const int64_t k = mode == ActivationQuant::kInt8 ? 1096 : 1100;
+      Case c{m, n, k, mode, CudaDType::kF16, CudaDType::kF32, Activation::kGelu, true,
              ScaleGranularity::kPerRow, 0, 0, 0};
       SCOPED_TRACE(std::string(cfg.name));
       checked += RunCase(c, {cfg.id}, true, pick());
     }
   }
   EXPECT_GT(checked, 0);
+}
+
+// Which int8 calls quantize inside the GEMM (CudaLaunchPlan), and that the
+// quantizing blocks of a batch tile never exceed half the SMs: they wait for
+// each other, so they must fit on the device at once.
+TEST(CudaKernelsTest, Int8WsCallsQuantizeInsideTheGemmWhenTheyCan) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(FreshSeed());
+  const int64_t n = 4096, k = 1024;
+  const PackedTernaryMatrix w = RandomWeights(rng, n, k, ScaleGranularity::kPerRow);
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+      CudaTernaryWeights::Create(w.view(), nullptr, 0);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  int ws128 = -1, mma = -1;
+  for (const CudaKernelConfig& cfg : CudaKernelConfigs()) {
+    if (cfg.name == "ws_w128_b128") ws128 = cfg.id;
+    if (cfg.name == "mma_w64_b32") mma = cfg.id;
+  }
+  ASSERT_GE(ws128, 0);
+  ASSERT_GE(mma, 0);
+  CudaLinearArgs a;
+  a.m = 128;
+  a.x = reinterpret_cast<const void*>(uintptr_t{256});
+  a.x_dtype = CudaDType::kF16;
+  a.weights = dw->get();
+  a.act_quant = ActivationQuant::kInt8;
+  a.y = reinterpret_cast<void*>(uintptr_t{256});
+  a.config = ws128;
+  auto plan = [&](const CudaLinearArgs& args, int sms) {
+    absl::StatusOr<CudaLaunchPlan> p = CudaPlanLinear(args, 9, sms, true);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return p.ok() ? *p : CudaLaunchPlan{};
+  };
+  // 32 weight tiles, 132 SMs: 32 quantizing blocks of 4 rows.
+  CudaLaunchPlan p = plan(a, 132);
+  EXPECT_EQ(p.quantize_rows_per_block, 4);
+  EXPECT_FALSE(p.prepare_activations);
+  // Few SMs: fewer, larger quantizing blocks, at most half the SMs.
+  for (int sms : {2, 3, 16, 40}) {
+    for (int64_t m : {1, 77, 128, 1000}) {
+      a.m = m;
+      p = plan(a, sms);
+      ASSERT_GT(p.quantize_rows_per_block, 0) << "sms=" << sms << " m=" << m;
+      const int64_t tile_rows = std::min<int64_t>(m, 128);
+      const int64_t quantizers =
+          (tile_rows + p.quantize_rows_per_block - 1) / p.quantize_rows_per_block;
+      EXPECT_LE(quantizers, sms / 2) << "sms=" << sms << " m=" << m;
+    }
+  }
+  a.m = 128;
+  // Not where it cannot or should not: a separate launch instead.
+  CudaLinearArgs off = a;
+  off.quantize_in_gemm = false;
+  CudaLinearArgs unaligned = a;
+  unaligned.x = reinterpret_cast<const void*>(uintptr_t{258});
+  CudaLinearArgs fp = a;
+  fp.act_quant = ActivationQuant::kNone;
+  CudaLinearArgs not_ws = a;
+  not_ws.config = mma;
+  for (const CudaLinearArgs& args : {off, unaligned, not_ws}) {
+    p = plan(args, 132);
+    EXPECT_EQ(p.quantize_rows_per_block, 0);
+    EXPECT_TRUE(p.prepare_activations);
+  }
+  p = plan(fp, 132);
+  EXPECT_EQ(p.quantize_rows_per_block, 0);
+  EXPECT_FALSE(p.prepare_activations);  // fp16 read in place
+}
+
+// NaN and infinite activations quantize as on the CPU (NaN -> -128, an
+// infinite absmax -> scale 0) whether the GEMM or a separate launch does it.
+TEST(CudaKernelsTest, NonFiniteActivationsQuantizeAsOnTheCpuInEitherPlace) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok()) << wg.status();
+  if (!*wg) GTEST_SKIP() << "in-GEMM quantization runs in the ws configurations (sm_90a)";
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t m = 130, n = 300, k = 1024;
+  const PackedTernaryMatrix w = RandomWeights(rng, n, k, ScaleGranularity::kPerRow);
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+      CudaTernaryWeights::Create(w.view(), nullptr, 0);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  HostInput in = MakeInput(rng, m, k, k, CudaDType::kF32, 3.0f);
+  const float specials[] = {std::nanf(""), INFINITY, -INFINITY};
+  for (int i = 0; i < 12; ++i) {
+    const size_t at = static_cast<size_t>((i * 7919 + 13) % (m * k));
+    in.values[at] = specials[i % 3];
+    std::memcpy(in.bytes.data() + at * 4, &in.values[at], 4);
+  }
+  std::vector<int8_t> xq(static_cast<size_t>(m * k));
+  std::vector<float> s(static_cast<size_t>(m));
+  QuantizeRowsInt8(in.values.data(), m, k, xq.data(), s.data());
+  std::vector<int32_t> want(static_cast<size_t>(m * n));
+  ReferenceInt8Accumulators(xq.data(), m, w.view(), want.data());
+  absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
+  absl::StatusOr<CudaBuffer> dy = CudaBuffer::Create(want.size() * 4, 0);
+  ASSERT_TRUE(dx.ok() && dy.ok());
+  ASSERT_TRUE(dx->CopyFromHost(in.bytes.data(), in.bytes.size()).ok());
+  for (bool in_gemm : {true, false}) {
+    SCOPED_TRACE(in_gemm ? "in the GEMM" : "separate launch");
+    CudaLinearArgs a;
+    a.m = m;
+    a.x = dx->data();
+    a.x_dtype = CudaDType::kF32;
+    a.weights = dw->get();
+    a.act_quant = ActivationQuant::kInt8;
+    a.y = dy->data();
+    a.y_dtype = CudaDType::kS32;
+    a.quantize_in_gemm = in_gemm;
+    absl::StatusOr<CudaLaunchPlan> plan = CudaPlanLinear(a);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->quantize_rows_per_block > 0, in_gemm);
+    absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(plan->workspace_bytes, 0);
+    ASSERT_TRUE(ws.ok()) << ws.status();
+    ASSERT_TRUE(ws->Fill(0).ok());
+    a.workspace = ws->data();
+    a.workspace_bytes = ws->bytes();
+    ASSERT_TRUE(dy->Fill(0x7F).ok());
+    ASSERT_TRUE(CudaTernaryLinear(a, nullptr).ok());
+    std::vector<int32_t> got(want.size());
+    ASSERT_TRUE(dy->CopyToHost(got.data(), got.size() * 4).ok());
+    int64_t bad = 0;
+    for (size_t j = 0; j < got.size(); ++j) bad += got[j] != want[j];
+    EXPECT_EQ(bad, 0) << "of " << got.size() << " accumulators";
+  }
 }
 
 // A server runs every layer and batch size through one workspace. An int8
