@@ -104,9 +104,6 @@ struct Options {
   TimingMethod timing = TimingMethod::kRotate;  // --timing rotate|flush|graph
   std::string config;  // --config NAME: force one configuration (profiling)
   bool pdl = false;    // --pdl: our calls set overlap_previous_kernel
-  // --separate-quant: int8 mode always quantizes in its own launch
-  // (CudaLinearArgs::quantize_in_gemm = false), for A/B against the default.
-  bool separate_quant = false;
   int reps = 200;
   int warmup = 20;
   int device = 0;
@@ -184,18 +181,13 @@ bool ParseOptions(int argc, char** argv, Options* o) {
       o->ceilings = false;
     } else if (a == "--pdl") {
       o->pdl = true;
-    } else if (a == "--separate-quant") {
-      o->separate_quant = true;
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "bitnet-bench kernels [--csv FILE] [--json FILE] [--sweep FILE] [--reps N]\n"
           "  [--warmup N] [--m 1,16,...] [--n 4096,11008] [--k 4096] [--device D]\n"
           "  [--no-ceilings] [--timing rotate|flush|graph] [--config NAME] [--pdl]\n"
-          "  [--separate-quant]\n"
           "  --pdl: launch our kernels with programmatic dependent launch (sm_90+;\n"
-          "         CudaLinearArgs::overlap_previous_kernel), in every timing method\n"
-          "  --separate-quant: int8 mode quantizes in a launch of its own even where a\n"
-          "         ws configuration would quantize inside the GEMM (quantize_in_gemm)\n");
+          "         CudaLinearArgs::overlap_previous_kernel), in every timing method\n");
       std::exit(0);
     } else {
       std::fprintf(stderr, "kernels bench: unknown option %s\n", a.c_str());
@@ -501,9 +493,6 @@ bool Run(const Options& o) {
               : prop.major >= 9
                   ? "on (--pdl: our launches may overlap the previous kernel on the stream)"
                   : "requested (--pdl) but inactive: needs sm_90+");
-  std::printf("# int8 quantization: %s\n",
-              o.separate_quant ? "a launch of its own (--separate-quant)"
-                               : "inside the GEMM for ws configurations, else a launch of its own");
   Ceilings ceil;
   if (o.ceilings) {
     if (!MeasureCeilings(h, stream, timer, &ceil)) return false;
@@ -638,7 +627,6 @@ bool Run(const Options& o) {
         a.split_k = split;
         // Copied into every timed run below (ai = a), whatever the timing.
         a.overlap_previous_kernel = o.pdl;
-        a.quantize_in_gemm = !o.separate_quant;
         absl::StatusOr<bitnet::CudaLaunchPlan> plan = bitnet::CudaPlanLinear(a);
         BENCH_CHECK_STATUS(plan.status());
         absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(plan->workspace_bytes, o.device);

@@ -506,24 +506,6 @@ MmaType MmaTypeFor(const CudaLinearArgs& args) {
   return args.x_dtype == CudaDType::kBF16 ? MmaType::kBF16 : MmaType::kF16;
 }
 
-// Rows per quantizing block when the GEMM quantizes its own activations
-// (GemmParams::quant_rows), or 0 when it cannot. Every block of a batch tile
-// waits until the tile's quantizing blocks (the first Q along x, z = 0) have
-// stored their rows. Blocks are dispatched in index order (x fastest, as
-// CUTLASS's serial split-K also relies on), so a dispatched block can only
-// wait for a quantizer not yet dispatched when both are among those Q of
-// the tile being dispatched: with Q at most half the SMs, an SM is always
-// free for the next of them. A quantizer itself never waits before storing.
-int QuantizeRowsPerBlock(const CudaLinearArgs& args, int64_t x_stride, int64_t tiles_n,
-                         int64_t tiles_m, int64_t tile_rows, int device_sms) {
-  const bool aligned = args.weights->cols() % 8 == 0 && x_stride % 8 == 0 &&
-                       reinterpret_cast<uintptr_t>(args.x) % 16 == 0;
-  constexpr int64_t kCounters = static_cast<int64_t>(kCudaQuantCounterBytes / sizeof(int));
-  if (!aligned || tiles_m > kCounters || device_sms < 2) return 0;
-  const int64_t quantizers = std::min<int64_t>(tiles_n, device_sms / 2);
-  return static_cast<int>((tile_rows + quantizers - 1) / quantizers);
-}
-
 bool NeedsPrep(const CudaLinearArgs& args, int64_t x_stride) {
   if (args.act_quant == ActivationQuant::kInt8) return true;
   if (args.x_dtype == CudaDType::kF32) return true;
@@ -532,8 +514,7 @@ bool NeedsPrep(const CudaLinearArgs& args, int64_t x_stride) {
          reinterpret_cast<uintptr_t>(args.x) % 16 != 0;
 }
 
-// Workspace layout: [split-K counters][quantization counters][partials]
-// [prepared activations][row scales].
+// Workspace layout: [counters][partials][prepared activations][row scales].
 struct WorkspaceLayout {
   size_t counters = 0;
   size_t partials = 0;
@@ -551,7 +532,7 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
   // int8 call of one size leave quantized activations where the next split-K
   // call expected zero counters, and that call summed the wrong partials.
   l.counters = 0;
-  size_t off = AlignUp(kCudaWorkspaceCounterBytes);
+  size_t off = AlignUp(kCudaSplitKCounterBytes);
   if (splits > 1) {
     l.partials = off;
     off = AlignUp(off + static_cast<size_t>(tiles) * splits * kernel.weight_rows *
@@ -778,21 +759,13 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   const int64_t kt_per_split = (w.k_tiles() + splits - 1) / splits;
   splits = static_cast<int>((w.k_tiles() + kt_per_split - 1) / kt_per_split);
   plan.split_k = splits;
-  plan.quantize_rows_per_block =
-      type == MmaType::kS8 && args.quantize_in_gemm && kernel.quantizes_int8
-          ? QuantizeRowsPerBlock(args, shape->x_stride, tiles_n, tiles_m,
-                                 std::min<int64_t>(args.m, kernel.batch_rows), device_sms)
-          : 0;
-  plan.prepare_activations =
-      plan.quantize_rows_per_block == 0 && NeedsPrep(args, shape->x_stride);
+  plan.prepare_activations = NeedsPrep(args, shape->x_stride);
   // griddepcontrol exists from sm_90 on; older devices launch plainly.
   plan.overlap_previous_kernel = args.overlap_previous_kernel && device_sm_major >= 9;
   const size_t prep_elem = type == MmaType::kS8 ? 1 : 2;
-  plan.workspace_bytes =
-      Layout(args.m, kernel, tiles, splits,
-             plan.prepare_activations || plan.quantize_rows_per_block > 0, prep_elem,
-             w.k_tiles() * kCudaColTile)
-          .total;
+  plan.workspace_bytes = Layout(args.m, kernel, tiles, splits, plan.prepare_activations,
+                                prep_elem, w.k_tiles() * kCudaColTile)
+                             .total;
   return plan;
 }
 
@@ -828,8 +801,7 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
   const int64_t tiles_n = (w.rows() + kernel.weight_rows - 1) / kernel.weight_rows;
   const int64_t tiles_m = (args.m + kernel.batch_rows - 1) / kernel.batch_rows;
   const WorkspaceLayout layout =
-      Layout(args.m, kernel, tiles_n * tiles_m, plan->split_k,
-             plan->prepare_activations || plan->quantize_rows_per_block > 0,
+      Layout(args.m, kernel, tiles_n * tiles_m, plan->split_k, plan->prepare_activations,
              type == MmaType::kS8 ? 1 : 2, padded_k);
 
   DeviceGuard guard(w.device());
@@ -857,21 +829,7 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
     p.counters = reinterpret_cast<int*>(ws + layout.counters);
     p.partials = reinterpret_cast<uint32_t*>(ws + layout.partials);
   }
-  if (plan->quantize_rows_per_block > 0) {
-    // The GEMM fills the int8 copy itself; columns past K are never written
-    // and read as zeros (x_k_limit).
-    p.x = ws + layout.prep;
-    p.ldx = padded_k;
-    p.x_k_limit = w.cols();
-    p.row_scale = reinterpret_cast<float*>(ws + layout.row_scales);
-    p.quant_src = args.x;
-    p.quant_src_ld = x_stride;
-    p.quant_src_type = static_cast<OutType>(static_cast<int>(args.x_dtype));
-    p.quant_k = static_cast<int>(w.cols());
-    p.quant_rows = plan->quantize_rows_per_block;
-    p.quant_scales = reinterpret_cast<float*>(ws + layout.row_scales);
-    p.quant_counters = reinterpret_cast<int*>(ws + kCudaSplitKCounterBytes);
-  } else if (plan->prepare_activations) {
+  if (plan->prepare_activations) {
     PrepParams prep;
     prep.m = p.m;
     prep.k = static_cast<int>(w.cols());

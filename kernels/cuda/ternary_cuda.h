@@ -235,12 +235,6 @@ inline constexpr int64_t kCudaColTile = 128;
 // (kCudaSplitKCounterBytes / 4; forcing split_k > 1 beyond that is
 // INVALID_ARGUMENT).
 inline constexpr size_t kCudaSplitKCounterBytes = 16384;
-// Then the counters of in-GEMM quantization (one int per batch tile; calls
-// with more batch tiles quantize in a separate launch).
-inline constexpr size_t kCudaQuantCounterBytes = 16384;
-// Both must be zero before a workspace's first call (see
-// CudaLinearArgs::workspace).
-inline constexpr size_t kCudaWorkspaceCounterBytes = kCudaSplitKCounterBytes + kCudaQuantCounterBytes;
 
 // ---------------------------------------------------------------------------
 // The kernels.
@@ -272,8 +266,8 @@ struct CudaLinearArgs {
   CudaDType y_dtype = CudaDType::kF32;  // kF32, kF16, kBF16; kS32 (int8 only)
   int64_t y_stride = 0;           // elements between rows; 0 = weights->rows()
   // Device scratch, at least CudaLinearWorkspaceBytes(args) bytes. Its first
-  // kCudaWorkspaceCounterBytes hold split-K and quantization counters that
-  // must be zero before the first call (CudaBuffer::Fill(0)); every call leaves them zero
+  // kCudaSplitKCounterBytes hold split-K tile counters that must be zero
+  // before the first call (CudaBuffer::Fill(0)); every call leaves them zero
   // again and nothing else is ever written there, so one workspace serves any
   // sequence of calls (shapes, modes, configurations). A workspace must not
   // be used by two calls that may run concurrently.
@@ -297,13 +291,6 @@ struct CudaLinearArgs {
   // then may this launch overlap it. CudaTernaryWeights are immutable after
   // Create, so this holds unless their device memory is written directly.
   bool overlap_previous_kernel = false;
-  // int8 mode on Hopper: a warp-specialized configuration (ws_*) quantizes
-  // the activations inside the GEMM launch, its first blocks a few rows
-  // each, instead of a separate quantization launch first (same bytes, same
-  // row scales; ~4 us less at M = 128 on an H100). It needs k % 8 == 0 and
-  // 16-byte aligned rows of x; otherwise, or when false (benchmarks compare
-  // both), the separate launch runs.
-  bool quantize_in_gemm = true;
 };
 
 // What CudaTernaryLinear will run for `args`.
@@ -311,10 +298,6 @@ struct CudaLaunchPlan {
   int config = 0;
   int split_k = 1;
   bool prepare_activations = false;  // a conversion/quantization launch first
-  // The GEMM launch quantizes the activations itself (see
-  // CudaLinearArgs::quantize_in_gemm), each of its first blocks per batch
-  // tile taking this many rows (0: it does not).
-  int quantize_rows_per_block = 0;
   size_t workspace_bytes = 0;
   // overlap_previous_kernel was set and the device honors it (sm_90+): the
   // preparation launch, and the GEMM launch of a gemv or ws configuration,

@@ -478,13 +478,11 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
 #pragma unroll
       for (int c = 0; c < 4; ++c) o[c] = static_cast<int>(bits[c]);
     } else {
-      // Row scales through L2 (ld.global.cg): a ws kernel that quantizes its
-      // own activations wrote them from other SMs during this launch.
       float rs = 1.0f;
       if constexpr (std::is_same<T, int>::value) {
-        rs = __ldcg(p.row_scale + gm);
+        rs = p.row_scale[gm];
       } else {
-        if (p.row_scale != nullptr) rs = __ldcg(p.row_scale + gm);
+        if (p.row_scale != nullptr) rs = p.row_scale[gm];
       }
 #pragma unroll
       for (int c = 0; c < 4; ++c) {

@@ -45,24 +45,6 @@ struct GemmParams {
   // Split-K scratch (splits > 1): 32-bit partial sums and per-tile counters.
   uint32_t* partials = nullptr;
   int* counters = nullptr;
-  // Activation quantization inside the GEMM (int8 mode, warp-specialized
-  // configurations only: ternary_wgmma_ws.cu). When quant_rows > 0, x is
-  // the int8 workspace copy that this launch itself fills from quant_src
-  // ([m, quant_src_ld] of quant_src_type, quant_k columns, k % 8 == 0, rows
-  // 16-byte aligned), with the row multipliers in quant_scales (= row_scale).
-  // Each block with blockIdx.z == 0 and blockIdx.x < ceil(tile rows /
-  // quant_rows) quantizes quant_rows rows of its batch tile; every block of
-  // the tile waits on quant_counters[blockIdx.y] (zero between launches)
-  // before its activations are loaded. So the quantizing blocks of a tile must
-  // be able to run at once: the planner keeps their number at most half the
-  // SMs (see QuantizeRowsPerBlock in ternary_cuda.cc).
-  const void* quant_src = nullptr;
-  int64_t quant_src_ld = 0;
-  OutType quant_src_type = OutType::kF16;
-  int quant_k = 0;
-  int quant_rows = 0;
-  float* quant_scales = nullptr;
-  int* quant_counters = nullptr;
   // Launch with programmatic dependent launch (dependent_launch.cuh): the
   // kernel may start while the previous kernel on the stream still runs and
   // load weights before waiting for it. Honored by the gemv and
@@ -127,9 +109,6 @@ struct GemmKernelInfo {
   // it reads activations, row scales or split-K scratch and before it writes
   // y, so it may be launched with GemmParams::pdl.
   bool overlaps_previous = false;
-  // The int8 launcher quantizes the activations itself when
-  // GemmParams::quant_rows > 0 (no separate preparation launch).
-  bool quantizes_int8 = false;
 };
 
 // The explicit list (ternary_mma.cu + ternary_wgmma.cu), in config-id order.

@@ -23,13 +23,25 @@
 #include <cstdint>
 
 #include "kernels/cuda/dependent_launch.cuh"
-#include "kernels/cuda/quantize_int8.cuh"
 #include "kernels/cuda/ternary_launch.h"
 
 namespace bitnet::cuda_internal {
 namespace {
 
 constexpr int kPrepThreads = 256;
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+__device__ __forceinline__ int8_t QuantizeInt8(float v, float s) {
+  // Same operations as bitnet::QuantizeInt8: a float multiply, round half to
+  // even, NaN -> -128.
+  const float r = rintf(__fmul_rn(v, s));
+  if (!(r >= -128.0f)) return -128;
+  if (r > 127.0f) return 127;
+  return static_cast<int8_t>(static_cast<int>(r));
+}
 
 __device__ float BlockMax(float v) {
   __shared__ float s_warp[kPrepThreads / 32];
@@ -59,7 +71,7 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) 
     }
     amax = BlockMax(amax);
     if constexpr (kOut == MmaType::kS8) {
-      mul = Int8RowScale(amax);
+      mul = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
       if (threadIdx.x == 0) p.row_scale[row] = mul;
     } else {
       int e = 0;
@@ -105,7 +117,19 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
   const int row = blockIdx.x;
   const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
   const int groups = p.k / 8;
-  auto load8 = [&](int gidx, float (&v)[8]) { LoadGroup8(x, gidx, v); };
+  auto load8 = [&](int gidx, float (&v)[8]) {
+    if constexpr (sizeof(InT) == 4) {
+      const float4 a = reinterpret_cast<const float4*>(x)[2 * gidx];
+      const float4 b = reinterpret_cast<const float4*>(x)[2 * gidx + 1];
+      v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+      v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    } else {
+      const uint4 a = reinterpret_cast<const uint4*>(x)[gidx];
+      const InT* h = reinterpret_cast<const InT*>(&a);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = ToFloat(h[i]);
+    }
+  };
   // held[j] is group threadIdx.x + j * kPrepThreads (zeros past the row).
   float held[kHeldGroups][8];
 #pragma unroll
@@ -133,7 +157,7 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
     }
     amax = BlockMax(amax);
     if constexpr (kOut == MmaType::kS8) {
-      mul = Int8RowScale(amax);
+      mul = __fdiv_rn(127.0f, fmaxf(amax, 1e-5f));
       if (threadIdx.x == 0) p.row_scale[row] = mul;
     } else {
       int e = 0;
@@ -148,8 +172,14 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
   }
   auto store8 = [&](int gi, const float (&v)[8]) {
     if constexpr (kOut == MmaType::kS8) {
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        lo |= static_cast<uint32_t>(static_cast<uint8_t>(QuantizeInt8(v[i], mul))) << (8 * i);
+        hi |= static_cast<uint32_t>(static_cast<uint8_t>(QuantizeInt8(v[i + 4], mul))) << (8 * i);
+      }
       reinterpret_cast<uint2*>(static_cast<int8_t*>(p.out) + static_cast<int64_t>(row) * p.ldo)[gi] =
-          QuantizeGroup8(v, mul);
+          make_uint2(lo, hi);
     } else if constexpr (kOut == MmaType::kF16) {
       __half2 h[4];
 #pragma unroll

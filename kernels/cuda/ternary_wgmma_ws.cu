@@ -18,14 +18,6 @@
 // named barrier over the consumer threads. With PDL (GemmParams::pdl) the
 // producer sends the first stages' weights before waiting for the previous
 // kernel, and the consumers wait before split-K and the epilogue.
-//
-// In int8 mode the kernel quantizes its own activations
-// (GemmParams::quant_rows > 0): a separate quantization launch cost ~5 us of
-// serial time at M = 128 (the GEMM's blocks cannot share an SM with it, so
-// neither launch overlaps the other). Here the consumers of a tile's first
-// blocks quantize a few rows each while the producer's first weight stages
-// are in flight, publish them on the tile's counter, and every block's
-// producer waits for that counter before its first activation copy.
 #include <cuda.h>  // CUtensorMap and its enums (header only: no libcuda link)
 #include <cuda_runtime.h>
 
@@ -33,7 +25,6 @@
 #include <type_traits>
 
 #include "kernels/cuda/dependent_launch.cuh"
-#include "kernels/cuda/quantize_int8.cuh"
 #include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/ternary_launch.h"
 #include "kernels/cuda/wgmma_util.cuh"
@@ -64,20 +55,15 @@ struct WsTraits {
   static constexpr int kWStageBytes = (kBW / 16) * kWGroupBytes;
   static constexpr int kStageBytes = kActStageBytes + kWStageBytes;
   static constexpr int kBarrierBytes = 256;
-  // The quantizing consumers' per-warp row maxima (kQuantRowsAtOnce floats
-  // per consumer warp), right after the barriers.
-  static constexpr int kQuantRowsAtOnce = 8;
-  static constexpr int kScratchBytes = kConsumerWarps * kQuantRowsAtOnce * 4;
   static constexpr int kSmemLimit = 227 * 1024;  // sm_90 opt-in maximum per block
-  static constexpr int kFit = (kSmemLimit - 1024 - kBarrierBytes - kScratchBytes) / kStageBytes;
+  static constexpr int kFit = (kSmemLimit - 1024 - kBarrierBytes) / kStageBytes;
   static constexpr int kStages = kFit > 8 ? 8 : kFit;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
   static constexpr int kAccRegs = kBN / 2;  // m64 x kBN over 128 threads
   static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kDataBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
-  static constexpr int kSmemBytes =
-      kDataBytes + kBarrierBytes + kScratchBytes + 1024;  // + alignment slack
+  static constexpr int kSmemBytes = kDataBytes + kBarrierBytes + 1024;  // + alignment slack
   static_assert(kStageBytes % 1024 == 0, "swizzle atoms need 1024-byte alignment");
   static_assert(kStages >= 3, "the pipeline keeps one tile of wgmmas in flight");
   static_assert(2 * kStages * 8 <= kBarrierBytes, "full + empty barriers per stage");
@@ -127,95 +113,6 @@ __device__ __forceinline__ void TmaLoad3D(uint32_t dst, const CUtensorMap* map, 
       : "memory");
 }
 
-// Counter protocol of the in-kernel quantization (one counter per batch
-// tile, zero between launches): each quantizing block adds 1 once its rows
-// are stored; every waiter (each block's producer and its consumers) spins
-// until the count reaches `quantizers`, then adds 1 itself, and the last of
-// the tile's quantizers + waiters puts the counter back to zero.
-__device__ __forceinline__ void PassQuantizedBarrier(int* counter, int quantizers, int waiters) {
-  int seen = 0;
-  do {
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-  } while (seen < quantizers);
-  if (atomicAdd(counter, 1) == quantizers + waiters - 1) atomicExch(counter, 0);
-}
-
-// Rows [r_begin, r_end) of p.quant_src into the int8 copy p.x and their
-// multipliers into p.quant_scales, kThreads threads (named barrier 1),
-// kRows rows at a time: one pass for the rows' absmax (their loads all in
-// flight together), a second that re-reads them (from L2) and stores.
-template <typename InT, int kThreads, int kRows>
-__device__ void QuantizeRows(const GemmParams& p, int r_begin, int r_end, float* scratch) {
-  const int tid = threadIdx.x;
-  const int groups = p.quant_k / 8;
-  const InT* src = static_cast<const InT*>(p.quant_src);
-  int8_t* dst = static_cast<int8_t*>(const_cast<void*>(p.x));
-  for (int r0 = r_begin; r0 < r_end; r0 += kRows) {
-    const int rows = min(kRows, r_end - r0);
-    float amax[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) amax[r] = 0.0f;
-    for (int g = tid; g < groups; g += kThreads) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < rows) {
-          float v[8];
-          LoadGroup8(src + static_cast<int64_t>(r0 + r) * p.quant_src_ld, g, v);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) amax[r] = fmaxf(amax[r], fabsf(v[i]));
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        amax[r] = fmaxf(amax[r], __shfl_xor_sync(0xffffffffu, amax[r], o));
-      }
-    }
-    if ((tid & 31) == 0) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) scratch[(tid >> 5) * kRows + r] = amax[r];
-    }
-    ComputeSync<kThreads>();
-    float scale[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      float m = scratch[r];
-#pragma unroll
-      for (int w = 1; w < kThreads / 32; ++w) m = fmaxf(m, scratch[w * kRows + r]);
-      scale[r] = Int8RowScale(m);
-      if (tid == r && r < rows) p.quant_scales[r0 + r] = scale[r];
-    }
-    for (int g = tid; g < groups; g += kThreads) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        if (r < rows) {
-          float v[8];
-          LoadGroup8(src + static_cast<int64_t>(r0 + r) * p.quant_src_ld, g, v);
-          reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r0 + r) * p.ldx)[g] =
-              QuantizeGroup8(v, scale[r]);
-        }
-      }
-    }
-    ComputeSync<kThreads>();  // scratch is reused by the next rows
-  }
-}
-
-template <int kThreads, int kRows>
-__device__ void QuantizeRowsOfType(const GemmParams& p, int r_begin, int r_end, float* scratch) {
-  switch (p.quant_src_type) {
-    case OutType::kF32:
-      QuantizeRows<float, kThreads, kRows>(p, r_begin, r_end, scratch);
-      break;
-    case OutType::kBF16:
-      QuantizeRows<__nv_bfloat16, kThreads, kRows>(p, r_begin, r_end, scratch);
-      break;
-    default:
-      QuantizeRows<__half, kThreads, kRows>(p, r_begin, r_end, scratch);
-      break;
-  }
-}
 #endif
 
 template <MmaType kType, int kBN>
@@ -233,7 +130,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   const uint32_t smem_base = raw_base + pad;
   const uint32_t full_bar = smem_base + Tr::kDataBytes;  // kStages x 8 bytes
   const uint32_t empty_bar = full_bar + kStages * 8;
-  float* quant_scratch = reinterpret_cast<float*>(smem + Tr::kDataBytes + Tr::kBarrierBytes);
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -242,12 +138,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   const int block_b0 = blockIdx.y * Tr::kBB;
   const int kt0 = blockIdx.z * p.kt_per_split;
   const int nkt = min(p.kt_per_split, p.k_tiles - kt0);
-  // In-kernel quantization (int8 only): the tile's quantizing blocks and
-  // everyone who waits for them (producer + consumers of every block).
-  const bool quantize = kType == MmaType::kS8 && p.quant_rows > 0;
-  const int tile_rows = min(Tr::kBB, p.m - block_b0);
-  const int quantizers = quantize ? (tile_rows + p.quant_rows - 1) / p.quant_rows : 0;
-  const int quant_waiters = 2 * gridDim.x * gridDim.z;
   // With PDL the next kernel may launch now; this one loads its first
   // stages of weights before waiting for the previous one.
   PdlLaunchDependents();
@@ -286,12 +176,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
       const int first = min(nkt, kStages);
       for (int i = 0; i < first; ++i) send_weights(i, kt0 + i);
       PdlWaitForPrerequisites();
-      if (quantize) {
-        PassQuantizedBarrier(p.quant_counters + blockIdx.y, quantizers, quant_waiters);
-        // The rows were written through the generic proxy; the copies below
-        // read them through the async proxy.
-        asm volatile("fence.proxy.async.global;\n" ::: "memory");
-      }
       int stage = 0;
       uint32_t phase = 0;
       for (int i = 0; i < nkt; ++i) {
@@ -315,24 +199,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Tr::kConsumerRegs));
-  if (quantize) {
-    // x, the int8 copy and the counters may still be in use by the previous
-    // kernel.
-    PdlWaitForPrerequisites();
-    if (blockIdx.z == 0 && static_cast<int>(blockIdx.x) < quantizers) {
-      const int r0 = block_b0 + blockIdx.x * p.quant_rows;
-      QuantizeRowsOfType<Tr::kConsumerThreads, Tr::kQuantRowsAtOnce>(
-          p, r0, min(r0 + p.quant_rows, block_b0 + tile_rows), quant_scratch);
-      asm volatile("fence.proxy.async.global;\n" ::: "memory");
-      __threadfence();
-      ComputeSync<Tr::kConsumerThreads>();
-      if (tid == 0) atomicAdd(p.quant_counters + blockIdx.y, 1);
-    }
-    // The epilogue reads the other blocks' row multipliers: one acquire of
-    // the counter, then the named barrier, orders those reads after them.
-    if (tid == 0) PassQuantizedBarrier(p.quant_counters + blockIdx.y, quantizers, quant_waiters);
-    ComputeSync<Tr::kConsumerThreads>();
-  }
   // Consumers: warp w owns weight rows 16w..16w+15 of the block (warpgroup
   // w / 4 owns 64 rows), exactly the rows of its wgmma A fragment.
   T acc[Tr::kAccRegs];
@@ -479,7 +345,7 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
     name, 128, BN, WsTraits<MmaType::kS8, BN>::kThreads, true, false, {            \
       &LaunchWgmmaWs<MmaType::kF16, BN>, &LaunchWgmmaWs<MmaType::kBF16, BN>,          \
           &LaunchWgmmaWs<MmaType::kS8, BN>                                         \
-    }, 1, true, true                                                                  \
+    }, 1, true                                                                        \
   }
 }  // namespace
 
