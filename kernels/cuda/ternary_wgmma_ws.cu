@@ -60,21 +60,12 @@ struct WsTraits {
   static constexpr int kStages = kFit > 8 ? 8 : kFit;
   static constexpr int kSteps = kType == MmaType::kS8 ? 4 : 8;
   static constexpr int kAccRegs = kBN / 2;  // m64 x kBN over 128 threads
-  // k-tiles of wgmmas a warpgroup keeps in flight while it decodes the next
-  // one; each needs its own copy of the decoded A fragments (kSteps x 4
-  // registers). Two where accumulators + three copies fit the 168 registers
-  // ptxas allocates per thread (int8 up to 176 batch columns, fp16 up to 64):
-  // then the gap between one tile's wait and the next tile's first wgmma (the
-  // empty arrive, the full wait, the decode) no longer drains the warpgroup's
-  // queue of tensor-core work.
-  static constexpr int kInFlight =
-      (kType == MmaType::kS8 ? kBN <= 176 : kBN <= 64) ? 2 : 1;
   static constexpr int kEpiBytes = kBB * (kBW + 4) * 4;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kDataBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
   static constexpr int kSmemBytes = kDataBytes + kBarrierBytes + 1024;  // + alignment slack
   static_assert(kStageBytes % 1024 == 0, "swizzle atoms need 1024-byte alignment");
-  static_assert(kStages >= kInFlight + 2, "stages for the tiles in flight, one loading");
+  static_assert(kStages >= 3, "the pipeline keeps one tile of wgmmas in flight");
   static_assert(2 * kStages * 8 <= kBarrierBytes, "full + empty barriers per stage");
 };
 
@@ -214,53 +205,45 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
 #pragma unroll
   for (int i = 0; i < Tr::kAccRegs; ++i) acc[i] = T(0);
 
-  // Tr::kInFlight tiles of wgmmas in flight per warpgroup, so kInFlight + 1
-  // register copies of the decoded A fragments: tile i decodes into copy
-  // i % (kInFlight + 1), and once tile i - kInFlight is done (wait_group) its
-  // copy, the one tile i + 1 decodes into, may be rewritten and its stage
-  // refilled.
-  constexpr int kCopies = Tr::kInFlight + 1;
-  uint32_t a[kCopies][Tr::kSteps][4] = {};
+  // One tile of wgmmas in flight per warpgroup, so two register copies of
+  // the decoded A fragments. (A second tile in flight would need a third
+  // copy; 168 registers per thread, what ptxas allocates for 384 threads,
+  // has no room for it with the larger accumulators.)
+  uint32_t a_even[Tr::kSteps][4] = {};
+  uint32_t a_odd[Tr::kSteps][4] = {};
   int stage = 0;
   uint32_t phase = 0;
-  int release_stage = 0;  // stage of tile i - kInFlight
-  int issued = 0;
-  auto tile_step = [&](uint32_t (&a_cur)[Tr::kSteps][4], uint32_t (&a_done)[Tr::kSteps][4]) {
+  int prev_stage = -1;
+  auto tile_step = [&](uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4]) {
     MbarWait(full_bar + 8 * stage, phase);
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
     const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
-    DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a_cur, acc, act);
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Tr::kInFlight) : "memory");
-    FenceRegs(a_done);
+    DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    // The previous tile's wgmmas are done: its A registers may be reused and
+    // its stage refilled.
+    FenceRegs(a_prev);
     // Every consumer thread arrives itself (not one lane per warp after a
     // __syncwarp): each thread's own shared-memory reads of the stage are
     // then ordered before the refill by its own release, an edge
     // compute-sanitizer's racecheck follows (with one arrive per warp it
-    // reported WAR hazards between these reads and the refill; one arrive
-    // per warp also measured no faster, session 12).
-    if (issued >= Tr::kInFlight) {
-      MbarArrive(empty_bar + 8 * release_stage);
-      if (++release_stage == kStages) release_stage = 0;
-    }
-    ++issued;
+    // reported WAR hazards between these reads and the refill).
+    if (prev_stage >= 0) MbarArrive(empty_bar + 8 * prev_stage);
+    prev_stage = stage;
     if (++stage == kStages) {
       stage = 0;
       phase ^= 1;
     }
   };
   int i = 0;
-  for (; i + kCopies <= nkt; i += kCopies) {
-    StaticFor<0, kCopies>([&](auto c) {
-      constexpr int C = decltype(c)::value;
-      tile_step(a[C], a[(C + 1) % kCopies]);
-    });
+  for (; i + 1 < nkt; i += 2) {
+    tile_step(a_even, a_odd);
+    tile_step(a_odd, a_even);
   }
-  StaticFor<0, kCopies - 1>([&](auto c) {
-    constexpr int C = decltype(c)::value;
-    if (i + C < nkt) tile_step(a[C], a[(C + 1) % kCopies]);
-  });
+  if (i < nkt) tile_step(a_even, a_odd);
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-  StaticFor<0, kCopies>([&](auto c) { FenceRegs(a[decltype(c)::value]); });
+  FenceRegs(a_even);
+  FenceRegs(a_odd);
   WgmmaFenceOperand(acc);
   // Split-K scratch, row scales and y may belong to (or be read by) the
   // previous kernel: nothing below runs before it has completed.
