@@ -523,6 +523,69 @@ TEST(CudaKernelsTest, WarpSpecializedMultiWaveGridsMatchOracle) {
   EXPECT_GT(checked, 0);
 }
 
+// NaN and infinite activations quantize as on the CPU (NaN -> -128, an
+// infinite absmax -> scale 0), so int8 accumulators still match the oracle bit
+// for bit, in every configuration (gemv, mma, wgmma, ws).
+TEST(CudaKernelsTest, NonFiniteActivationsQuantizeAsOnTheCpu) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<bool> wg = CudaDeviceHasWgmma(0);
+  ASSERT_TRUE(wg.ok()) << wg.status();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int64_t m = 130, n = 300, k = 1024;
+  const PackedTernaryMatrix w = RandomWeights(rng, n, k, ScaleGranularity::kPerRow);
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+      CudaTernaryWeights::Create(w.view(), nullptr, 0);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  HostInput in = MakeInput(rng, m, k, k, CudaDType::kF32, 3.0f);
+  const float specials[] = {std::nanf(""), INFINITY, -INFINITY};
+  for (int i = 0; i < 12; ++i) {
+    const size_t at = static_cast<size_t>((i * 7919 + 13) % (m * k));
+    in.values[at] = specials[i % 3];
+    std::memcpy(in.bytes.data() + at * 4, &in.values[at], 4);
+  }
+  std::vector<int8_t> xq(static_cast<size_t>(m * k));
+  std::vector<float> s(static_cast<size_t>(m));
+  QuantizeRowsInt8(in.values.data(), m, k, xq.data(), s.data());
+  std::vector<int32_t> want(static_cast<size_t>(m * n));
+  ReferenceInt8Accumulators(xq.data(), m, w.view(), want.data());
+  absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
+  absl::StatusOr<CudaBuffer> dy = CudaBuffer::Create(want.size() * 4, 0);
+  ASSERT_TRUE(dx.ok() && dy.ok());
+  ASSERT_TRUE(dx->CopyFromHost(in.bytes.data(), in.bytes.size()).ok());
+  for (int config : AllConfigs()) {
+    if (config >= 0) {
+      const CudaKernelConfig& cfg = CudaKernelConfigs()[config];
+      if ((cfg.wgmma && !*wg) || !cfg.int8) continue;
+    }
+    SCOPED_TRACE(config < 0 ? std::string("auto") : CudaKernelConfigs()[config].name);
+    CudaLinearArgs a;
+    a.m = m;
+    a.x = dx->data();
+    a.x_dtype = CudaDType::kF32;
+    a.weights = dw->get();
+    a.act_quant = ActivationQuant::kInt8;
+    a.y = dy->data();
+    a.y_dtype = CudaDType::kS32;
+    a.config = config;
+    absl::StatusOr<CudaLaunchPlan> plan = CudaPlanLinear(a);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    absl::StatusOr<CudaBuffer> ws = CudaBuffer::Create(plan->workspace_bytes, 0);
+    ASSERT_TRUE(ws.ok()) << ws.status();
+    ASSERT_TRUE(ws->Fill(0).ok());
+    a.workspace = ws->data();
+    a.workspace_bytes = ws->bytes();
+    ASSERT_TRUE(dy->Fill(0x7F).ok());
+    ASSERT_TRUE(CudaTernaryLinear(a, nullptr).ok());
+    std::vector<int32_t> got(want.size());
+    ASSERT_TRUE(dy->CopyToHost(got.data(), got.size() * 4).ok());
+    int64_t bad = 0;
+    for (size_t j = 0; j < got.size(); ++j) bad += got[j] != want[j];
+    EXPECT_EQ(bad, 0) << "of " << got.size() << " accumulators";
+  }
+}
+
 // A server runs every layer and batch size through one workspace. An int8
 // call without split-K (its quantized activations in the workspace) followed
 // by a split-K call must still sum the right partials: the split-K counters
