@@ -158,6 +158,28 @@ float RoundTo(CudaDType dtype, float v) {
   return v;
 }
 
+// The oracle's int32 accumulators for float activations x [m, k], quantized
+// per row as the CPU does.
+std::vector<int32_t> OracleInt8Accumulators(const std::vector<float>& x, int64_t m, int64_t k,
+                                            const PackedTernaryMatrix& w) {
+  std::vector<int8_t> xq(static_cast<size_t>(m * k));
+  std::vector<float> s(static_cast<size_t>(m));
+  QuantizeRowsInt8(x.data(), m, k, xq.data(), s.data());
+  std::vector<int32_t> acc(static_cast<size_t>(m * w.rows));
+  ReferenceInt8Accumulators(xq.data(), m, w.view(), acc.data());
+  return acc;
+}
+
+// Accumulators in the device's int32 output `dy` that differ from `want`
+// (-1 when they cannot be copied back).
+int64_t AccumulatorMismatches(const CudaBuffer& dy, const std::vector<int32_t>& want) {
+  std::vector<int32_t> got(want.size());
+  if (!dy.CopyToHost(got.data(), got.size() * 4).ok()) return -1;
+  int64_t bad = 0;
+  for (size_t j = 0; j < got.size(); ++j) bad += got[j] != want[j];
+  return bad;
+}
+
 // One unit of the grid.
 struct Case {
   int64_t m, n, k;
@@ -218,13 +240,7 @@ int RunCase(const Case& c, const std::vector<int>& configs, bool has_wgmma, uint
   ra.y = ref.data();
   EXPECT_TRUE(ReferenceTernaryGemm(ra).ok());
   std::vector<int32_t> ref_acc;
-  if (c.y_dtype == CudaDType::kS32) {
-    std::vector<int8_t> xq(static_cast<size_t>(c.m * c.k));
-    std::vector<float> s(static_cast<size_t>(c.m));
-    QuantizeRowsInt8(in.values.data(), c.m, c.k, xq.data(), s.data());
-    ref_acc.resize(static_cast<size_t>(c.m * c.n));
-    ReferenceInt8Accumulators(xq.data(), c.m, w.view(), ref_acc.data());
-  }
+  if (c.y_dtype == CudaDType::kS32) ref_acc = OracleInt8Accumulators(in.values, c.m, c.k, w);
 
   absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
   EXPECT_TRUE(dx.ok()) << dx.status();
@@ -545,11 +561,7 @@ TEST(CudaKernelsTest, NonFiniteActivationsQuantizeAsOnTheCpu) {
     in.values[at] = specials[i % 3];
     std::memcpy(in.bytes.data() + at * 4, &in.values[at], 4);
   }
-  std::vector<int8_t> xq(static_cast<size_t>(m * k));
-  std::vector<float> s(static_cast<size_t>(m));
-  QuantizeRowsInt8(in.values.data(), m, k, xq.data(), s.data());
-  std::vector<int32_t> want(static_cast<size_t>(m * n));
-  ReferenceInt8Accumulators(xq.data(), m, w.view(), want.data());
+  const std::vector<int32_t> want = OracleInt8Accumulators(in.values, m, k, w);
   absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
   absl::StatusOr<CudaBuffer> dy = CudaBuffer::Create(want.size() * 4, 0);
   ASSERT_TRUE(dx.ok() && dy.ok());
@@ -578,11 +590,7 @@ TEST(CudaKernelsTest, NonFiniteActivationsQuantizeAsOnTheCpu) {
     a.workspace_bytes = ws->bytes();
     ASSERT_TRUE(dy->Fill(0x7F).ok());
     ASSERT_TRUE(CudaTernaryLinear(a, nullptr).ok());
-    std::vector<int32_t> got(want.size());
-    ASSERT_TRUE(dy->CopyToHost(got.data(), got.size() * 4).ok());
-    int64_t bad = 0;
-    for (size_t j = 0; j < got.size(); ++j) bad += got[j] != want[j];
-    EXPECT_EQ(bad, 0) << "of " << got.size() << " accumulators";
+    EXPECT_EQ(AccumulatorMismatches(*dy, want), 0) << "of " << want.size() << " accumulators";
   }
 }
 
@@ -640,11 +648,7 @@ TEST(CudaKernelsTest, OneWorkspaceServesUnsplitAndSplitCallsInTurn) {
     SCOPED_TRACE("call " + std::to_string(i) + ": m=" + std::to_string(calls[i].m));
     const int64_t m = calls[i].m;
     const HostInput in = MakeInput(rng, m, k, k, CudaDType::kF32, 3.0f);
-    std::vector<int8_t> xq(static_cast<size_t>(m * k));
-    std::vector<float> s(static_cast<size_t>(m));
-    QuantizeRowsInt8(in.values.data(), m, k, xq.data(), s.data());
-    std::vector<int32_t> want(static_cast<size_t>(m * n));
-    ReferenceInt8Accumulators(xq.data(), m, w.view(), want.data());
+    const std::vector<int32_t> want = OracleInt8Accumulators(in.values, m, k, w);
     absl::StatusOr<CudaBuffer> dx = CudaBuffer::Create(in.bytes.size(), 0);
     absl::StatusOr<CudaBuffer> dy = CudaBuffer::Create(want.size() * 4, 0);
     ASSERT_TRUE(dx.ok() && dy.ok());
@@ -656,11 +660,7 @@ TEST(CudaKernelsTest, OneWorkspaceServesUnsplitAndSplitCallsInTurn) {
     a.workspace = ws->data();
     a.workspace_bytes = ws->bytes();
     ASSERT_TRUE(CudaTernaryLinear(a, nullptr).ok());
-    std::vector<int32_t> got(want.size());
-    ASSERT_TRUE(dy->CopyToHost(got.data(), got.size() * 4).ok());
-    int64_t bad = 0;
-    for (size_t j = 0; j < got.size(); ++j) bad += got[j] != want[j];
-    EXPECT_EQ(bad, 0) << "of " << got.size() << " accumulators";
+    EXPECT_EQ(AccumulatorMismatches(*dy, want), 0) << "of " << want.size() << " accumulators";
   }
 }
 
