@@ -8,9 +8,10 @@
 //  * one producer thread: it issues, per k-tile, one TMA
 //    (cp.async.bulk.tensor) per 128-byte column block of activations (the
 //    hardware swizzles, and zero-fills rows past M and columns past K) and
-//    one 3-D TMA for the block's 4 KB of packed weights (8 row groups of
-//    512 bytes), all completing on the stage's "full" mbarrier;
-//  * two consumer warpgroups (64 weight rows each): wait for "full", load
+//    one 3-D TMA for the block's 4 or 6 KB of packed weights (8 or 12 row
+//    groups of 512 bytes), all completing on the stage's "full" mbarrier;
+//  * two or three consumer warpgroups (64 weight rows each, so 128- or
+//    192-row weight tiles; see WsTraits): wait for "full", load
 //    their 16-byte weight fragment, decode, issue the wgmmas of the tile,
 //    keep one tile of wgmmas in flight, and release the previous tile's stage
 //    on its "empty" mbarrier.
@@ -32,19 +33,28 @@
 namespace bitnet::cuda_internal {
 namespace {
 
-template <MmaType kType, int kBN>
+// kCWG consumer warpgroups of 64 weight rows each: 2 (128-row tiles) or 3
+// (192-row tiles, whose 3 x 128 consumer threads get 160 registers each:
+// enough for int8 batch tiles up to 176 rows without spills or serialized
+// wgmmas; fp16 A fragments take twice the registers, so 192-row tiles are
+// int8 only). The third warpgroup keeps the tensor cores busy while the
+// other two wait, decode and issue (session 11's trace: an int8 128 x 128
+// tile ran at 69 % of the tensor rate), and at N = 11008 the 58 tiles of 192
+// rows fit two batch tiles in one wave where 86 tiles of 128 rows fit one.
+template <MmaType kType, int kBN, int kCWG>
 struct WsTraits {
-  static constexpr int kConsumerWarps = 8;  // 2 warpgroups
+  static constexpr int kConsumerWarps = 4 * kCWG;
   static constexpr int kConsumerThreads = kConsumerWarps * 32;
   // + a producer warpgroup: one thread issues the copies; the group exists
   // so that setmaxnreg can move its registers to the consumers (the
   // register budget is granted per warpgroup).
   static constexpr int kThreads = kConsumerThreads + 128;
-  static constexpr int kProducerRegs = 40;
-  static constexpr int kConsumerRegs = 232;  // 256 x 232 + 128 x 40 <= 64K
+  static constexpr int kProducerRegs = kCWG == 2 ? 40 : 24;
+  // 256 x 232 + 128 x 40 <= 64K; 384 x 160 + 128 x 24 <= 64K.
+  static constexpr int kConsumerRegs = kCWG == 2 ? 232 : 160;
   static_assert(kConsumerThreads * kConsumerRegs + 128 * kProducerRegs <= 65536,
                 "register file");
-  static constexpr int kBW = 128;                         // weight rows per block
+  static constexpr int kBW = 64 * kCWG;                   // weight rows per block
   static constexpr int kBB = kBN;                         // batch rows per block
   static constexpr int kElemBytes = kType == MmaType::kS8 ? 1 : 2;
   static constexpr int kBoxCols = 128 / kElemBytes;  // elements per 128-byte column block
@@ -115,12 +125,12 @@ __device__ __forceinline__ void TmaLoad3D(uint32_t dst, const CUtensorMap* map, 
 
 #endif
 
-template <MmaType kType, int kBN>
-__global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
+template <MmaType kType, int kBN, int kCWG>
+__global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
     ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map,
                             const __grid_constant__ CUtensorMap w_map) {
 #ifdef BITNET_WGMMA_ENABLED
-  using Tr = WsTraits<kType, kBN>;
+  using Tr = WsTraits<kType, kBN, kCWG>;
   constexpr int kStages = Tr::kStages;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem_raw[];
@@ -162,7 +172,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&w_map))
                    : "memory");
       // Stage `stage`'s barrier expects the whole stage; its weights (k-tile
-      // kt of the block's 8 row groups, one TMA) are sent here, its
+      // kt of the block's row groups, one TMA) are sent here, its
       // activations by the loop below. (Eight 512-byte bulk copies per
       // k-tile, one per row group, measured slower: see LaunchWgmmaWs.)
       auto send_weights = [&](int stage, int kt) {
@@ -263,7 +273,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN>::kThreads, 1)
       p, acc3, reinterpret_cast<float*>(smem), block_w0, block_b0,
       [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
 #else
-  using Tr = WsTraits<kType, kBN>;
+  using Tr = WsTraits<kType, kBN, kCWG>;
   static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0, "traits are used by the sm_90a body");
   (void)act_map;
   (void)w_map;
@@ -292,9 +302,9 @@ EncodeTiledFn GetEncodeTiled() {
   return fn;
 }
 
-template <MmaType kType, int kBN>
+template <MmaType kType, int kBN, int kCWG>
 cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = WsTraits<kType, kBN>;
+  using Tr = WsTraits<kType, kBN, kCWG>;
   const EncodeTiledFn encode = GetEncodeTiled();
   if (encode == nullptr) return cudaErrorNotSupported;
   // Activations [m rows, x_k_limit columns] with row pitch ldx elements; a
@@ -314,11 +324,12 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   // Packed weights [row groups][k_tiles][512 bytes] as 32-bit words: a box
-  // is one k-tile of the block's 8 row groups, landing in shared memory in
+  // is one k-tile of the block's row groups, landing in shared memory in
   // the order the consumers read it (group g at g x 512 bytes). Groups up to
-  // a whole number of 128-row blocks exist (rows are padded to 256).
+  // a whole number of 256-row blocks exist (kCudaRowPad): the map covers
+  // them all, and TMA zero-fills the groups of a 192-row tile past them.
   CUtensorMap w_map;
-  const int64_t w_groups = (p.n + Tr::kBW - 1) / Tr::kBW * (Tr::kBW / 16);
+  const int64_t w_groups = (p.n + 255) / 256 * 16;
   const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(Tr::kWGroupBytes / 4),
                                 static_cast<cuuint64_t>(p.k_tiles),
                                 static_cast<cuuint64_t>(w_groups)};
@@ -333,7 +344,7 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
-  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN>;
+  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN, kCWG>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
@@ -342,9 +353,16 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 
 #define BITNET_WS_CONFIG(name, BN)                                                   \
   GemmKernelInfo {                                                                    \
-    name, 128, BN, WsTraits<MmaType::kS8, BN>::kThreads, true, false, {            \
-      &LaunchWgmmaWs<MmaType::kF16, BN>, &LaunchWgmmaWs<MmaType::kBF16, BN>,          \
-          &LaunchWgmmaWs<MmaType::kS8, BN>                                         \
+    name, 128, BN, WsTraits<MmaType::kS8, BN, 2>::kThreads, true, false, {         \
+      &LaunchWgmmaWs<MmaType::kF16, BN, 2>, &LaunchWgmmaWs<MmaType::kBF16, BN, 2>,    \
+          &LaunchWgmmaWs<MmaType::kS8, BN, 2>                                      \
+    }, 1, true                                                                        \
+  }
+// 192-row tiles, int8 only (fp16 A fragments take twice the registers).
+#define BITNET_WS3_CONFIG(name, BN)                                                  \
+  GemmKernelInfo {                                                                    \
+    name, 192, BN, WsTraits<MmaType::kS8, BN, 3>::kThreads, true, false, {         \
+      nullptr, nullptr, &LaunchWgmmaWs<MmaType::kS8, BN, 3>                         \
     }, 1, true                                                                        \
   }
 }  // namespace
@@ -357,6 +375,9 @@ extern const GemmKernelInfo kWgmmaWsKernels[] = {
     BITNET_WS_CONFIG("ws_w128_b128", 128),
     BITNET_WS_CONFIG("ws_w128_b176", 176),
     BITNET_WS_CONFIG("ws_w128_b256", 256),
+    BITNET_WS3_CONFIG("ws_w192_b64", 64),
+    BITNET_WS3_CONFIG("ws_w192_b128", 128),
+    BITNET_WS3_CONFIG("ws_w192_b176", 176),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
 
