@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <future>
@@ -677,13 +678,22 @@ TEST(ClientBalancingTest, RoundRobinReachesEveryAddress) {
   b.inference.name = "b";
   ClientOptions o = FastRetries(a.address() + "," + b.address());
   auto client = MustCreate(o);
+  // round_robin sends only to connected addresses: until the second
+  // connection is up (which on a loaded machine takes a while) every call
+  // goes to the first. So call until both have answered several times, with
+  // a deadline, rather than a fixed number of calls.
   std::set<std::string> answered_by;
-  for (int i = 0; i < 20; ++i) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  int calls = 0;
+  while ((a.inference.calls.load() < 5 || b.inference.calls.load() < 5) &&
+         std::chrono::steady_clock::now() < deadline) {
     auto request = MakeInferRequest("m", kRow, 4);
     auto response = client->Infer(*request);
     ASSERT_TRUE(response.ok()) << response.status();
     answered_by.insert(response->request_id());
+    ++calls;
   }
+  SCOPED_TRACE("calls: " + std::to_string(calls));
   EXPECT_EQ(answered_by, (std::set<std::string>{"a", "b"}));
   EXPECT_GE(a.inference.calls.load(), 5);
   EXPECT_GE(b.inference.calls.load(), 5);
