@@ -613,7 +613,8 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
     if (type != MmaType::kS8) return FindConfig("ws_w128_b64");
     return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
   }
-  // From 65 rows both modes pick the same ws tile.
+  // From 65 rows both modes use ws tiles (in int8 at N >= 8192 partly the
+  // 192-row ones: WideTile).
   if (m <= 256) return FindConfig(wide ? WideTile(m, type) : "ws_w128_b64");
   // Session 13 (H100, graph --pdl, int8): at N = 11008, M = 2048 the 192 x 176
   // tiles (696 blocks) ran 188.1 us against 195.8 us for 128 x 176 (1032).
