@@ -556,21 +556,18 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
 // tiles of 96 (258 tiles, two nearly full waves) ran M = 256 in 38.0 / 33.0 us
 // where one wave of 256-column tiles took 41.3 / 35.0 us.
 //
-// int8 mode has 192-row weight tiles (three consumer warpgroups, int8 only:
-// ternary_wgmma_ws.cu) whose 58 tiles at N = 11008 fit two batch tiles in one
-// wave. Session 13 (H100, graph --pdl, N = 11008, int8): M = 128 ran 17.95 us
-// with ws_w192_b64 (116 blocks) against 20.40 us for ws_w128_b128 (86), and
-// M = 256 25.35 us with ws_w192_b128 against 33.06 us for ws_w128_b96. From
-// 129 to 176 rows one wave of 86 ws_w128_b176 blocks (~23 us) stays ahead.
-const char* WideTile(int64_t m, MmaType type) {
-  if (type == MmaType::kS8) {
-    if (m <= 128) return "ws_w192_b64";
-    if (m <= 176) return "ws_w128_b176";
-    return "ws_w192_b128";
-  }
-  if (m <= 128) return "ws_w128_b128";
+// 192-row weight tiles (three consumer warpgroups, ternary_wgmma_ws.cu) make
+// 58 tiles at N = 11008, so two batch tiles fit one wave. Session 13 (H100,
+// graph --pdl, N = 11008, int8): M = 128 ran 17.95 us with ws_w192_b64 (116
+// blocks) against 20.40 us for ws_w128_b128 (86), and M = 256 25.35 us with
+// ws_w192_b128 against 33.06 us for ws_w128_b96. Session 14, fp16: 20.8
+// against 22.1 us, and 34.3 against 38.4 us (the fp16 M = 256 cell had been
+// at cuBLAS's speed). From 129 to 176 rows one wave of 86 ws_w128_b176 blocks
+// (~23 us) stays ahead in both modes.
+const char* WideTile(int64_t m) {
+  if (m <= 128) return "ws_w192_b64";
   if (m <= 176) return "ws_w128_b176";
-  return "ws_w128_b96";
+  return "ws_w192_b128";
 }
 
 int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
@@ -613,9 +610,9 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
     if (type != MmaType::kS8) return FindConfig("ws_w128_b64");
     return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
   }
-  // From 65 rows both modes use ws tiles (in int8 at N >= 8192 partly the
-  // 192-row ones: WideTile).
-  if (m <= 256) return FindConfig(wide ? WideTile(m, type) : "ws_w128_b64");
+  // From 65 rows both modes use ws tiles (at N >= 8192 partly the 192-row
+  // ones: WideTile).
+  if (m <= 256) return FindConfig(wide ? WideTile(m) : "ws_w128_b64");
   // Session 13 (H100, graph --pdl, int8): at N = 11008, M = 2048 the 192 x 176
   // tiles (696 blocks) ran 188.1 us against 195.8 us for 128 x 176 (1032).
   if (wide) return FindConfig(type == MmaType::kS8 && m > 1024 ? "ws_w192_b176" : "ws_w128_b176");

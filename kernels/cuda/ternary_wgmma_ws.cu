@@ -358,7 +358,18 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
           &LaunchWgmmaWs<MmaType::kS8, BN, 2>                                      \
     }, 1, true                                                                        \
   }
-// 192-row tiles, int8 only (fp16 A fragments take twice the registers).
+// 192-row tiles in every type: at 160 registers ptxas fits fp16/bf16 up to
+// b128 without spills or serialized wgmmas. Session 14 (H100, N = 11008,
+// fp16): M = 128 ran 20.8 us against 22.1 us for ws_w128_b128, M = 256
+// 34.3 us against 38.4 us for ws_w128_b96 (ternary_cuda.cc, WideTile).
+#define BITNET_WS3_FP_CONFIG(name, BN)                                               \
+  GemmKernelInfo {                                                                    \
+    name, 192, BN, WsTraits<MmaType::kS8, BN, 3>::kThreads, true, false, {         \
+      &LaunchWgmmaWs<MmaType::kF16, BN, 3>, &LaunchWgmmaWs<MmaType::kBF16, BN, 3>,    \
+          &LaunchWgmmaWs<MmaType::kS8, BN, 3>                                      \
+    }, 1, true                                                                        \
+  }
+// 192-row tiles, int8 only (at b176, fp16 A fragments would serialize wgmmas).
 #define BITNET_WS3_CONFIG(name, BN)                                                  \
   GemmKernelInfo {                                                                    \
     name, 192, BN, WsTraits<MmaType::kS8, BN, 3>::kThreads, true, false, {         \
@@ -375,8 +386,8 @@ extern const GemmKernelInfo kWgmmaWsKernels[] = {
     BITNET_WS_CONFIG("ws_w128_b128", 128),
     BITNET_WS_CONFIG("ws_w128_b176", 176),
     BITNET_WS_CONFIG("ws_w128_b256", 256),
-    BITNET_WS3_CONFIG("ws_w192_b64", 64),
-    BITNET_WS3_CONFIG("ws_w192_b128", 128),
+    BITNET_WS3_FP_CONFIG("ws_w192_b64", 64),
+    BITNET_WS3_FP_CONFIG("ws_w192_b128", 128),
     BITNET_WS3_CONFIG("ws_w192_b176", 176),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
