@@ -351,44 +351,40 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
                                map, w_map);
 }
 
-#define BITNET_WS_CONFIG(name, BN)                                                   \
+// One configuration: kCWG consumer warpgroups (64 weight rows each) and a
+// batch tile of BN rows, with launchers for every type or int8 only.
+#define BITNET_WS_CONFIG(name, CWG, BN)                                              \
   GemmKernelInfo {                                                                    \
-    name, 128, BN, WsTraits<MmaType::kS8, BN, 2>::kThreads, true, false, {         \
-      &LaunchWgmmaWs<MmaType::kF16, BN, 2>, &LaunchWgmmaWs<MmaType::kBF16, BN, 2>,    \
-          &LaunchWgmmaWs<MmaType::kS8, BN, 2>                                      \
+    name, 64 * CWG, BN, WsTraits<MmaType::kS8, BN, CWG>::kThreads, true, false, {   \
+      &LaunchWgmmaWs<MmaType::kF16, BN, CWG>, &LaunchWgmmaWs<MmaType::kBF16, BN, CWG>, \
+          &LaunchWgmmaWs<MmaType::kS8, BN, CWG>                                    \
     }, 1, true                                                                        \
   }
-// 192-row tiles in every type: at 160 registers ptxas fits fp16/bf16 up to
-// b128 without spills or serialized wgmmas. Session 14 (H100, N = 11008,
-// fp16): M = 128 ran 20.8 us against 22.1 us for ws_w128_b128, M = 256
-// 34.3 us against 38.4 us for ws_w128_b96 (ternary_cuda.cc, WideTile).
-#define BITNET_WS3_FP_CONFIG(name, BN)                                               \
+#define BITNET_WS_INT8_CONFIG(name, CWG, BN)                                         \
   GemmKernelInfo {                                                                    \
-    name, 192, BN, WsTraits<MmaType::kS8, BN, 3>::kThreads, true, false, {         \
-      &LaunchWgmmaWs<MmaType::kF16, BN, 3>, &LaunchWgmmaWs<MmaType::kBF16, BN, 3>,    \
-          &LaunchWgmmaWs<MmaType::kS8, BN, 3>                                      \
-    }, 1, true                                                                        \
-  }
-// 192-row tiles, int8 only (at b176, fp16 A fragments would serialize wgmmas).
-#define BITNET_WS3_CONFIG(name, BN)                                                  \
-  GemmKernelInfo {                                                                    \
-    name, 192, BN, WsTraits<MmaType::kS8, BN, 3>::kThreads, true, false, {         \
-      nullptr, nullptr, &LaunchWgmmaWs<MmaType::kS8, BN, 3>                         \
+    name, 64 * CWG, BN, WsTraits<MmaType::kS8, BN, CWG>::kThreads, true, false, {   \
+      nullptr, nullptr, &LaunchWgmmaWs<MmaType::kS8, BN, CWG>                       \
     }, 1, true                                                                        \
   }
 }  // namespace
 
 // Warp-specialized configurations (ids follow kWgmmaKernels).
 extern const GemmKernelInfo kWgmmaWsKernels[] = {
-    BITNET_WS_CONFIG("ws_w128_b32", 32),
-    BITNET_WS_CONFIG("ws_w128_b64", 64),
-    BITNET_WS_CONFIG("ws_w128_b96", 96),
-    BITNET_WS_CONFIG("ws_w128_b128", 128),
-    BITNET_WS_CONFIG("ws_w128_b176", 176),
-    BITNET_WS_CONFIG("ws_w128_b256", 256),
-    BITNET_WS3_FP_CONFIG("ws_w192_b64", 64),
-    BITNET_WS3_FP_CONFIG("ws_w192_b128", 128),
-    BITNET_WS3_CONFIG("ws_w192_b176", 176),
+    BITNET_WS_CONFIG("ws_w128_b32", 2, 32),
+    BITNET_WS_CONFIG("ws_w128_b64", 2, 64),
+    BITNET_WS_CONFIG("ws_w128_b96", 2, 96),
+    BITNET_WS_CONFIG("ws_w128_b128", 2, 128),
+    BITNET_WS_CONFIG("ws_w128_b176", 2, 176),
+    BITNET_WS_CONFIG("ws_w128_b256", 2, 256),
+    // 192-row tiles in every type up to b128: at 160 registers ptxas fits
+    // fp16/bf16 A fragments there without spills or serialized wgmmas.
+    // Session 14 (H100, N = 11008, fp16): M = 128 ran 20.8 us against 22.1 us
+    // for ws_w128_b128, M = 256 34.3 us against 38.4 us for ws_w128_b96
+    // (ternary_cuda.cc, WideTile).
+    BITNET_WS_CONFIG("ws_w192_b64", 3, 64),
+    BITNET_WS_CONFIG("ws_w192_b128", 3, 128),
+    // int8 only: at b176, fp16 A fragments would serialize the wgmmas.
+    BITNET_WS_INT8_CONFIG("ws_w192_b176", 3, 176),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
 
