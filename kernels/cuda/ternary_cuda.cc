@@ -560,10 +560,11 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
 // 58 tiles at N = 11008, so two batch tiles fit one wave. Session 13 (H100,
 // graph --pdl, N = 11008, int8): M = 128 ran 17.95 us with ws_w192_b64 (116
 // blocks) against 20.40 us for ws_w128_b128 (86), and M = 256 25.35 us with
-// ws_w192_b128 against 33.06 us for ws_w128_b96. Session 14, fp16: 20.8
-// against 22.1 us, and 34.3 against 38.4 us (the fp16 M = 256 cell had been
-// at cuBLAS's speed). From 129 to 176 rows one wave of 86 ws_w128_b176 blocks
-// (~23 us) stays ahead in both modes.
+// ws_w192_b128 against 33.06 us for ws_w128_b96. Session 14, fp16: M = 256
+// 34.1-34.9 us against 38.1-38.5 (that cell had been at cuBLAS's speed); M =
+// 128 20.8-22.2 us depending on the machine, against 22.0-22.1. From 129 to
+// 176 rows one wave of 86 ws_w128_b176 blocks (~23 us) stays ahead in both
+// modes.
 const char* WideTile(int64_t m) {
   if (m <= 128) return "ws_w192_b64";
   if (m <= 176) return "ws_w128_b176";

@@ -378,9 +378,9 @@ extern const GemmKernelInfo kWgmmaWsKernels[] = {
     BITNET_WS_CONFIG("ws_w128_b256", 2, 256),
     // 192-row tiles in every type up to b128: at 160 registers ptxas fits
     // fp16/bf16 A fragments there without spills or serialized wgmmas.
-    // Session 14 (H100, N = 11008, fp16): M = 128 ran 20.8 us against 22.1 us
-    // for ws_w128_b128, M = 256 34.3 us against 38.4 us for ws_w128_b96
-    // (ternary_cuda.cc, WideTile).
+    // Session 14 (H100, N = 11008, fp16): M = 256 ran 34.1-34.9 us against
+    // 38.1-38.5 us for ws_w128_b96, M = 128 20.8-22.2 us (by machine) against
+    // 22.0-22.1 us for ws_w128_b128 (ternary_cuda.cc, WideTile).
     BITNET_WS_CONFIG("ws_w192_b64", 3, 64),
     BITNET_WS_CONFIG("ws_w192_b128", 3, 128),
     // int8 only: at b176, fp16 A fragments would serialize the wgmmas.
