@@ -833,6 +833,7 @@ absl::Status CudaTernaryLinear(const CudaLinearArgs& args, void* stream) {
   p.kt_per_split = static_cast<int>((w.k_tiles() + plan->split_k - 1) / plan->split_k);
   p.splits = plan->split_k;
   p.w = static_cast<const uint4*>(w.codes(args.act_quant));
+  p.w_rows = w.padded_rows();
   p.w_scale = w.scales();
   p.bias = w.bias();
   p.act = static_cast<cuda_internal::Act>(static_cast<int>(args.activation));

@@ -33,6 +33,9 @@ struct GemmParams {
   int64_t ldx = 0;
   int64_t x_k_limit = 0;
   const uint4* w = nullptr;  // execution layout for this MmaType
+  // Weight rows the allocation holds (CudaTernaryWeights::padded_rows): a
+  // tile may reach past n up to here (weights, scales and bias are zero).
+  int64_t w_rows = 0;
   const float* w_scale = nullptr;  // [padded n]
   const float* bias = nullptr;     // [padded n] or null
   // Per batch row: kS8: s (y = acc * w_scale / s); kF16/kBF16: a multiplier

@@ -35,9 +35,9 @@ namespace {
 
 // kCWG consumer warpgroups of 64 weight rows each: 2 (128-row tiles) or 3
 // (192-row tiles, whose 3 x 128 consumer threads get 160 registers each:
-// enough for int8 batch tiles up to 176 rows without spills or serialized
-// wgmmas; fp16 A fragments take twice the registers, so 192-row tiles are
-// int8 only). The third warpgroup keeps the tensor cores busy while the
+// enough for int8 batch tiles up to 176 rows and fp16/bf16 up to 128 without
+// spills or serialized wgmmas; fp16 A fragments take twice the registers, so
+// the 176-row batch tile is int8 only). The third warpgroup keeps the tensor cores busy while the
 // other two wait, decode and issue (session 11's trace: an int8 128 x 128
 // tile ran at 69 % of the tensor rate), and at N = 11008 the 58 tiles of 192
 // rows fit two batch tiles in one wave where 86 tiles of 128 rows fit one.
@@ -325,11 +325,11 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   }
   // Packed weights [row groups][k_tiles][512 bytes] as 32-bit words: a box
   // is one k-tile of the block's row groups, landing in shared memory in
-  // the order the consumers read it (group g at g x 512 bytes). Groups up to
-  // a whole number of 256-row blocks exist (kCudaRowPad): the map covers
-  // them all, and TMA zero-fills the groups of a 192-row tile past them.
+  // the order the consumers read it (group g at g x 512 bytes). The map
+  // covers every group of the allocation (p.w_rows), and TMA zero-fills the
+  // groups of a 192-row tile past them.
   CUtensorMap w_map;
-  const int64_t w_groups = (p.n + 255) / 256 * 16;
+  const int64_t w_groups = p.w_rows / 16;
   const cuuint64_t w_dims[3] = {static_cast<cuuint64_t>(Tr::kWGroupBytes / 4),
                                 static_cast<cuuint64_t>(p.k_tiles),
                                 static_cast<cuuint64_t>(w_groups)};
