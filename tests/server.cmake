@@ -12,6 +12,9 @@ if(TARGET bitnet_server_lib AND TARGET bitnet_client AND TARGET bitnet-server
   bitnet_add_test(server_integration_test
     SOURCES server_integration_test.cc
     LIBS bitnet_server_lib bitnet_client bitnet_model PkgConfig::BITNET_TEST_HTTPLIB)
+  bitnet_add_test(metrics_http_test
+    SOURCES metrics_http_test.cc
+    LIBS bitnet_server_lib PkgConfig::BITNET_TEST_HTTPLIB)
   bitnet_add_test(server_load_test
     SOURCES server_load_test.cc
     LIBS bitnet_server_lib bitnet_client bitnet_model)

@@ -1,9 +1,11 @@
 #include "server/metrics/metrics_http.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace bitnet {
 
@@ -11,6 +13,13 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
     const Metrics* metrics, const std::string& host, int port) {
   std::unique_ptr<MetricsHttpServer> self(new MetricsHttpServer());
   self->server_ = std::make_unique<httplib::Server>();
+  // httplib's default sets SO_REUSEPORT, which lets a second server bind a
+  // port already in use and take part of its scrapes. SO_REUSEADDR alone
+  // still allows a restart while old connections sit in TIME_WAIT.
+  self->server_->set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   self->server_->Get("/metrics", [metrics](const httplib::Request&,
                                            httplib::Response& response) {
     response.set_content(metrics->Serialize(),
@@ -32,15 +41,27 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Create(
   }
   self->port_ = bound;
   httplib::Server* server = self->server_.get();
-  self->thread_ = std::thread([server] { server->listen_after_bind(); });
+  absl::Notification* done = &self->listener_done_;
+  self->thread_ = std::thread([server, done] {
+    server->listen_after_bind();
+    done->Notify();
+  });
   return self;
 }
 
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
 void MetricsHttpServer::Stop() {
-  if (server_ != nullptr) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  // httplib's stop() does nothing until the listener thread has entered its
+  // accept loop (cpp-httplib issue #1645), so a Stop() soon after Create()
+  // was lost and the join below waited forever. Ask again until the
+  // listener has returned (stop() on a stopped server does nothing).
+  do {
+    server_->stop();
+  } while (
+      !listener_done_.WaitForNotificationWithTimeout(absl::Milliseconds(5)));
+  thread_.join();
 }
 
 }  // namespace bitnet

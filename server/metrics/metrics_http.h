@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "server/metrics/metrics.h"
 
 namespace httplib {
@@ -40,6 +41,8 @@ class MetricsHttpServer {
 
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
+  // Notified when the listener thread has returned from listening.
+  absl::Notification listener_done_;
   int port_ = 0;
 };
 
