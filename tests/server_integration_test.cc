@@ -16,6 +16,7 @@
 #include <map>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "bitnet/v1/admin.grpc.pb.h"
@@ -41,6 +42,7 @@ using ::bitnet::testing::RandomRows;
 using ::bitnet::testing::Reference;
 using ::bitnet::testing::TestOptions;
 using ::bitnet::testing::WaitFor;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 constexpr char kToken[] = "test-admin-token-0123456789";
@@ -767,6 +769,21 @@ TEST_F(ServerTest, StartupErrorsNameTheFlag) {
   o = TestOptions();
   o.device = "tpu";
   EXPECT_EQ(InferenceServer::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// gRPC's default SO_REUSEPORT would let a second server share the port and
+// take half of the new connections; the second one must refuse to start.
+TEST_F(ServerTest, APortInUseIsAStartupErrorNamingTheFlag) {
+  ServerOptions o = TestOptions();
+  o.demo_model = "none";
+  auto first = InferenceServer::Create(o);
+  ASSERT_TRUE(first.ok()) << first.status();
+  o.port = (*first)->port();
+  auto second = InferenceServer::Create(o);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(second.status().message()),
+              AllOf(HasSubstr("--port"), HasSubstr(absl::StrCat(":", o.port)),
+                    HasSubstr("address in use")));
 }
 
 }  // namespace

@@ -268,6 +268,11 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string listen = absl::StrCat(o.address, ":", o.port);
+  // gRPC sets SO_REUSEPORT by default: a second server started on a port
+  // already in use would start "successfully" and the kernel would split
+  // new connections between the two processes (an old binary left running
+  // silently keeps taking traffic). A port in use is an error instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(listen, *credentials, &self->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
