@@ -784,6 +784,16 @@ TEST_F(ServerTest, APortInUseIsAStartupErrorNamingTheFlag) {
   EXPECT_THAT(std::string(second.status().message()),
               AllOf(HasSubstr("--port"), HasSubstr(absl::StrCat(":", o.port)),
                     HasSubstr("address in use")));
+
+  // The same for the metrics listener, on a free gRPC port.
+  o.port = 0;
+  o.metrics_port = (*first)->metrics_port();
+  auto third = InferenceServer::Create(o);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(third.status().message()),
+              AllOf(HasSubstr("--metrics_port"),
+                    HasSubstr(absl::StrCat(":", o.metrics_port)),
+                    HasSubstr("address in use")));
 }
 
 }  // namespace

@@ -289,7 +289,11 @@ absl::StatusOr<std::unique_ptr<InferenceServer>> InferenceServer::Create(
   if (o.metrics_port >= 0) {
     auto http = MetricsHttpServer::Create(self->metrics_.get(),
                                           o.metrics_address, o.metrics_port);
-    if (!http.ok()) return http.status();
+    if (!http.ok()) {
+      return absl::Status(http.status().code(),
+                          absl::StrCat("--metrics_address/--metrics_port: ",
+                                       http.status().message()));
+    }
     self->metrics_http_ = std::move(*http);
   }
 
