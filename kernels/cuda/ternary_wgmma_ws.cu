@@ -37,10 +37,11 @@ namespace {
 // (192-row tiles, whose 3 x 128 consumer threads get 160 registers each:
 // enough for int8 batch tiles up to 176 rows and fp16/bf16 up to 128 without
 // spills or serialized wgmmas; fp16 A fragments take twice the registers, so
-// the 176-row batch tile is int8 only). The third warpgroup keeps the tensor cores busy while the
-// other two wait, decode and issue (session 11's trace: an int8 128 x 128
-// tile ran at 69 % of the tensor rate), and at N = 11008 the 58 tiles of 192
-// rows fit two batch tiles in one wave where 86 tiles of 128 rows fit one.
+// the 176-row batch tile is int8 only). The third warpgroup keeps the tensor
+// cores busy while the other two wait, decode and issue (session 11's trace:
+// an int8 128 x 128 tile ran at 69 % of the tensor rate), and at N = 11008
+// the 58 tiles of 192 rows fit two batch tiles in one wave where 86 tiles of
+// 128 rows fit one.
 template <MmaType kType, int kBN, int kCWG>
 struct WsTraits {
   static constexpr int kConsumerWarps = 4 * kCWG;
