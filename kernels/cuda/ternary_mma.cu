@@ -193,7 +193,7 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // kRG 16-row groups per block, kWarps warps splitting K. Decoding is the
 // bulk of the instructions; many warps per SM (16 rows x 16 warps) keep the
 // schedulers busy, fewer larger blocks (32 rows x 8 warps) suit large N.
-template <MmaType kType, int kNT, int kRowGroups, int kWarpCount>
+template <MmaType kType, int kNT, int kRowGroups, int kWarpCount, int kBlocksPerSm>
 struct GemvTraits {
   static constexpr int kRG = kRowGroups;
   static constexpr int kWarps = kWarpCount;
@@ -206,8 +206,10 @@ struct GemvTraits {
   static constexpr int kElemsPerChunk = 16 / kElemBytes;
   static constexpr int kRowBytes = 128 * kElemBytes;  // one k-tile of a batch row
   static constexpr int kChunks = kRowBytes / 16;
-  // Stage the whole pass when it fits in 64 KB, else half of it at a time.
-  static constexpr int kChunkKt = kBB * kRowBytes * kPassKt <= 64 * 1024 ? kPassKt : kPassKt / 2;
+  // Stage the whole pass when it fits in this block's share of shared memory
+  // (64 KB at two blocks per SM, 128 KB at one), else half of it at a time.
+  static constexpr int kXStageLimit = (kBlocksPerSm == 1 ? 128 : 64) * 1024;
+  static constexpr int kChunkKt = kBB * kRowBytes * kPassKt <= kXStageLimit ? kPassKt : kPassKt / 2;
   static constexpr int kXRowStride = kChunkKt * kRowBytes;
   static constexpr int kXBytes = kBB * kXRowStride;
   static constexpr int kRegs = kRG * kNT * 4;
@@ -233,9 +235,9 @@ struct GemvTraits {
   }
 };
 
-template <MmaType kType, int kNT, int kRG, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const GemmParams p) {
-  using Tr = GemvTraits<kType, kNT, kRG, kWarps>;
+template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm>
+__global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm) ternary_gemv_kernel(const GemmParams p) {
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x;
@@ -512,10 +514,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) ternary_gemv_kernel(const Gemm
   }
 }
 
-template <MmaType kType, int kNT, int kRG, int kWarps>
+template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm>
 cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = GemvTraits<kType, kNT, kRG, kWarps>;
-  constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps>;
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm>;
+  constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps, kBlocksPerSm>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   const int rows = std::clamp(p.m, 1, Tr::kBB);
@@ -523,12 +525,13 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
                                p.pdl, p);
 }
 
-#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS)                                            \
-  GemmKernelInfo {                                                                        \
-    name, RG * 16, NT * 8, WARPS * 32, false, true, {                                     \
-      &LaunchGemv<MmaType::kF16, NT, RG, WARPS>, &LaunchGemv<MmaType::kBF16, NT, RG, WARPS>, \
-          &LaunchGemv<MmaType::kS8, NT, RG, WARPS>                                        \
-    }, 2, true                                                                            \
+#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS, BPS)                                        \
+  GemmKernelInfo {                                                                         \
+    name, RG * 16, NT * 8, WARPS * 32, false, true, {                                      \
+      &LaunchGemv<MmaType::kF16, NT, RG, WARPS, BPS>,                                      \
+          &LaunchGemv<MmaType::kBF16, NT, RG, WARPS, BPS>,                                 \
+          &LaunchGemv<MmaType::kS8, NT, RG, WARPS, BPS>                                    \
+    }, BPS, true                                                                           \
   }
 
 #define BITNET_MMA_CONFIG(name, WN, WM, RG, NT, ST)                                     \
@@ -546,14 +549,17 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // The last argument is the shared-memory budget of the cp.async pipeline
 // (bytes; stages = budget / stage size). All stay under sm_80's 163 KB.
 extern const GemmKernelInfo kMmaKernels[] = {
-    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16),
-    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16),
-    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8),
-    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8),
+    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16, 2),
+    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16, 2),
+    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8, 2),
+    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8, 2),
     // 48 weight rows per block: at N = 11008, 230 blocks fill one wave of two
     // blocks per SM (32-row blocks need 1.3 waves).
-    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8),
-    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8),
+    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8, 2),
+    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8, 2),
+    // Experiment: one block per SM, 16 batch rows decoded once, all of x staged.
+    BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1),
+    BITNET_GEMV_CONFIG("gemv_w32_b16_32w", 2, 2, 32, 1),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
