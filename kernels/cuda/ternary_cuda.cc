@@ -574,8 +574,11 @@ const char* WideTile(int64_t m) {
 int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md,
   // K = 4096, N = 4096 and 11008). Small batches stream the weights:
-  // one-latency gemv kernels (for 9..16 rows at moderate N, two 8-row tiles
-  // measured faster than one 16-row tile). Larger batches are tensor-core
+  // one-latency gemv kernels. For 9..16 rows at moderate N, one 16-row tile
+  // per SM (16 warps, gemv_w32_b16_16w) decodes each weight once and beat two
+  // 8-row tiles (session 16, H100, N = 4096: fp16 5.50-5.71 against 5.95-5.99
+  // us, int8 6.15-6.43 against 7.04-7.11); at N = 11008 its 344 blocks need
+  // three waves and 48-row blocks stay. Larger batches are tensor-core
   // bound: wgmma on Hopper, whose 128 x 64 tile (two blocks per SM) measured
   // best from M = 64 to 2048 in both modes, except the int8 and small-N
   // cases where the 64 x 32 mma.sync tile wins.
@@ -585,7 +588,7 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // 4.10 / 4.60 us (fp16), M = 8 5.27 / 5.72 us; at N = 11008 they lose
   // (10.55 / 8.31 us, 48-row blocks 7.65 us).
   if (m <= 8) return FindConfig(n < 8192 ? "gemv_w16_b8" : "gemv_w48_b8");
-  if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b8" : "gemv_w48_b16");
+  if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b16_16w" : "gemv_w48_b16");
   if (!wgmma) {
     if (m <= 64) return FindConfig("mma_w64_b32");
     return FindConfig(m <= 256 ? "mma_w128_b64" : "mma_w128_b128");
