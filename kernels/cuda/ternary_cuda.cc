@@ -587,7 +587,14 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // warps (two blocks and 32 warps per SM) beat 32 rows x 8 warps: M = 1
   // 4.10 / 4.60 us (fp16), M = 8 5.27 / 5.72 us; at N = 11008 they lose
   // (10.55 / 8.31 us, 48-row blocks 7.65 us).
-  if (m <= 8) return FindConfig(n < 8192 ? "gemv_w16_b8" : "gemv_w48_b8");
+  // Session 16 (H100, graph --pdl, N = 4096, three rounds): one 16-warp block
+  // of 32 rows per SM (gemv_w32_b8_16w) beat it at M = 8 in both modes (fp16
+  // 4.26-4.30 against 4.40-4.43 us, int8 5.48-5.51 against 5.78-5.82) and at
+  // M = 1 in int8 mode (4.72-4.78 against 5.09); fp16 M = 1 stays with
+  // gemv_w16_b8 (3.92-3.95 against 3.97-3.99).
+  if (m <= 8 && n >= 8192) return FindConfig("gemv_w48_b8");
+  if (m == 1 && type != MmaType::kS8) return FindConfig("gemv_w16_b8");
+  if (m <= 8) return FindConfig("gemv_w32_b8_16w");
   if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b16_16w" : "gemv_w48_b16");
   if (!wgmma) {
     if (m <= 64) return FindConfig("mma_w64_b32");

@@ -557,12 +557,15 @@ extern const GemmKernelInfo kMmaKernels[] = {
     // blocks per SM (32-row blocks need 1.3 waves).
     BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8, 2),
     BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8, 2),
-    // One block of 16 warps per SM: the 16 batch rows of a tile share each
-    // decoded weight fragment (gemv_w32_b8 decodes it once per 8 rows), and
-    // the SM's 128 KB of fp16 x is staged at once, per warp. At N = 4096,
-    // M = 16 (128 blocks, one wave) 4-8 % faster than gemv_w32_b8 in fp16
-    // mode and 9-13 % in int8 mode (session 16).
+    // One block of 16 warps per SM (128 blocks at N = 4096: one wave). With
+    // 16 batch rows each decoded weight fragment feeds both 8-row halves
+    // (gemv_w32_b8 decodes it once per half, in two blocks) and the SM's
+    // 128 KB of fp16 x is staged at once, per warp: at M = 16 4-8 % faster
+    // than gemv_w32_b8 in fp16 mode, 9-13 % in int8 mode. With 8 rows, 3-5 %
+    // faster than gemv_w16_b8 from M = 8 down to M = 1 in int8 mode (session
+    // 16, RESULTS.md).
     BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1),
+    BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
