@@ -592,10 +592,14 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // 4.26-4.30 against 4.40-4.43 us, int8 5.48-5.51 against 5.78-5.82) and at
   // M = 1 in int8 mode (4.72-4.78 against 5.09); fp16 M = 1 stays with
   // gemv_w16_b8 (3.92-3.95 against 3.97-3.99).
+  // The one-block-per-SM tiles are taken on Hopper only, where they were
+  // measured and where 128 KB of shared memory per block always fits (sm_86
+  // and sm_89 allow 99 KB; gemv_w32_b16_16w stages 128 KB of fp16 x).
   if (m <= 8 && n >= 8192) return FindConfig("gemv_w48_b8");
   if (m == 1 && type != MmaType::kS8) return FindConfig("gemv_w16_b8");
-  if (m <= 8) return FindConfig("gemv_w32_b8_16w");
-  if (m <= 16) return FindConfig(n < 8192 ? "gemv_w32_b16_16w" : "gemv_w48_b16");
+  if (m <= 8) return FindConfig(wgmma ? "gemv_w32_b8_16w" : "gemv_w16_b8");
+  if (m <= 16 && n >= 8192) return FindConfig("gemv_w48_b16");
+  if (m <= 16) return FindConfig(wgmma ? "gemv_w32_b16_16w" : "gemv_w32_b8");
   if (!wgmma) {
     if (m <= 64) return FindConfig("mma_w64_b32");
     return FindConfig(m <= 256 ? "mma_w128_b64" : "mma_w128_b128");
