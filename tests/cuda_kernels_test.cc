@@ -594,6 +594,36 @@ TEST(CudaKernelsTest, NonFiniteActivationsQuantizeAsOnTheCpu) {
   }
 }
 
+// The one-block-per-SM gemv tiles stage up to 128 KB of x per block, more
+// than sm_86 / sm_89 allow (99 KB): the automatic choice takes them only where
+// sm_90a code runs. Planned here for a simulated Ampere device.
+TEST(CudaKernelsTest, OffHopperSmallBatchesKeepTheTwoBlockGemvTiles) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(FreshSeed());
+  const PackedTernaryMatrix w = RandomWeights(rng, 4096, 256, ScaleGranularity::kPerRow);
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+      CudaTernaryWeights::Create(w.view(), nullptr, 0);
+  ASSERT_TRUE(dw.ok()) << dw.status();
+  for (const ActivationQuant q : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+    for (int64_t m = 1; m <= 16; ++m) {
+      CudaLinearArgs a;
+      a.m = m;
+      a.x = reinterpret_cast<const void*>(uintptr_t{256});  // planned, never launched
+      a.x_dtype = CudaDType::kF16;
+      a.weights = dw->get();
+      a.act_quant = q;
+      a.y = reinterpret_cast<void*>(uintptr_t{256});
+      a.y_dtype = CudaDType::kF16;
+      absl::StatusOr<CudaLaunchPlan> plan =
+          CudaPlanLinear(a, /*device_sm_major=*/8, /*device_sms=*/84, /*device_has_wgmma=*/false);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      const std::string name = CudaKernelConfigs()[plan->config].name;
+      EXPECT_TRUE(name == "gemv_w16_b8" || name == "gemv_w32_b8")
+          << "m = " << m << ", act_quant " << static_cast<int>(q) << ": " << name;
+    }
+  }
+}
+
 // A server runs every layer and batch size through one workspace. An int8
 // call without split-K (its quantized activations in the workspace) followed
 // by a split-K call must still sum the right partials: the split-K counters
