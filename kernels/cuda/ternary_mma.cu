@@ -236,7 +236,8 @@ struct GemvTraits {
 };
 
 template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm>
-__global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm) ternary_gemv_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
+    ternary_gemv_kernel(const GemmParams p) {
   using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
