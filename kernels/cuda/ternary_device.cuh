@@ -62,6 +62,20 @@ template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// CpAsyncWait<pending> for a count known only after unrolling (0..7; more
+// waits for 7).
+__device__ __forceinline__ void CpAsyncWaitPending(int pending) {
+  switch (pending) {
+    case 0: CpAsyncWait<0>(); break;
+    case 1: CpAsyncWait<1>(); break;
+    case 2: CpAsyncWait<2>(); break;
+    case 3: CpAsyncWait<3>(); break;
+    case 4: CpAsyncWait<4>(); break;
+    case 5: CpAsyncWait<5>(); break;
+    case 6: CpAsyncWait<6>(); break;
+    default: CpAsyncWait<7>(); break;
+  }
+}
 
 __device__ __forceinline__ uint4 LdShared128(uint32_t addr) {
   uint4 v;

@@ -193,7 +193,8 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // kRG 16-row groups per block, kWarps warps splitting K. Decoding is the
 // bulk of the instructions; many warps per SM (16 rows x 16 warps) keep the
 // schedulers busy, fewer larger blocks (32 rows x 8 warps) suit large N.
-template <MmaType kType, int kNT, int kRowGroups, int kWarpCount, int kBlocksPerSm>
+template <MmaType kType, int kNT, int kRowGroups, int kWarpCount, int kBlocksPerSm,
+          int kXGroupsPerKt>
 struct GemvTraits {
   static constexpr int kRG = kRowGroups;
   static constexpr int kWarps = kWarpCount;
@@ -221,6 +222,14 @@ struct GemvTraits {
   // The whole pass is staged at once: each warp can stage (and wait for)
   // just its own k-tiles' columns of x (no block barrier before the MMAs).
   static constexpr bool kWarpLocalX = kChunkKt == kPassKt;
+  // Warp-local staging in kXSplit cp.async groups per k-tile (0: one group
+  // for the whole pass); the warp waits for each group just before the
+  // k-steps that read it. Chosen per configuration and mode by measurement
+  // (kMmaKernels below).
+  static constexpr int kXSplit = kXGroupsPerKt;
+  static constexpr bool kGroupedX = kWarpLocalX && kXSplit > 0;
+  static constexpr int kStepsPerGroup = kXSplit > 0 ? kSteps / kXSplit : kSteps;
+  static_assert(kStepsPerGroup * (kXSplit > 0 ? kXSplit : 1) == kSteps, "whole k-steps per group");
   // k-steps of the warp's first k-tile decoded while x is still being
   // staged: as many as fit in 16 registers (more spilled in gemv_w16_b8),
   // none where the accumulators already crowd the registers (48 x 16).
@@ -235,10 +244,10 @@ struct GemvTraits {
   }
 };
 
-template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm>
+template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit>
 __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
     ternary_gemv_kernel(const GemmParams p) {
-  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm>;
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x;
@@ -340,34 +349,68 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
       if constexpr (Tr::kWarpLocalX) {
         // Each warp stages only the x columns of its own k-tiles and reads
         // only those: no block-wide barrier, a warp whose copies have landed
-        // starts at once. Lane q copies chunk q % kChunks of k-tile
-        // q / kChunks of the warp (rows spread over lanes when a row has
-        // fewer than 32 chunks).
+        // starts at once. With kXSplit > 0, in kXSplit cp.async groups per
+        // k-tile, in the order its MMAs read them: the warp starts on its
+        // first k-steps while the rest still arrive (at M = 16 an SM takes
+        // in 128 KB of x per launch). Lane q copies chunk q % kPartChunks of
+        // the group's part of row q / kPartChunks, 32 chunks at a time. With
+        // kXSplit = 0, one group for the warp's whole pass, row by row (lane
+        // q copies chunk q % kChunks of k-tile q / kChunks of the warp):
+        // fewer live addresses, which gemv_w48_b16 needs in int8 mode.
         __syncwarp();  // this warp's reads of the previous pass are done
-        constexpr int kPerRow = Tr::kKtPerWarp * Tr::kChunks;
-        constexpr int kRowsPerSweep = kPerRow >= 32 ? 1 : 32 / kPerRow;
-        constexpr int kIters = kPerRow >= 32 ? kPerRow / 32 : 1;
-        static_assert(kPerRow % 32 == 0 || 32 % kPerRow == 0, "whole sweeps per row");
-        const int col = kPerRow >= 32 ? lane : lane % kPerRow;
-        const int r_sub = kPerRow >= 32 ? 0 : lane / kPerRow;
+        if constexpr (Tr::kXSplit > 0) {
+          constexpr int kPartChunks = Tr::kChunks / Tr::kXSplit;  // per row and group
+          constexpr int kGroupChunks = Tr::kBB * kPartChunks;
+          static_assert(kGroupChunks % 32 == 0 || 32 % kGroupChunks == 0, "whole sweeps");
 #pragma unroll
-        for (int r = r_sub; r < Tr::kBB; r += kRowsPerSweep) {
-          if (block_b0 + r >= p.m) break;
-          const char* row = x + (static_cast<int64_t>(block_b0 + r) * p.ldx +
-                                 static_cast<int64_t>(ckt0) * 128) * Tr::kElemBytes;
-#pragma unroll
-          for (int it = 0; it < kIters; ++it) {
-            const int idx = col + 32 * it;
-            const int c = idx % Tr::kChunks;
-            const int ktl = warp + Tr::kWarps * (idx / Tr::kChunks);
+          for (int g = 0; g < Tr::kKtPerWarp * Tr::kXSplit; ++g) {
+            const int ktl = warp + Tr::kWarps * (g / Tr::kXSplit);
             const int kt = ckt0 + ktl;
-            const int64_t elem = static_cast<int64_t>(ktl) * 128 + c * Tr::kElemsPerChunk;
-            const bool pred =
-                kt < p.k_tiles && static_cast<int64_t>(ckt0) * 128 + elem < p.x_k_limit;
-            const int rem = ktl * Tr::kChunks + c;
-            CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4),
-                      pred ? row + elem * Tr::kElemBytes : x, pred);
+#pragma unroll
+            for (int it = 0; it < (kGroupChunks + 31) / 32; ++it) {
+              const int q = lane + 32 * it;
+              if (q >= kGroupChunks) continue;  // groups of fewer than 32 chunks
+              const int r = q / kPartChunks;
+              const int c = (g % Tr::kXSplit) * kPartChunks + q % kPartChunks;
+              if (block_b0 + r >= p.m) continue;  // rows past the batch are not staged
+              const int64_t elem = static_cast<int64_t>(ktl) * 128 + c * Tr::kElemsPerChunk;
+              const bool pred =
+                  kt < p.k_tiles && static_cast<int64_t>(ckt0) * 128 + elem < p.x_k_limit;
+              const char* src = x + (static_cast<int64_t>(block_b0 + r) * p.ldx +
+                                     static_cast<int64_t>(ckt0) * 128 + elem) * Tr::kElemBytes;
+              const int rem = ktl * Tr::kChunks + c;
+              CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4),
+                        pred ? src : x, pred);
+            }
+            CpAsyncCommit();
           }
+        } else {
+          constexpr int kPerRow = Tr::kKtPerWarp * Tr::kChunks;
+          constexpr int kRowsPerSweep = kPerRow >= 32 ? 1 : 32 / kPerRow;
+          constexpr int kIters = kPerRow >= 32 ? kPerRow / 32 : 1;
+          static_assert(kPerRow % 32 == 0 || 32 % kPerRow == 0, "whole sweeps per row");
+          const int col = kPerRow >= 32 ? lane : lane % kPerRow;
+          const int r_sub = kPerRow >= 32 ? 0 : lane / kPerRow;
+#pragma unroll
+          for (int r = r_sub; r < Tr::kBB; r += kRowsPerSweep) {
+            if (block_b0 + r >= p.m) break;
+            const char* row = x + (static_cast<int64_t>(block_b0 + r) * p.ldx +
+                                   static_cast<int64_t>(ckt0) * 128) * Tr::kElemBytes;
+#pragma unroll
+            for (int it = 0; it < kIters; ++it) {
+              const int idx = col + 32 * it;
+              const int c = idx % Tr::kChunks;
+              const int ktl = warp + Tr::kWarps * (idx / Tr::kChunks);
+              const int kt = ckt0 + ktl;
+              const int64_t elem = static_cast<int64_t>(ktl) * 128 + c * Tr::kElemsPerChunk;
+              const bool pred =
+                  kt < p.k_tiles && static_cast<int64_t>(ckt0) * 128 + elem < p.x_k_limit;
+              const int rem = ktl * Tr::kChunks + c;
+              CpAsync16(smem_base + r * Tr::kXRowStride + ((rem ^ (r & 7)) << 4),
+                        pred ? row + elem * Tr::kElemBytes : x, pred);
+            }
+          }
+          CpAsyncCommit();
         }
       } else {
         __syncthreads();  // the previous chunk's shared memory reads are done
@@ -404,8 +447,8 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
                       pred ? row + static_cast<int64_t>(ktl) * 128 * Tr::kElemBytes : x, pred);
           }
         }
+        CpAsyncCommit();
       }
-      CpAsyncCommit();
       // The A fragments of the warp's first k-tile do not depend on x: decode
       // them while its copies are in flight (ncu, session 10: at M = 1 the
       // block waits for x after its weights have arrived).
@@ -419,11 +462,13 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
           });
         }
       }
-      CpAsyncWait<0>();
-      if constexpr (Tr::kWarpLocalX) {
-        __syncwarp();  // the other lanes' copies of this warp's columns
-      } else {
-        __syncthreads();
+      if constexpr (!Tr::kGroupedX) {
+        CpAsyncWait<0>();
+        if constexpr (Tr::kWarpLocalX) {
+          __syncwarp();  // the other lanes' copies of this warp's columns
+        } else {
+          __syncthreads();
+        }
       }
 #pragma unroll
       for (int i = 0; i < Tr::kKtPerWarp; ++i) {
@@ -434,6 +479,13 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
         const int ktl = kt - ckt0;
         StaticFor<0, Tr::kSteps>([&](auto s_const) {
           constexpr int S = decltype(s_const)::value;
+          if constexpr (Tr::kGroupedX && S % Tr::kStepsPerGroup == 0) {
+            // The group of these k-steps has landed (later ones may still
+            // fly), including the other lanes' copies.
+            const int g = i * Tr::kXSplit + S / Tr::kStepsPerGroup;
+            CpAsyncWaitPending(Tr::kKtPerWarp * Tr::kXSplit - 1 - g);
+            __syncwarp();
+          }
           uint32_t a[Tr::kRG][4];
 #pragma unroll
           for (int r = 0; r < Tr::kRG; ++r) {
@@ -495,6 +547,9 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
   }
 
   // Cross-warp reduction in shared memory, in warp order (deterministic).
+  // It reuses the staging area: copies for k-tiles past K (zero-filled,
+  // never read, so never waited for) must land first.
+  CpAsyncWait<0>();
   __syncthreads();
   T* red = reinterpret_cast<T*>(smem);
   const T* flat = &acc[0][0][0];
@@ -515,10 +570,10 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
   }
 }
 
-template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm>
+template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit>
 cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm>;
-  constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps, kBlocksPerSm>;
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit>;
+  constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   const int rows = std::clamp(p.m, 1, Tr::kBB);
@@ -526,12 +581,13 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
                                p.pdl, p);
 }
 
-#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS, BPS)                                        \
+// XS_FP / XS_S8: GemvTraits::kXSplit in fp16/bf16 and in int8 mode.
+#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS, BPS, XS_FP, XS_S8)                         \
   GemmKernelInfo {                                                                         \
     name, RG * 16, NT * 8, WARPS * 32, false, true, {                                      \
-      &LaunchGemv<MmaType::kF16, NT, RG, WARPS, BPS>,                                      \
-          &LaunchGemv<MmaType::kBF16, NT, RG, WARPS, BPS>,                                 \
-          &LaunchGemv<MmaType::kS8, NT, RG, WARPS, BPS>                                    \
+      &LaunchGemv<MmaType::kF16, NT, RG, WARPS, BPS, XS_FP>,                               \
+          &LaunchGemv<MmaType::kBF16, NT, RG, WARPS, BPS, XS_FP>,                          \
+          &LaunchGemv<MmaType::kS8, NT, RG, WARPS, BPS, XS_S8>                             \
     }, BPS, true                                                                           \
   }
 
@@ -547,17 +603,28 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 }  // namespace
 
 // The mma.sync configurations, in id order (ids 0..kMmaKernelCount-1).
-// The last argument is the shared-memory budget of the cp.async pipeline
-// (bytes; stages = budget / stage size). All stay under sm_80's 163 KB.
+// gemv: the last two arguments are the cp.async groups per k-tile of the
+// warp-local x staging in fp16/bf16 and in int8 mode (GemvTraits::kXSplit).
+// Session 17 (H100, graph --pdl, three rounds against one group per pass):
+// 2 for the 8-row tiles (N = 4096, M = 8: fp16 4.31 -> 4.07 us, int8 5.52 ->
+// 5.29; N = 11008, M = 8: fp16 8.10 -> 7.94, int8 8.22 -> 7.98); for
+// gemv_w32_b16_16w 1 in fp16 (M = 16: 5.51 -> 5.33; 2 gave 5.50) and 2 in
+// int8 (6.23 -> 5.44; 1 gave 6.10); 4 was slower everywhere; gemv_w48_b16
+// int8 keeps 0 (1 and 2 spilled more registers: 11.05 -> 12.7 us);
+// gemv_w16_b8 fp16 1 (3.92 either way; 2 gave 4.18). Configurations not
+// measured keep 0.
+// mma: the last argument is the shared-memory budget of the cp.async
+// pipeline (bytes; stages = budget / stage size). All stay under sm_80's
+// 163 KB.
 extern const GemmKernelInfo kMmaKernels[] = {
-    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16, 2),
-    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16, 2),
-    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8, 2),
-    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8, 2),
+    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16, 2, 1, 0),
+    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16, 2, 0, 0),
+    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8, 2, 0, 0),
+    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8, 2, 0, 0),
     // 48 weight rows per block: at N = 11008, 230 blocks fill one wave of two
     // blocks per SM (32-row blocks need 1.3 waves).
-    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8, 2),
-    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8, 2),
+    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8, 2, 2, 2),
+    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8, 2, 0, 0),
     // One block of 16 warps per SM (128 blocks at N = 4096: one wave). With
     // 16 batch rows each decoded weight fragment feeds both 8-row halves
     // (gemv_w32_b8 decodes it once per half, in two blocks) and the SM's
@@ -565,8 +632,8 @@ extern const GemmKernelInfo kMmaKernels[] = {
     // than gemv_w32_b8 in fp16 mode, 9-13 % in int8 mode. With 8 rows, 3-5 %
     // faster than gemv_w16_b8 from M = 8 down to M = 1 in int8 mode (session
     // 16, RESULTS.md).
-    BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1),
-    BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1),
+    BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1, 1, 2),
+    BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1, 2, 2),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
