@@ -230,6 +230,7 @@ struct GemvTraits {
   static constexpr bool kGroupedX = kWarpLocalX && kXSplit > 0;
   static constexpr int kStepsPerGroup = kXSplit > 0 ? kSteps / kXSplit : kSteps;
   static_assert(kStepsPerGroup * (kXSplit > 0 ? kXSplit : 1) == kSteps, "whole k-steps per group");
+  static_assert(kKtPerWarp * kXSplit <= 8, "CpAsyncWaitPending counts up to 7 groups in flight");
   // k-steps of the warp's first k-tile decoded while x is still being
   // staged: as many as fit in 16 registers (more spilled in gemv_w16_b8),
   // none where the accumulators already crowd the registers (48 x 16).
