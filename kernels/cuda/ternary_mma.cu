@@ -194,7 +194,7 @@ cudaError_t LaunchMma(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // bulk of the instructions; many warps per SM (16 rows x 16 warps) keep the
 // schedulers busy, fewer larger blocks (32 rows x 8 warps) suit large N.
 template <MmaType kType, int kNT, int kRowGroups, int kWarpCount, int kBlocksPerSm,
-          int kXGroupsPerKt>
+          int kXGroupsPerKt, int kLateWeightTiles>
 struct GemvTraits {
   static constexpr int kRG = kRowGroups;
   static constexpr int kWarps = kWarpCount;
@@ -231,6 +231,13 @@ struct GemvTraits {
   static constexpr int kStepsPerGroup = kXSplit > 0 ? kSteps / kXSplit : kSteps;
   static_assert(kStepsPerGroup * (kXSplit > 0 ? kXSplit : 1) == kSteps, "whole k-steps per group");
   static_assert(kKtPerWarp * kXSplit <= 8, "CpAsyncWaitPending counts up to 7 groups in flight");
+  // The first pass's weights of the warp's last kLateW k-tiles are loaded
+  // after its x copies are issued, not before the PDL wait with the others:
+  // x then does not queue in DRAM behind them. Chosen per configuration and
+  // mode by measurement (kMmaKernels below); 0 keeps every load before the
+  // wait.
+  static constexpr int kLateW = kLateWeightTiles;
+  static_assert(kLateW >= 0 && kLateW < kKtPerWarp, "at least one k-tile loads before the wait");
   // k-steps of the warp's first k-tile decoded while x is still being
   // staged: as many as fit in 16 registers (more spilled in gemv_w16_b8),
   // none where the accumulators already crowd the registers (48 x 16).
@@ -245,10 +252,10 @@ struct GemvTraits {
   }
 };
 
-template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit>
+template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit, int kLateW>
 __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
     ternary_gemv_kernel(const GemmParams p) {
-  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit>;
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit, kLateW>;
   using T = AccType<kType>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x;
@@ -323,8 +330,7 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
 
   for (int pass_kt0 = 0; pass_kt0 < p.k_tiles; pass_kt0 += Tr::kPassKt) {
     uint4 wv[Tr::kRG][Tr::kKtPerWarp];
-#pragma unroll
-    for (int i = 0; i < Tr::kKtPerWarp; ++i) {
+    auto load_weights = [&](int i) {
       const int kt = pass_kt0 + warp + Tr::kWarps * i;
 #pragma unroll
       for (int r = 0; r < Tr::kRG; ++r) {
@@ -334,6 +340,10 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
                        ? __ldg(wrow + (static_cast<int64_t>(r) * p.k_tiles + kt) * 32)
                        : make_uint4(0, 0, 0, 0);
       }
+    };
+#pragma unroll
+    for (int i = 0; i < Tr::kKtPerWarp; ++i) {
+      if (pass_kt0 != 0 || i < Tr::kKtPerWarp - Tr::kLateW) load_weights(i);
     }
     // Weights never come from the previous kernel: the first pass's loads
     // above are in flight while this waits for it. Everything below (x,
@@ -449,6 +459,12 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
           }
         }
         CpAsyncCommit();
+      }
+      if constexpr (Tr::kLateW > 0) {
+        if (pass_kt0 == 0 && chunk == 0) {
+#pragma unroll
+          for (int i = Tr::kKtPerWarp - Tr::kLateW; i < Tr::kKtPerWarp; ++i) load_weights(i);
+        }
       }
       // The A fragments of the warp's first k-tile do not depend on x: decode
       // them while its copies are in flight (ncu, session 10: at M = 1 the
@@ -571,10 +587,11 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
   }
 }
 
-template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit>
+template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit, int kLateW>
 cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit>;
-  constexpr auto kernel = ternary_gemv_kernel<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit>;
+  using Tr = GemvTraits<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit, kLateW>;
+  constexpr auto kernel =
+      ternary_gemv_kernel<kType, kNT, kRG, kWarps, kBlocksPerSm, kXSplit, kLateW>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
   const int rows = std::clamp(p.m, 1, Tr::kBB);
@@ -582,13 +599,15 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
                                p.pdl, p);
 }
 
-// XS_FP / XS_S8: GemvTraits::kXSplit in fp16/bf16 and in int8 mode.
-#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS, BPS, XS_FP, XS_S8)                         \
+// XS_FP / XS_S8: GemvTraits::kXSplit in fp16/bf16 and in int8 mode; LW_FP:
+// GemvTraits::kLateW in fp16/bf16 mode (int8 mode loads every k-tile's
+// weights before the wait).
+#define BITNET_GEMV_CONFIG(name, NT, RG, WARPS, BPS, XS_FP, XS_S8, LW_FP)                  \
   GemmKernelInfo {                                                                         \
     name, RG * 16, NT * 8, WARPS * 32, false, true, {                                      \
-      &LaunchGemv<MmaType::kF16, NT, RG, WARPS, BPS, XS_FP>,                               \
-          &LaunchGemv<MmaType::kBF16, NT, RG, WARPS, BPS, XS_FP>,                          \
-          &LaunchGemv<MmaType::kS8, NT, RG, WARPS, BPS, XS_S8>                             \
+      &LaunchGemv<MmaType::kF16, NT, RG, WARPS, BPS, XS_FP, LW_FP>,                        \
+          &LaunchGemv<MmaType::kBF16, NT, RG, WARPS, BPS, XS_FP, LW_FP>,                   \
+          &LaunchGemv<MmaType::kS8, NT, RG, WARPS, BPS, XS_S8, 0>                          \
     }, BPS, true                                                                           \
   }
 
@@ -614,18 +633,23 @@ cudaError_t LaunchGemv(const GemmParams& p, dim3 grid, cudaStream_t stream) {
 // int8 keeps 0 (1 and 2 spilled more registers: 11.05 -> 12.7 us);
 // gemv_w16_b8 fp16 1 (3.92 either way; 2 gave 4.18). Configurations not
 // measured keep 0.
+// gemv: LW_FP, the k-tiles per warp whose weights load after the x copies in
+// fp16/bf16 mode. Session 18 (H100, graph --pdl, two rounds): gemv_w16_b8 1
+// (N = 4096, M = 1: 3.88-3.92 -> 3.79-3.80 us; all after the copies 4.56);
+// slower elsewhere (gemv_w32_b8_16w M = 1 3.93 -> 4.06, gemv_w32_b16_16w
+// M = 16 5.31 -> 5.57, gemv_w48_b8 N = 11008 M = 1 7.2 -> 8.3), so 0 there.
 // mma: the last argument is the shared-memory budget of the cp.async
 // pipeline (bytes; stages = budget / stage size). All stay under sm_80's
 // 163 KB.
 extern const GemmKernelInfo kMmaKernels[] = {
-    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16, 2, 1, 0),
-    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16, 2, 0, 0),
-    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8, 2, 0, 0),
-    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8, 2, 0, 0),
+    BITNET_GEMV_CONFIG("gemv_w16_b8", 1, 1, 16, 2, 1, 0, 1),
+    BITNET_GEMV_CONFIG("gemv_w16_b16", 2, 1, 16, 2, 0, 0, 0),
+    BITNET_GEMV_CONFIG("gemv_w32_b8", 1, 2, 8, 2, 0, 0, 0),
+    BITNET_GEMV_CONFIG("gemv_w32_b16", 2, 2, 8, 2, 0, 0, 0),
     // 48 weight rows per block: at N = 11008, 230 blocks fill one wave of two
     // blocks per SM (32-row blocks need 1.3 waves).
-    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8, 2, 2, 2),
-    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8, 2, 0, 0),
+    BITNET_GEMV_CONFIG("gemv_w48_b8", 1, 3, 8, 2, 2, 2, 0),
+    BITNET_GEMV_CONFIG("gemv_w48_b16", 2, 3, 8, 2, 0, 0, 0),
     // One block of 16 warps per SM (128 blocks at N = 4096: one wave). With
     // 16 batch rows each decoded weight fragment feeds both 8-row halves
     // (gemv_w32_b8 decodes it once per half, in two blocks) and the SM's
@@ -633,8 +657,8 @@ extern const GemmKernelInfo kMmaKernels[] = {
     // than gemv_w32_b8 in fp16 mode, 9-13 % in int8 mode. With 8 rows, 3-5 %
     // faster than gemv_w16_b8 from M = 8 down to M = 1 in int8 mode (session
     // 16, RESULTS.md).
-    BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1, 1, 2),
-    BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1, 2, 2),
+    BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1, 1, 2, 0),
+    BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1, 2, 2, 0),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
