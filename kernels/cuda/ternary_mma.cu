@@ -346,9 +346,9 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
       if (pass_kt0 != 0 || i < Tr::kKtPerWarp - Tr::kLateW) load_weights(i);
     }
     // Weights never come from the previous kernel: the first pass's loads
-    // above are in flight while this waits for it. Everything below (x,
-    // row_scale, w_scale/bias, y) is ordered after the wait; later passes
-    // need no further wait.
+    // above (all but the last kLateW k-tiles', which follow the x copies) are
+    // in flight while this waits for it. Everything below (x, row_scale, y)
+    // is ordered after the wait; later passes need no further wait.
     if (pass_kt0 == 0) {
       PdlWaitForPrerequisites();
       load_row_scales();
