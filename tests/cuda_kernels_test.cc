@@ -624,39 +624,6 @@ TEST(CudaKernelsTest, OffHopperSmallBatchesKeepTheTwoBlockGemvTiles) {
   }
 }
 
-// 9..16 rows at large N (planned for an H100's 132 SMs): fp16/bf16 take one
-// 96-row block per SM where those blocks make one nearly full wave (N =
-// 11008: 115 blocks), int8 and other N keep two 48-row blocks per SM.
-TEST(CudaKernelsTest, SixteenRowsAtLargeNPlanOneWaveOf96RowBlocksInFpMode) {
-  SKIP_WITHOUT_GPU();
-  std::mt19937_64 rng(FreshSeed());
-  for (const int64_t n : {11008, 8192, 14336}) {
-    const PackedTernaryMatrix w = RandomWeights(rng, n, 256, ScaleGranularity::kPerRow);
-    absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
-        CudaTernaryWeights::Create(w.view(), nullptr, 0);
-    ASSERT_TRUE(dw.ok()) << dw.status();
-    for (const ActivationQuant q : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
-      for (const int64_t m : {9, 16}) {
-        CudaLinearArgs a;
-        a.m = m;
-        a.x = reinterpret_cast<const void*>(uintptr_t{256});  // planned, never launched
-        a.x_dtype = CudaDType::kF16;
-        a.weights = dw->get();
-        a.act_quant = q;
-        a.y = reinterpret_cast<void*>(uintptr_t{256});
-        a.y_dtype = CudaDType::kF16;
-        absl::StatusOr<CudaLaunchPlan> plan =
-            CudaPlanLinear(a, /*device_sm_major=*/9, /*device_sms=*/132, /*device_has_wgmma=*/true);
-        ASSERT_TRUE(plan.ok()) << plan.status();
-        const std::string want =
-            n == 11008 && q == ActivationQuant::kNone ? "gemv_w96_b16_16w" : "gemv_w48_b16";
-        EXPECT_EQ(CudaKernelConfigs()[plan->config].name, want)
-            << "n = " << n << ", m = " << m << ", act_quant " << static_cast<int>(q);
-      }
-    }
-  }
-}
-
 // A server runs every layer and batch size through one workspace. An int8
 // call without split-K (its quantized activations in the workspace) followed
 // by a split-K call must still sum the right partials: the split-K counters

@@ -571,7 +571,7 @@ const char* WideTile(int64_t m) {
   return "ws_w192_b128";
 }
 
-int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma, int sms) {
+int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md,
   // K = 4096, N = 4096 and 11008). Small batches stream the weights:
   // one-latency gemv kernels. For 9..16 rows at moderate N, one 16-row tile
@@ -598,16 +598,6 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma, int sms) {
   if (m <= 8 && n >= 8192) return FindConfig("gemv_w48_b8");
   if (m == 1 && type != MmaType::kS8) return FindConfig("gemv_w16_b8");
   if (m <= 8) return FindConfig(wgmma ? "gemv_w32_b8_16w" : "gemv_w16_b8");
-  // Session 19 (H100, graph --pdl, N = 11008, M = 16): in fp16/bf16 mode
-  // one 96-row block per SM (115 blocks on 132 SMs) beat two 48-row blocks
-  // per SM, 12.33-12.36 against 13.26-13.33 us; int8 mode stays (11.2
-  // against 11.0). Taken where its blocks make one wave that fills at least
-  // three quarters of the SMs (measured at N = 11008 only).
-  const int64_t w96_blocks = (n + 95) / 96;
-  if (m <= 16 && n >= 8192 && wgmma && type != MmaType::kS8 && w96_blocks <= sms &&
-      4 * w96_blocks >= 3 * static_cast<int64_t>(sms)) {
-    return FindConfig("gemv_w96_b16_16w");
-  }
   if (m <= 16 && n >= 8192) return FindConfig("gemv_w48_b16");
   if (m <= 16) return FindConfig(wgmma ? "gemv_w32_b16_16w" : "gemv_w32_b8");
   if (!wgmma) {
@@ -738,8 +728,7 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   CudaLaunchPlan plan;
   const MmaType type = MmaTypeFor(args);
   plan.config =
-      args.config == kCudaAutoConfig
-          ? AutoConfig(args.m, w.rows(), type, device_has_wgmma, device_sms)
+      args.config == kCudaAutoConfig ? AutoConfig(args.m, w.rows(), type, device_has_wgmma)
                                      : args.config;
   const GemmKernelInfo& kernel = GemmKernel(plan.config);
   if (kernel.wgmma && !device_has_wgmma) {

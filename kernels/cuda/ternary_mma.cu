@@ -215,9 +215,12 @@ struct GemvTraits {
   static constexpr int kXBytes = kBB * kXRowStride;
   static constexpr int kRegs = kRG * kNT * 4;
   // A second accumulator set (odd k-tiles of the warp) halves the chain of
-  // dependent MMAs; with 8 or more 16x8 tiles per warp the chains are
-  // independent enough already, and the registers are needed for weights.
-  static constexpr bool kTwoAcc = kRG * kNT < 8;
+  // dependent MMAs. From 6 tiles of 16 x 8 per warp on, the chains are
+  // independent enough without it, and its registers made ptxas spill:
+  // gemv_w48_b16 spilled 64-68 bytes with it, none without, and N = 11008,
+  // M = 16 went from 13.29-13.34 to 12.00-12.04 us in fp16 mode and from
+  // 10.95-10.98 to 10.03-10.17 in int8 mode (session 19, H100, graph --pdl).
+  static constexpr bool kTwoAcc = kRG * kNT < 6;
   static constexpr int kRedBytes = kWarps * kRegs * 32 * 4;
   static_assert(kChunkKt % kWarps == 0, "each chunk holds whole rounds of k-tiles");
   static_assert(32 % kWarps == 0, "a pass is 32 k-tiles");
@@ -319,7 +322,8 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
   };
 
   // Two accumulator sets (even / odd k-tile of the warp) halve the chain of
-  // dependent MMAs.
+  // dependent MMAs; acc2 stays unused (and is folded away) without
+  // Tr::kTwoAcc.
   T acc[Tr::kRG][kNT][4];
   T acc2[Tr::kRG][kNT][4];
 #pragma unroll
@@ -663,14 +667,6 @@ extern const GemmKernelInfo kMmaKernels[] = {
     // 16, RESULTS.md).
     BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1, 1, 2, 0),
     BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1, 2, 2, 0),
-    // 96 rows (6 row groups, one accumulator set) per 16-warp block: at
-    // N = 11008, 115 blocks make one wave of one block per SM. M = 16 in
-    // fp16 mode 12.33-12.36 us against 13.26-13.33 for gemv_w48_b16 (two
-    // 48-row blocks per SM, x staged in two halves); in int8 mode 11.19-11.21
-    // against 11.03-11.06. One x group per pass: with one group per k-tile
-    // 12.40-12.47; 48 and 64 rows per 16-warp block were slower (13.1, 13.6;
-    // session 19, H100, graph --pdl, two rounds, RESULTS.md).
-    BITNET_GEMV_CONFIG("gemv_w96_b16_16w", 2, 6, 16, 1, 0, 0, 0),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
