@@ -6,7 +6,12 @@
 //     the same issue pattern as ternary_wgmma_ws.cu (a group of 4 per
 //     k-tile, one group in flight): fp16 m64nNk16 against int8 m64nNk32,
 //     N = 128 and 256. Prints MACs/s and cycles per wgmma pair (clock64).
-//  2. cuBLAS at M = 2048, K = 4096, N = 4096 and 11008: fp16 (fp32
+//  2. A chain of mma.sync instructions on register operands (the gemv
+//     kernels' tensor-core instruction): 16 warps per SM, each with 8
+//     independent 16 x 8 accumulator tiles, fp16 m16n8k16 against int8
+//     m16n8k32. Prints MACs/s and cycles per mma per SM sub-partition, the
+//     floor on what M = 16 costs per decoded weight (session 19).
+//  3. cuBLAS at M = 2048, K = 4096, N = 4096 and 11008: fp16 (fp32
 //     accumulate) and int8 (int32 accumulate, cublasGemmEx with
 //     CUBLAS_COMPUTE_32I). Median of back-to-back runs on the same buffers
 //     (L2-warm: a ceiling, not the "rotate" method of `kernels`).
@@ -23,6 +28,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
 
 namespace {
@@ -82,6 +88,40 @@ __global__ void __launch_bounds__(256, 1) wgmma_chain_kernel(int iters, long lon
 #endif
 }
 
+// kTiles independent accumulator tiles per warp, each taking one mma per
+// iteration; operands come from threadIdx so nothing folds away.
+template <bool kInt8, int kTiles>
+__global__ void __launch_bounds__(512, 1) mma_chain_kernel(int iters, long long* cycles,
+                                                            float* sink) {
+  using bitnet::cuda_internal::MmaType;
+  using Acc = std::conditional_t<kInt8, int, float>;
+  const uint32_t t = threadIdx.x;
+  const uint32_t a[4] = {t * 0x00010001u, t ^ 0x3c003c00u, t + 7, t * 3};
+  const uint32_t b[2] = {t ^ 0x01000100u, t + 0x3c00u};
+  Acc acc[kTiles][4];
+  for (auto& tile : acc)
+    for (auto& v : tile) v = Acc(0);
+  __syncthreads();
+  const long long start = clock64();
+  for (int it = 0; it < iters; ++it) {
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+      if constexpr (kInt8) {
+        bitnet::cuda_internal::Mma(acc[i], a, b);
+      } else {
+        bitnet::cuda_internal::Mma<MmaType::kF16>(acc[i], a, b);
+      }
+    }
+  }
+  __syncthreads();
+  const long long stop = clock64();
+  float sum = 0;
+  for (auto& tile : acc)
+    for (auto v : tile) sum += static_cast<float>(v);
+  if (sum == 1234.5f) sink[threadIdx.x] = sum;  // keeps the chain alive
+  if (threadIdx.x == 0) cycles[blockIdx.x] = stop - start;
+}
+
 bool Check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return true;
   std::fprintf(stderr, "bitnet-bench tensor-peak: %s: %s\n", what, cudaGetErrorString(e));
@@ -116,6 +156,36 @@ bool RunChain(int sms, long long* cycles, float* sink) {
               kInt8 ? "int8" : "fp16", kN, kInt8 ? 32 : 16, ms, macs / ms / 1e9, 2 * macs / ms / 1e9,
               kInt8 ? "OP" : "FLOP", static_cast<double>(block0_cycles) / (kIters * kGroup),
               block0_cycles / (ms * 1e3));
+  return true;
+}
+
+template <bool kInt8, int kTiles>
+bool RunMmaChain(int sms, long long* cycles, float* sink) {
+  constexpr int kIters = 20000;
+  constexpr int kWarps = 16;
+  auto kernel = mma_chain_kernel<kInt8, kTiles>;
+  kernel<<<sms, kWarps * 32>>>(10, cycles, sink);  // warm-up
+  cudaEvent_t begin, end;
+  cudaEventCreate(&begin);
+  cudaEventCreate(&end);
+  cudaEventRecord(begin);
+  kernel<<<sms, kWarps * 32>>>(kIters, cycles, sink);
+  cudaEventRecord(end);
+  if (!Check(cudaEventSynchronize(end), "mma.sync chain")) return false;
+  float ms = 0;
+  cudaEventElapsedTime(&ms, begin, end);
+  long long block0_cycles = 0;
+  cudaMemcpy(&block0_cycles, cycles, sizeof(block0_cycles), cudaMemcpyDeviceToHost);
+  cudaEventDestroy(begin);
+  cudaEventDestroy(end);
+  const double macs = static_cast<double>(kWarps) * kIters * kTiles * 16.0 * 8 *
+                      (kInt8 ? 32 : 16) * sms;
+  // 4 sub-partitions per SM, kWarps / 4 warps each.
+  const double per_mma = static_cast<double>(block0_cycles) / (kIters * kTiles * (kWarps / 4));
+  std::printf("mma.sync chain %-4s m16n8k%d, %d warps x %d tiles: %8.3f ms  %6.0f T MAC/s  %5.0f "
+              "T%s/s  %5.2f cycles per mma per SM sub-partition  (%.0f MHz)\n",
+              kInt8 ? "int8" : "fp16", kInt8 ? 32 : 16, kWarps, kTiles, ms, macs / ms / 1e9,
+              2 * macs / ms / 1e9, kInt8 ? "OP" : "FLOP", per_mma, block0_cycles / (ms * 1e3));
   return true;
 }
 
@@ -196,7 +266,10 @@ int RunTensorPeak(int argc, char** argv) {
   bool ok = RunChain<false, 256>(prop.multiProcessorCount, cycles, sink) &&
             RunChain<true, 256>(prop.multiProcessorCount, cycles, sink) &&
             RunChain<false, 128>(prop.multiProcessorCount, cycles, sink) &&
-            RunChain<true, 128>(prop.multiProcessorCount, cycles, sink);
+            RunChain<true, 128>(prop.multiProcessorCount, cycles, sink) &&
+            RunMmaChain<false, 8>(prop.multiProcessorCount, cycles, sink) &&
+            RunMmaChain<true, 8>(prop.multiProcessorCount, cycles, sink) &&
+            RunMmaChain<false, 4>(prop.multiProcessorCount, cycles, sink);
   cudaFree(cycles);
   cudaFree(sink);
   cublasHandle_t handle = nullptr;

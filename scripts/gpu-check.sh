@@ -6,8 +6,8 @@
 # chart. Expects BUNDLE_DIR made by scripts/make-bundle.sh with
 # cuda_kernels_test and bitnet-bench (cuda_backend_test if present). Writes
 # at most 8 files under $OUT (default ./gpu-out).
-# Environment: STEPS (default "sass tests sanitize bench"), TEST_TIMEOUT and
-# RACECHECK_TIMEOUT (seconds), SWEEP=1 adds the
+# Environment: STEPS (default "sass tests sanitize bench"), TEST_TIMEOUT,
+# MEMCHECK_TIMEOUT and RACECHECK_TIMEOUT (seconds), SWEEP=1 adds the
 # per-config sweep CSV.
 set -uo pipefail
 bundle=$(cd "${1:?usage: gpu-check.sh BUNDLE_DIR [bench args...]}" && pwd)
@@ -48,7 +48,9 @@ for step in $steps; do
     sanitize)
       {
         echo "== memcheck"
-        BITNET_CUDA_TEST_QUICK=1 timeout 120 compute-sanitizer --tool memcheck --leak-check full \
+        # 98 s alone on an H100 with 14 tests (session 19); 120 s once cut it off.
+        BITNET_CUDA_TEST_QUICK=1 timeout ${MEMCHECK_TIMEOUT:-300} compute-sanitizer --tool memcheck \
+          --leak-check full \
           "$bundle/cuda_kernels_test" --gtest_brief=1 2>&1 | tail -n 30
         echo "== racecheck"
         # EveryConfig covers every kernel; WarpSpecializedMulti* adds ws grids
