@@ -128,6 +128,28 @@ bool Check(cudaError_t e, const char* what) {
   return false;
 }
 
+// Launches launch(10) as a warm-up, then times launch(iters) with events.
+// Returns the wall time and block 0's clock64 cycles (written to `cycles`).
+template <typename Launch>
+bool TimeChain(const Launch& launch, int iters, const char* what, const long long* cycles,
+               float* ms, long long* block0_cycles) {
+  launch(10);
+  cudaEvent_t begin, end;
+  cudaEventCreate(&begin);
+  cudaEventCreate(&end);
+  cudaEventRecord(begin);
+  launch(iters);
+  cudaEventRecord(end);
+  const bool ok = Check(cudaEventSynchronize(end), what);
+  if (ok) {
+    cudaEventElapsedTime(ms, begin, end);
+    cudaMemcpy(block0_cycles, cycles, sizeof(*block0_cycles), cudaMemcpyDeviceToHost);
+  }
+  cudaEventDestroy(begin);
+  cudaEventDestroy(end);
+  return ok;
+}
+
 template <bool kInt8, int kN>
 bool RunChain(int sms, long long* cycles, float* sink) {
   constexpr int kIters = 2000;
@@ -136,20 +158,10 @@ bool RunChain(int sms, long long* cycles, float* sink) {
              "smem attribute")) {
     return false;
   }
-  kernel<<<sms, 256, kSmemBytes>>>(10, cycles, sink);  // warm-up
-  cudaEvent_t begin, end;
-  cudaEventCreate(&begin);
-  cudaEventCreate(&end);
-  cudaEventRecord(begin);
-  kernel<<<sms, 256, kSmemBytes>>>(kIters, cycles, sink);
-  cudaEventRecord(end);
-  if (!Check(cudaEventSynchronize(end), "wgmma chain")) return false;
   float ms = 0;
-  cudaEventElapsedTime(&ms, begin, end);
   long long block0_cycles = 0;
-  cudaMemcpy(&block0_cycles, cycles, sizeof(block0_cycles), cudaMemcpyDeviceToHost);
-  cudaEventDestroy(begin);
-  cudaEventDestroy(end);
+  auto launch = [&](int iters) { kernel<<<sms, 256, kSmemBytes>>>(iters, cycles, sink); };
+  if (!TimeChain(launch, kIters, "wgmma chain", cycles, &ms, &block0_cycles)) return false;
   const double macs = 2.0 /*warpgroups*/ * kIters * kGroup * 64.0 * kN * (kInt8 ? 32 : 16) * sms;
   std::printf("wgmma chain %-4s m64n%dk%d: %8.3f ms  %6.0f T MAC/s  %5.0f T%s/s  %6.1f cycles per "
               "wgmma pair  (%.0f MHz)\n",
@@ -163,21 +175,12 @@ template <bool kInt8, int kTiles>
 bool RunMmaChain(int sms, long long* cycles, float* sink) {
   constexpr int kIters = 20000;
   constexpr int kWarps = 16;
-  auto kernel = mma_chain_kernel<kInt8, kTiles>;
-  kernel<<<sms, kWarps * 32>>>(10, cycles, sink);  // warm-up
-  cudaEvent_t begin, end;
-  cudaEventCreate(&begin);
-  cudaEventCreate(&end);
-  cudaEventRecord(begin);
-  kernel<<<sms, kWarps * 32>>>(kIters, cycles, sink);
-  cudaEventRecord(end);
-  if (!Check(cudaEventSynchronize(end), "mma.sync chain")) return false;
   float ms = 0;
-  cudaEventElapsedTime(&ms, begin, end);
   long long block0_cycles = 0;
-  cudaMemcpy(&block0_cycles, cycles, sizeof(block0_cycles), cudaMemcpyDeviceToHost);
-  cudaEventDestroy(begin);
-  cudaEventDestroy(end);
+  auto launch = [&](int iters) {
+    mma_chain_kernel<kInt8, kTiles><<<sms, kWarps * 32>>>(iters, cycles, sink);
+  };
+  if (!TimeChain(launch, kIters, "mma.sync chain", cycles, &ms, &block0_cycles)) return false;
   const double macs = static_cast<double>(kWarps) * kIters * kTiles * 16.0 * 8 *
                       (kInt8 ? 32 : 16) * sms;
   // 4 sub-partitions per SM, kWarps / 4 warps each.
