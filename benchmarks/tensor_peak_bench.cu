@@ -129,7 +129,8 @@ bool Check(cudaError_t e, const char* what) {
 }
 
 // Launches launch(10) as a warm-up, then times launch(iters) with events.
-// Returns the wall time and block 0's clock64 cycles (written to `cycles`).
+// Gives the wall time and block 0's clock64 cycles (which the kernel writes
+// to `cycles`).
 template <typename Launch>
 bool TimeChain(const Launch& launch, int iters, const char* what, const long long* cycles,
                float* ms, long long* block0_cycles) {

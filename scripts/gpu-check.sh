@@ -48,7 +48,7 @@ for step in $steps; do
     sanitize)
       {
         echo "== memcheck"
-        # 98 s alone on an H100 with 14 tests (session 19); 120 s once cut it off.
+        # 98 s alone on an H100 (session 19); 120 s once cut it off.
         BITNET_CUDA_TEST_QUICK=1 timeout ${MEMCHECK_TIMEOUT:-300} compute-sanitizer --tool memcheck \
           --leak-check full \
           "$bundle/cuda_kernels_test" --gtest_brief=1 2>&1 | tail -n 30
