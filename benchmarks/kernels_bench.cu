@@ -22,6 +22,9 @@
 //          a gemv launch may start, and load its weights, while the previous
 //          run still finishes; with --timing graph the captured launches are
 //          joined by programmatic edges)
+// Environment: BITNET_GEMV_TRACE=FILE [BITNET_GEMV_TRACE_MODE=int8|fp16]
+//          writes the last gemv launch's per-warp timeline (a build with
+//          -DBITNET_GEMV_TRACE=ON; benchmarks/gemv_trace_capture.h).
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -39,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/gemv_trace_capture.h"
 #include "kernels/cuda/ternary_cuda.h"
 #include "kernels/ternary_format.h"
 
@@ -824,5 +828,17 @@ int RunKernelBenchmarks(int argc, char** argv) {
                  count.ok() ? "none visible" : count.status().ToString().c_str());
     return 1;
   }
-  return Run(o) ? 0 : 1;
+  std::string error;
+  std::unique_ptr<bitnet::bench::GemvTraceCapture> trace =
+      bitnet::bench::GemvTraceCapture::FromEnvironment(&error);
+  if (!error.empty()) {
+    std::fprintf(stderr, "bitnet-bench kernels: %s\n", error.c_str());
+    return 2;
+  }
+  const bool ok = Run(o);
+  if (trace != nullptr && !trace->Write(&error)) {
+    std::fprintf(stderr, "bitnet-bench kernels: %s\n", error.c_str());
+    return 1;
+  }
+  return ok ? 0 : 1;
 }

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/gemv_trace.h"
 #include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/ternary_launch.h"
 
@@ -259,6 +260,34 @@ struct GemvTraits {
   }
 };
 
+#ifdef BITNET_GEMV_TRACE
+// Where the gemv's trace goes (gemv_trace.h); in constant memory, so that a
+// trace point costs no register for the pointer (a register-held pointer
+// made gemv_w48_b16 spill; a volatile global load per point made an M = 1
+// launch 2.7x slower).
+__constant__ unsigned long long* g_gemv_trace = nullptr;
+__constant__ int g_gemv_trace_type = -1;
+#endif
+
+// A point of the gemv's trace (gemv_trace.h); nothing without
+// BITNET_GEMV_TRACE.
+template <MmaType kType, int kWarps>
+__device__ __forceinline__ void GemvTracePoint(int warp, int lane, GemvTraceSlot slot) {
+#ifdef BITNET_GEMV_TRACE
+  unsigned long long* t = g_gemv_trace;
+  if (t == nullptr || lane != 0 || g_gemv_trace_type != static_cast<int>(kType)) return;
+  t += ((blockIdx.y * gridDim.x + blockIdx.x) * kWarps + warp) * kGemvTraceSlots;
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  t[slot] = now;
+  if (slot == kTraceStart) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    t[kTraceSmId] = sm + 1;
+  }
+#endif
+}
+
 template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit, int kLateW>
 __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
     ternary_gemv_kernel(const GemmParams p) {
@@ -278,6 +307,8 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
   // Last staged row of this block (rows past the batch are not staged; the
   // shared memory holds only the launch's real rows, see SmemBytesFor).
   const int last_row = max(0, min(Tr::kBB, p.m - block_b0) - 1);
+  auto trace = [&](GemvTraceSlot slot) { GemvTracePoint<kType, kWarps>(warp, lane, slot); };
+  trace(kTraceStart);
 
   // The next kernel on the stream may launch now and prefetch its own
   // weights; it still waits for this grid to complete before reading y.
@@ -358,7 +389,9 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
     // in flight while this waits for it. Everything below (x, row_scale, y)
     // is ordered after the wait; later passes need no further wait.
     if (pass_kt0 == 0) {
+      trace(kTraceWeightsIssued);
       PdlWaitForPrerequisites();
+      trace(kTracePrerequisites);
       load_row_scales();
     }
 #pragma unroll
@@ -468,6 +501,7 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
         }
         CpAsyncCommit();
       }
+      if (pass_kt0 == 0 && chunk == 0) trace(kTraceXIssued);
       if constexpr (Tr::kLateW > 0) {
         if (pass_kt0 == 0 && chunk == 0) {
 #pragma unroll
@@ -494,6 +528,7 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
         } else {
           __syncthreads();
         }
+        if (pass_kt0 == 0 && chunk == 0) trace(kTraceXLanded);
       }
 #pragma unroll
       for (int i = 0; i < Tr::kKtPerWarp; ++i) {
@@ -555,6 +590,7 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
               }
             }
         });
+        if (pass_kt0 == 0 && i < 4) trace(static_cast<GemvTraceSlot>(kTraceKTileDone + i));
       }
     }
   }
@@ -581,6 +617,7 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
 #pragma unroll
   for (int r = 0; r < Tr::kRegs; ++r) red[(warp * Tr::kRegs + r) * 32 + lane] = flat[r];
   __syncthreads();
+  trace(kTraceReduced);
 #pragma unroll
   for (int o = 0; o < kOuts; ++o) {
     const int idx = tid + o * Tr::kThreads;
@@ -593,6 +630,7 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
     StoreOutput(p, static_cast<int64_t>(out_m[o]) * p.ldy + out_n[o],
                 EpilogueValueFrom(p, sum, out_ws[o], out_bias[o], out_rs[o]));
   }
+  trace(kTraceEnd);
 }
 
 template <MmaType kType, int kNT, int kRG, int kWarps, int kBlocksPerSm, int kXSplit, int kLateW>
@@ -672,5 +710,17 @@ extern const GemmKernelInfo kMmaKernels[] = {
     BITNET_MMA_CONFIG("mma_w128_b128", 4, 2, 2, 8, 110 * 1024),
 };
 extern const int kMmaKernelCount = sizeof(kMmaKernels) / sizeof(kMmaKernels[0]);
+
+cudaError_t SetGemvTrace(unsigned long long* buffer, int mma_type) {
+#ifdef BITNET_GEMV_TRACE
+  const cudaError_t e = cudaMemcpyToSymbol(g_gemv_trace, &buffer, sizeof(buffer));
+  if (e != cudaSuccess) return e;
+  return cudaMemcpyToSymbol(g_gemv_trace_type, &mma_type, sizeof(mma_type));
+#else
+  (void)buffer;
+  (void)mma_type;
+  return cudaErrorNotSupported;
+#endif
+}
 
 }  // namespace bitnet::cuda_internal
