@@ -78,10 +78,7 @@ bool GemvTraceCapture::Write(std::string* error) {
     const unsigned long long* rec = &h[r * kGemvTraceSlots];
     if (rec[cuda_internal::kTraceStart] == 0) continue;
     std::fprintf(f, "%zu", r);
-    for (int s = 0; s < kGemvTraceSlots; ++s) {
-      // The SM slot holds the SM's number plus 1 (0 = never written).
-      std::fprintf(f, ",%llu", s == cuda_internal::kTraceSmId ? rec[s] - 1 : rec[s]);
-    }
+    for (int s = 0; s < kGemvTraceSlots; ++s) std::fprintf(f, ",%llu", rec[s]);
     std::fprintf(f, "\n");
   }
   const bool ok = std::fclose(f) == 0;

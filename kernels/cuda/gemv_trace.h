@@ -26,7 +26,7 @@ enum GemvTraceSlot : int {
   kTraceKTileDone = 5,      // 5 + i: the MMAs of the warp's k-tile i (i < 4) are issued
   kTraceReduced = 9,        // the cross-warp reduction's barrier passed
   kTraceEnd = 10,           // its outputs are stored
-  kTraceSmId = 11,          // the SM it ran on, plus 1
+  kTraceSmId = 11,          // the SM it ran on (%smid)
   kGemvTraceSlots = 12,
 };
 

@@ -283,7 +283,7 @@ __device__ __forceinline__ void GemvTracePoint(int warp, int lane, GemvTraceSlot
   if (slot == kTraceStart) {
     unsigned sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    t[kTraceSmId] = sm + 1;
+    t[kTraceSmId] = sm;
   }
 #endif
 }
