@@ -4,8 +4,9 @@
 # One call on the GPU host: SASS summary, the CUDA tests, compute-sanitizer
 # (memcheck + racecheck on a reduced grid), the kernel benchmark and its
 # chart. Expects BUNDLE_DIR made by scripts/make-bundle.sh with
-# cuda_kernels_test and bitnet-bench (cuda_backend_test if present). Writes
-# at most 8 files under $OUT (default ./gpu-out).
+# cuda_kernels_test and bitnet-bench (cuda_int8_numerics_test and
+# cuda_backend_test if present). Writes at most 8 files under $OUT (default
+# ./gpu-out).
 # Environment: STEPS (default "sass tests sanitize bench"), TEST_TIMEOUT,
 # MEMCHECK_TIMEOUT and RACECHECK_TIMEOUT (seconds), SWEEP=1 adds the
 # per-config sweep CSV.
@@ -40,6 +41,10 @@ for step in $steps; do
       timeout ${TEST_TIMEOUT:-240} "$bundle/cuda_kernels_test" 2>&1 | tail -n 200 > "$out/tests.log"
       note "tests: $(grep -E '^\[  (PASSED|FAILED)  \]|tests? ran' "$out/tests.log" | tr '\n' ' ')"
       grep -E "FAILED|Failure|bad outputs|relative error" "$out/tests.log" | head -20
+      if [[ -x "$bundle/cuda_int8_numerics_test" ]]; then
+        timeout 120 "$bundle/cuda_int8_numerics_test" 2>&1 | tail -n 30 >> "$out/tests.log"
+        note "int8 numerics tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/tests.log" | tail -1)"
+      fi
       if [[ -x "$bundle/cuda_backend_test" ]]; then
         timeout 120 "$bundle/cuda_backend_test" 2>&1 | tail -n 60 >> "$out/tests.log"
         note "backend tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/tests.log" | tail -2 | tr '\n' ' ')"

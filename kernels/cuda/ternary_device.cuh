@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/cuda/int8_numerics.cuh"
 #include "kernels/cuda/ternary_launch.h"
 
 namespace bitnet::cuda_internal {
@@ -458,7 +459,9 @@ __device__ __forceinline__ uint32_t AccBits(T v) {
   }
 }
 
-template <typename T, Act kAct, OutType kOut, int kBW, int kThreads>
+// kSmallAcc (int8 only): the accumulators fit SmallAccToFloat
+// (p.k_tiles <= kSmallAccMaxKTiles), so float(acc) needs no I2F.
+template <typename T, Act kAct, OutType kOut, int kBW, int kThreads, bool kSmallAcc = false>
 __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t* tile, int block_w0,
                                           int block_b0, int n_valid, int m_valid) {
   constexpr int kLd = kBW + 4;
@@ -476,6 +479,19 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
     ws[c] = c < cols ? p.w_scale[gn + c] : 0.0f;
     bias[c] = (c < cols && p.bias != nullptr) ? p.bias[gn + c] : 0.0f;
   }
+  // int8: with small accumulators and each weight scale zero or in
+  // [2^-30, 2^9), every float(acc) * weight scale is zero or in
+  // [2^-30, 2^31), so a row whose scale has a reciprocal divides by the
+  // straight-line DivideByRowScaleInRange: one check per row of 4 columns.
+  // (A range check and branch per element, DivideByRowScale, made the int8
+  // launches at M >= 512 4 % slower than __fdiv_rn; this is 5-10 % faster:
+  // session 21, benchmarks/NOTES-kernels.md.)
+  bool cols_in_range = kSmallAcc;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    cols_in_range =
+        cols_in_range && (ws[c] == 0.0f || (InDivisionRange(ws[c]) && fabsf(ws[c]) < 512.0f));
+  }
   using Out = std::conditional_t<kOut == OutType::kF16, __half,
                                  std::conditional_t<kOut == OutType::kBF16, __nv_bfloat16,
                                                     std::conditional_t<kOut == OutType::kS32, int,
@@ -492,17 +508,35 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
 #pragma unroll
       for (int c = 0; c < 4; ++c) o[c] = static_cast<int>(bits[c]);
     } else {
-      // The row's scale, staged by Epilogue in the row's padding word.
+      // The row's scale and (int8) its RowScaleReciprocal, staged by
+      // Epilogue in the row's padding words.
       const float rs = __uint_as_float(tile[bl * kLd + kBW]);
+      const float rcp = std::is_same<T, int>::value ? __uint_as_float(tile[bl * kLd + kBW + 1])
+                                                     : 0.0f;
+      // int8: Int8Dequantize (kernels/activation.h), same float operations
+      // and order: float(acc) * weight_scale / row_scale + bias, no
+      // contraction; float(acc) and the division without conversion or MUFU
+      // instructions where the ranges allow (int8_numerics.cuh).
+      float q[4];
+      if constexpr (std::is_same<T, int>::value) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int acc = static_cast<int>(bits[c]);
+          q[c] = __fmul_rn(kSmallAcc ? SmallAccToFloat(acc) : static_cast<float>(acc), ws[c]);
+        }
+        if (cols_in_range && rcp != 0.0f) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) q[c] = DivideByRowScaleInRange(q[c], rs, rcp);
+        } else {
+#pragma unroll
+          for (int c = 0; c < 4; ++c) q[c] = __fdiv_rn(q[c], rs);
+        }
+      }
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         float v;
         if constexpr (std::is_same<T, int>::value) {
-          // Int8Dequantize (kernels/activation.h), same float operations and
-          // order: float(acc) * weight_scale / row_scale + bias, no
-          // contraction.
-          v = __fmul_rn(static_cast<float>(static_cast<int>(bits[c])), ws[c]);
-          v = __fadd_rn(__fdiv_rn(v, rs), bias[c]);
+          v = __fadd_rn(q[c], bias[c]);
         } else {
           // acc * ws (* rs when given: an exact power of two, so * 1 is the
           // same value) + bias.
@@ -535,26 +569,51 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
   }
 }
 
-template <typename T, OutType kOut, int kBW, int kThreads>
+template <typename T, OutType kOut, int kBW, int kThreads, bool kSmallAcc>
 __device__ __forceinline__ void EpilogueRowsAct(const GemmParams& p, const uint32_t* tile,
                                                 int block_w0, int block_b0, int n_valid,
                                                 int m_valid) {
   switch (p.act) {
     case Act::kRelu:
-      EpilogueRows<T, Act::kRelu, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                       m_valid);
+      EpilogueRows<T, Act::kRelu, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                  n_valid, m_valid);
       break;
     case Act::kGelu:
-      EpilogueRows<T, Act::kGelu, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                       m_valid);
+      EpilogueRows<T, Act::kGelu, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                  n_valid, m_valid);
       break;
     case Act::kSilu:
-      EpilogueRows<T, Act::kSilu, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                       m_valid);
+      EpilogueRows<T, Act::kSilu, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                  n_valid, m_valid);
       break;
     default:
-      EpilogueRows<T, Act::kIdentity, kOut, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                           m_valid);
+      EpilogueRows<T, Act::kIdentity, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                      n_valid, m_valid);
+      break;
+  }
+}
+
+// Phase 2 of Epilogue for the output type of the launch.
+template <typename T, int kBW, int kThreads, bool kSmallAcc>
+__device__ __forceinline__ void EpilogueByType(const GemmParams& p, const uint32_t* tile,
+                                               int block_w0, int block_b0, int n_valid,
+                                               int m_valid) {
+  switch (p.y_type) {
+    case OutType::kF16:
+      EpilogueRowsAct<T, OutType::kF16, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                  n_valid, m_valid);
+      break;
+    case OutType::kBF16:
+      EpilogueRowsAct<T, OutType::kBF16, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                   n_valid, m_valid);
+      break;
+    case OutType::kS32:
+      EpilogueRows<T, Act::kIdentity, OutType::kS32, kBW, kThreads>(p, tile, block_w0, block_b0,
+                                                                    n_valid, m_valid);
+      break;
+    default:
+      EpilogueRowsAct<T, OutType::kF32, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
+                                                                  n_valid, m_valid);
       break;
   }
 }
@@ -588,29 +647,23 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
   // once per row it walks, a chain of dependent loads (row_scale may alias y
   // for the compiler): ncu put ~15 % of ws_w128_b128's int8 stall samples at
   // N = 4096, M = 512 on the division waiting for it (session 16).
+  // In int8 mode the next padding word holds the row scale's
+  // RowScaleReciprocal, so the division by it costs no MUFU per output.
   for (int bl = threadIdx.x % kThreads; bl < m_valid; bl += kThreads) {
-    tile[bl * kLd + kBW] =
-        __float_as_uint(p.row_scale != nullptr ? p.row_scale[block_b0 + bl] : 1.0f);
+    const float rs = p.row_scale != nullptr ? p.row_scale[block_b0 + bl] : 1.0f;
+    tile[bl * kLd + kBW] = __float_as_uint(rs);
+    if constexpr (std::is_same<T, int>::value) {
+      tile[bl * kLd + kBW + 1] = __float_as_uint(RowScaleReciprocal(rs));
+    }
   }
   ComputeSync<kNamedThreads>();
-  switch (p.y_type) {
-    case OutType::kF16:
-      EpilogueRowsAct<T, OutType::kF16, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                       m_valid);
-      break;
-    case OutType::kBF16:
-      EpilogueRowsAct<T, OutType::kBF16, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                        m_valid);
-      break;
-    case OutType::kS32:
-      EpilogueRows<T, Act::kIdentity, OutType::kS32, kBW, kThreads>(p, tile, block_w0, block_b0,
-                                                                    n_valid, m_valid);
-      break;
-    default:
-      EpilogueRowsAct<T, OutType::kF32, kBW, kThreads>(p, tile, block_w0, block_b0, n_valid,
-                                                       m_valid);
-      break;
+  if constexpr (std::is_same<T, int>::value) {
+    if (p.k_tiles <= kSmallAccMaxKTiles) {
+      EpilogueByType<T, kBW, kThreads, true>(p, tile, block_w0, block_b0, n_valid, m_valid);
+      return;
+    }
   }
+  EpilogueByType<T, kBW, kThreads, false>(p, tile, block_w0, block_b0, n_valid, m_valid);
 }
 
 }  // namespace bitnet::cuda_internal

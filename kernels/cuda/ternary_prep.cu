@@ -2,7 +2,8 @@
 //  * int8 mode: absmax, s = 127 / max(absmax, 1e-5) (IEEE division), then
 //    xq = clamp(rint(x * s), -128, 127) exactly as QuantizeInt8 on the CPU
 //    (kernels/activation.cc), so int32 accumulators match the oracle bit for
-//    bit;
+//    bit (QuantizeInt8Bits, int8_numerics.cuh: FMUL, FADD, IMNMX, no
+//    conversion instructions);
 //  * none mode, fp32 input: conversion to fp16 after an exact power-of-two
 //    per-row prescale (absmax lands in [2^14, 2^15): no overflow, no loss to
 //    subnormals), undone in the GEMM epilogue;
@@ -23,6 +24,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/int8_numerics.cuh"
 #include "kernels/cuda/ternary_launch.h"
 
 namespace bitnet::cuda_internal {
@@ -34,14 +36,6 @@ __device__ __forceinline__ float ToFloat(float v) { return v; }
 __device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-__device__ __forceinline__ int8_t QuantizeInt8(float v, float s) {
-  // Same operations as bitnet::QuantizeInt8: a float multiply, round half to
-  // even, NaN -> -128.
-  const float r = rintf(__fmul_rn(v, s));
-  if (!(r >= -128.0f)) return -128;
-  if (r > 127.0f) return 127;
-  return static_cast<int8_t>(static_cast<int>(r));
-}
 
 __device__ float BlockMax(float v) {
   __shared__ float s_warp[kPrepThreads / 32];
@@ -87,7 +81,9 @@ __global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) 
   if constexpr (kOut == MmaType::kS8) {
     int8_t* out = static_cast<int8_t*>(p.out) + static_cast<int64_t>(row) * p.ldo;
     for (int c = threadIdx.x; c < p.ldo; c += kPrepThreads) {
-      out[c] = c < p.k ? QuantizeInt8(ToFloat(x[c]), mul) : int8_t{0};
+      // mul is this row's scale, so QuantizeInt8Bits' precondition holds.
+      out[c] = c < p.k ? static_cast<int8_t>(QuantizeInt8Bits(ToFloat(x[c]), mul) & 0xFFu)
+                       : int8_t{0};
     }
   } else if constexpr (kOut == MmaType::kF16) {
     __half* out = static_cast<__half*>(p.out) + static_cast<int64_t>(row) * p.ldo;
@@ -172,12 +168,12 @@ __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParam
   }
   auto store8 = [&](int gi, const float (&v)[8]) {
     if constexpr (kOut == MmaType::kS8) {
-      uint32_t lo = 0, hi = 0;
+      // mul is this row's scale, so QuantizeInt8Bits' precondition holds.
+      uint32_t q[8];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        lo |= static_cast<uint32_t>(static_cast<uint8_t>(QuantizeInt8(v[i], mul))) << (8 * i);
-        hi |= static_cast<uint32_t>(static_cast<uint8_t>(QuantizeInt8(v[i + 4], mul))) << (8 * i);
-      }
+      for (int i = 0; i < 8; ++i) q[i] = QuantizeInt8Bits(v[i], mul);
+      const uint32_t lo = PackInt8x4(q[0], q[1], q[2], q[3]);
+      const uint32_t hi = PackInt8x4(q[4], q[5], q[6], q[7]);
       reinterpret_cast<uint2*>(static_cast<int8_t*>(p.out) + static_cast<int64_t>(row) * p.ldo)[gi] =
           make_uint2(lo, hi);
     } else if constexpr (kOut == MmaType::kF16) {
