@@ -116,64 +116,60 @@ __global__ void DivideRandomPairsKernel(uint64_t seed, uint64_t count, NumericsM
   }
 }
 
-int Finish(cudaError_t launch, NumericsMismatches* dev, NumericsMismatches* out) {
-  cudaError_t e = launch;
+constexpr int kBlocks = 4096;
+constexpr int kThreads = 256;
+
+// Zeroed mismatch counters on the device, launch(dev) (which returns the
+// launch's error), then the counters back into *out. A CUDA error code.
+template <typename Launch>
+int RunCheck(NumericsMismatches* out, Launch launch) {
+  NumericsMismatches* dev = nullptr;
+  cudaError_t e = cudaMalloc(&dev, sizeof(NumericsMismatches));
+  if (e != cudaSuccess) return static_cast<int>(e);
+  e = cudaMemset(dev, 0, sizeof(NumericsMismatches));
+  if (e == cudaSuccess) e = launch(dev);
   if (e == cudaSuccess) e = cudaDeviceSynchronize();
   if (e == cudaSuccess) e = cudaMemcpy(out, dev, sizeof(*out), cudaMemcpyDeviceToHost);
   cudaFree(dev);
   return static_cast<int>(e);
 }
 
-cudaError_t AllocZeroed(NumericsMismatches** dev) {
-  cudaError_t e = cudaMalloc(dev, sizeof(NumericsMismatches));
-  if (e == cudaSuccess) e = cudaMemset(*dev, 0, sizeof(NumericsMismatches));
-  return e;
-}
-
-constexpr int kBlocks = 4096;
-constexpr int kThreads = 256;
-
 }  // namespace
 
 int CheckQuantizeEveryFloat(NumericsMismatches* out) {
-  NumericsMismatches* dev = nullptr;
-  cudaError_t e = AllocZeroed(&dev);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  QuantizeEveryFloatKernel<<<kBlocks, kThreads>>>(dev);
-  return Finish(cudaGetLastError(), dev, out);
+  return RunCheck(out, [](NumericsMismatches* dev) {
+    QuantizeEveryFloatKernel<<<kBlocks, kThreads>>>(dev);
+    return cudaGetLastError();
+  });
 }
 
 int CheckSmallAccEveryValue(NumericsMismatches* out) {
-  NumericsMismatches* dev = nullptr;
-  cudaError_t e = AllocZeroed(&dev);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  SmallAccEveryValueKernel<<<kBlocks, kThreads>>>(dev);
-  return Finish(cudaGetLastError(), dev, out);
+  return RunCheck(out, [](NumericsMismatches* dev) {
+    SmallAccEveryValueKernel<<<kBlocks, kThreads>>>(dev);
+    return cudaGetLastError();
+  });
 }
 
 int CheckDivideEveryNumerator(const float* bs, int nb, uint32_t a_stride, NumericsMismatches* out) {
-  NumericsMismatches* dev = nullptr;
-  cudaError_t e = AllocZeroed(&dev);
-  if (e != cudaSuccess) return static_cast<int>(e);
   float* dev_bs = nullptr;
-  e = cudaMalloc(&dev_bs, sizeof(float) * nb);
-  if (e == cudaSuccess) e = cudaMemcpy(dev_bs, bs, sizeof(float) * nb, cudaMemcpyHostToDevice);
-  if (e == cudaSuccess) {
+  cudaError_t e = cudaMalloc(&dev_bs, sizeof(float) * nb);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const int r = RunCheck(out, [&](NumericsMismatches* dev) {
+    cudaError_t copied = cudaMemcpy(dev_bs, bs, sizeof(float) * nb, cudaMemcpyHostToDevice);
+    if (copied != cudaSuccess) return copied;
     DivideEveryNumeratorKernel<<<kBlocks, kThreads>>>(dev_bs, nb, a_stride, dev);
-    e = cudaGetLastError();
-  }
-  const int r = Finish(e, dev, out);
+    return cudaGetLastError();
+  });
   cudaFree(dev_bs);
   return r;
 }
 
 int CheckDivideRandomPairs(unsigned long long seed, unsigned long long count,
                            NumericsMismatches* out) {
-  NumericsMismatches* dev = nullptr;
-  cudaError_t e = AllocZeroed(&dev);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  DivideRandomPairsKernel<<<kBlocks, kThreads>>>(seed, count, dev);
-  return Finish(cudaGetLastError(), dev, out);
+  return RunCheck(out, [&](NumericsMismatches* dev) {
+    DivideRandomPairsKernel<<<kBlocks, kThreads>>>(seed, count, dev);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace bitnet::testing
