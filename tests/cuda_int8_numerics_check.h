@@ -28,9 +28,11 @@ int CheckQuantizeEveryFloat(NumericsMismatches* out);
 // |acc| <= 2^22, bit for bit.
 int CheckSmallAccEveryValue(NumericsMismatches* out);
 
-// DivideByRowScale(a, b, RowScaleReciprocal(b)) against __fdiv_rn(a, b), bit
-// for bit (any NaN equals any NaN), for every a = i * a_stride (i = 0, 1, ...
-// over the 2^32 bit patterns) and each of the nb divisors bs.
+// DivideByRowScaleInRange(a, b, RowScaleReciprocal(b)) against
+// __fdiv_rn(a, b), bit for bit (any NaN equals any NaN), wherever the kernels
+// use it (the reciprocal nonzero, a zero or InDivisionRange), for every
+// a = i * a_stride (i = 0, 1, ... over the 2^32 bit patterns) and each of the
+// nb divisors bs.
 int CheckDivideEveryNumerator(const float* bs, int nb, uint32_t a_stride, NumericsMismatches* out);
 
 // The same comparison for `count` random pairs: b = 127 / amax for amax

@@ -14,9 +14,9 @@
 //    row of outputs, so its reciprocal is computed once per row and the
 //    division becomes five FFMAs.
 //
-// Both are checked against the plain formulas by tests/cuda_int8_numerics_test
-// (every float for the quantization, edge and near-tie cases for the
-// division).
+// All are checked against the plain formulas by tests/cuda_int8_numerics_test
+// (every float for the quantization, every small accumulator, every numerator
+// for 16 divisors and random pairs for the division).
 #ifndef BITNET_KERNELS_CUDA_INT8_NUMERICS_CUH_
 #define BITNET_KERNELS_CUDA_INT8_NUMERICS_CUH_
 
@@ -61,18 +61,17 @@ __device__ __forceinline__ float SmallAccToFloat(int acc) {
   return __fsub_rn(__int_as_float(acc + 0x4B400000), 12582912.0f);
 }
 
-// What DivideByRowScale needs besides the divisor: RN(1 / b) when |b| lies in
-// [2^-30, 2^31), zero otherwise (which sends every division by b to
-// __fdiv_rn). Computed once per batch row.
-__device__ __forceinline__ float RowScaleReciprocal(float b) {
-  const uint32_t e = (__float_as_uint(b) >> 23) & 0xFFu;  // biased exponent
-  return e - (127u - 30u) <= 60u ? __frcp_rn(b) : 0.0f;
+// Whether |v| lies in [2^-30, 2^31), the range DivideByRowScaleInRange
+// assumes for numerator and divisor.
+__device__ __forceinline__ bool InDivisionRange(float v) {
+  return ((__float_as_uint(v) >> 23) & 0xFFu) - (127u - 30u) <= 60u;  // biased exponent
 }
 
-// Whether |v| lies in [2^-30, 2^31), the range DivideByRowScaleInRange
-// assumes for the numerator (and RowScaleReciprocal for the divisor).
-__device__ __forceinline__ bool InDivisionRange(float v) {
-  return ((__float_as_uint(v) >> 23) & 0xFFu) - (127u - 30u) <= 60u;
+// What DivideByRowScaleInRange needs besides the divisor: RN(1 / b) when b
+// is InDivisionRange, zero otherwise (the caller then divides with
+// __fdiv_rn). Computed once per batch row.
+__device__ __forceinline__ float RowScaleReciprocal(float b) {
+  return InDivisionRange(b) ? __frcp_rn(b) : 0.0f;
 }
 
 // __fdiv_rn(a, b), given rcp = RowScaleReciprocal(b) != 0 and a zero or
@@ -93,13 +92,6 @@ __device__ __forceinline__ float DivideByRowScaleInRange(float a, float b, float
   const float q1 = __fmaf_rn(__fmaf_rn(-b, q0, a), rcp, q0);
   const float q2 = __fmaf_rn(__fmaf_rn(-b, q1, a), rcp, q1);
   return a == 0.0f ? q0 : q2;
-}
-
-// __fdiv_rn(a, b) for any a, given rcp = RowScaleReciprocal(b): the
-// straight-line version where it applies, else the plain division.
-__device__ __forceinline__ float DivideByRowScale(float a, float b, float rcp) {
-  if (rcp != 0.0f && (a == 0.0f || InDivisionRange(a))) return DivideByRowScaleInRange(a, b, rcp);
-  return __fdiv_rn(a, b);
 }
 
 }  // namespace bitnet::cuda_internal

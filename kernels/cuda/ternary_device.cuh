@@ -483,9 +483,9 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
   // [2^-30, 2^9), every float(acc) * weight scale is zero or in
   // [2^-30, 2^31), so a row whose scale has a reciprocal divides by the
   // straight-line DivideByRowScaleInRange: one check per row of 4 columns.
-  // (A range check and branch per element, DivideByRowScale, made the int8
-  // launches at M >= 512 4 % slower than __fdiv_rn; this is 5-10 % faster:
-  // session 21, benchmarks/NOTES-kernels.md.)
+  // (A range check and branch per element made the int8 launches at
+  // M >= 512 4 % slower than __fdiv_rn; this is 5-10 % faster: session 21,
+  // benchmarks/NOTES-kernels.md.)
   bool cols_in_range = kSmallAcc;
 #pragma unroll
   for (int c = 0; c < 4; ++c) {

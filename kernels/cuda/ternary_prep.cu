@@ -36,7 +36,6 @@ __device__ __forceinline__ float ToFloat(float v) { return v; }
 __device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-
 __device__ float BlockMax(float v) {
   __shared__ float s_warp[kPrepThreads / 32];
 #pragma unroll
