@@ -396,40 +396,87 @@ __device__ __forceinline__ float ApplyAct(Act act, float v) {
   }
 }
 
-// One output value: accumulator -> scaled, biased, activated float, with its
-// operands already loaded (the gemv kernels fetch them while the weights
-// stream in, so the epilogue waits for no memory).
-template <typename T>
-__device__ __forceinline__ float EpilogueValueFrom(const GemmParams& p, T acc, float ws, float bias,
-                                                   float rs) {
-  if (p.y_type == OutType::kS32) return __int_as_float(static_cast<int>(acc));
+// One output value of the gemv kernels: accumulator -> scaled, biased,
+// activated float, with its operands already loaded (the gemv kernels fetch
+// them while the weights stream in, so the epilogue waits for no memory).
+// The activation and (int8) kSmallAcc are template parameters
+// (WithEpilogueKind), so a thread's unrolled outputs are straight-line code.
+template <typename T, Act kAct, bool kSmallAcc>
+__device__ __forceinline__ float EpilogueValueFrom(T acc, float ws, float bias, float rs) {
   float v;
   if constexpr (std::is_same<T, int>::value) {
     // Int8Dequantize (kernels/activation.h), same float operations and order:
     // float(acc) * weight_scale / row_scale + bias, no contraction.
-    v = __fmul_rn(static_cast<float>(acc), ws);
+    v = __fmul_rn(kSmallAcc ? SmallAccToFloat(acc) : static_cast<float>(acc), ws);
     v = __fadd_rn(__fdiv_rn(v, rs), bias);
   } else {
     // acc * ws (* row scale: an exact power of two, so * 1 is the same value)
     // + bias, rounded step by step as in EpilogueRows.
     v = __fadd_rn(__fmul_rn(__fmul_rn(acc, ws), rs), bias);
   }
-  return ApplyAct(p.act, v);
+  return ApplyAct(kAct, v);
 }
 
-__device__ __forceinline__ void StoreOutput(const GemmParams& p, int64_t off, float v) {
+template <OutType kOut>
+__device__ __forceinline__ void StoreOutput(void* y, int64_t off, float v) {
+  if constexpr (kOut == OutType::kF32) {
+    static_cast<float*>(y)[off] = v;
+  } else if constexpr (kOut == OutType::kF16) {
+    static_cast<__half*>(y)[off] = __float2half_rn(v);
+  } else if constexpr (kOut == OutType::kBF16) {
+    static_cast<__nv_bfloat16*>(y)[off] = __float2bfloat16_rn(v);
+  } else {
+    static_cast<int*>(y)[off] = __float_as_int(v);
+  }
+}
+
+// Calls f(act, out_type, small_acc), each a std::integral_constant: the
+// launch's activation and output type, and (int8) whether its accumulators
+// fit SmallAccToFloat. f's body is compiled once per combination and only
+// the launch's one runs; the raw int32 output (kS32) comes with kIdentity.
+// (The gemv used to switch on both per output inside its unrolled output
+// loop: the same instruction-fetch cost the comment below describes.)
+template <typename T, typename F>
+__device__ __forceinline__ void WithEpilogueKind(const GemmParams& p, F&& f) {
+  using std::integral_constant;
+  auto by_small = [&](auto act_c, auto out_c) {
+    if constexpr (std::is_same<T, int>::value) {
+      if (p.k_tiles <= kSmallAccMaxKTiles) {
+        f(act_c, out_c, std::true_type{});
+        return;
+      }
+    }
+    f(act_c, out_c, std::false_type{});
+  };
+  auto by_act = [&](auto out_c) {
+    switch (p.act) {
+      case Act::kRelu:
+        by_small(integral_constant<Act, Act::kRelu>{}, out_c);
+        break;
+      case Act::kGelu:
+        by_small(integral_constant<Act, Act::kGelu>{}, out_c);
+        break;
+      case Act::kSilu:
+        by_small(integral_constant<Act, Act::kSilu>{}, out_c);
+        break;
+      default:
+        by_small(integral_constant<Act, Act::kIdentity>{}, out_c);
+        break;
+    }
+  };
   switch (p.y_type) {
-    case OutType::kF32:
-      static_cast<float*>(p.y)[off] = v;
-      break;
     case OutType::kF16:
-      static_cast<__half*>(p.y)[off] = __float2half_rn(v);
+      by_act(integral_constant<OutType, OutType::kF16>{});
       break;
     case OutType::kBF16:
-      static_cast<__nv_bfloat16*>(p.y)[off] = __float2bfloat16_rn(v);
+      by_act(integral_constant<OutType, OutType::kBF16>{});
       break;
     case OutType::kS32:
-      static_cast<int*>(p.y)[off] = __float_as_int(v);
+      f(integral_constant<Act, Act::kIdentity>{}, integral_constant<OutType, OutType::kS32>{},
+        std::false_type{});
+      break;
+    default:
+      by_act(integral_constant<OutType, OutType::kF32>{});
       break;
   }
 }

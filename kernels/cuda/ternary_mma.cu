@@ -618,18 +618,29 @@ __global__ void __launch_bounds__(kWarps * 32, kBlocksPerSm)
   for (int r = 0; r < Tr::kRegs; ++r) red[(warp * Tr::kRegs + r) * 32 + lane] = flat[r];
   __syncthreads();
   trace(kTraceReduced);
+  WithEpilogueKind<T>(p, [&](auto act_c, auto out_c, auto small_acc_c) {
+    constexpr Act kAct = decltype(act_c)::value;
+    constexpr OutType kOut = decltype(out_c)::value;
+    constexpr bool kSmallAcc = decltype(small_acc_c)::value;
 #pragma unroll
-  for (int o = 0; o < kOuts; ++o) {
-    const int idx = tid + o * Tr::kThreads;
-    if (out_m[o] >= p.m || out_n[o] >= p.n) continue;  // also idx past the accumulators
-    const int reg = idx >> 5;
-    const int ln = idx & 31;
-    T sum = T(0);
+    for (int o = 0; o < kOuts; ++o) {
+      const int idx = tid + o * Tr::kThreads;
+      if (out_m[o] >= p.m || out_n[o] >= p.n) continue;  // also idx past the accumulators
+      const int reg = idx >> 5;
+      const int ln = idx & 31;
+      T sum = T(0);
 #pragma unroll
-    for (int w = 0; w < Tr::kWarps; ++w) sum = sum + red[(w * Tr::kRegs + reg) * 32 + ln];
-    StoreOutput(p, static_cast<int64_t>(out_m[o]) * p.ldy + out_n[o],
-                EpilogueValueFrom(p, sum, out_ws[o], out_bias[o], out_rs[o]));
-  }
+      for (int w = 0; w < Tr::kWarps; ++w) sum = sum + red[(w * Tr::kRegs + reg) * 32 + ln];
+      const int64_t off = static_cast<int64_t>(out_m[o]) * p.ldy + out_n[o];
+      if constexpr (kOut == OutType::kS32) {
+        StoreOutput<kOut>(p.y, off, __int_as_float(static_cast<int>(sum)));
+      } else {
+        StoreOutput<kOut>(p.y, off,
+                          EpilogueValueFrom<T, kAct, kSmallAcc>(sum, out_ws[o], out_bias[o],
+                                                                out_rs[o]));
+      }
+    }
+  });
   trace(kTraceEnd);
 }
 
