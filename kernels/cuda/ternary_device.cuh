@@ -471,9 +471,11 @@ __device__ __forceinline__ void WithEpilogueKind(const GemmParams& p, F&& f) {
     case OutType::kBF16:
       by_act(integral_constant<OutType, OutType::kBF16>{});
       break;
-    case OutType::kS32:
-      f(integral_constant<Act, Act::kIdentity>{}, integral_constant<OutType, OutType::kS32>{},
-        std::false_type{});
+    case OutType::kS32:  // int8 mode only (the planner rejects it otherwise)
+      if constexpr (std::is_same<T, int>::value) {
+        f(integral_constant<Act, Act::kIdentity>{}, integral_constant<OutType, OutType::kS32>{},
+          std::false_type{});
+      }
       break;
     default:
       by_act(integral_constant<OutType, OutType::kF32>{});
