@@ -621,12 +621,19 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   if (m <= 32) {
     return FindConfig(type != MmaType::kS8 && m > 16 && !wide ? "ws_w128_b32" : "mma_w64_b32");
   }
-  if (m <= 64) {
-    if (type != MmaType::kS8) return FindConfig("ws_w128_b64");
-    return FindConfig(wide ? "wgmma_w128_b64" : "mma_w64_b32");
-  }
-  // From 65 rows both modes use ws tiles (at N >= 8192 partly the 192-row
-  // ones: WideTile).
+  // Session 22 (H200, graph --pdl, --sweep at M = 64, 128, 256): from 33 rows
+  // both modes take ws tiles. At N = 4096 the 32-column batch tile led up to
+  // 128 rows (there its 128 tiles run whole K, where ws_w128_b64's 64 tiles
+  // are split in two and pay for the partial sums): M = 64 fp16 / int8
+  // 9.43 / 10.47 us against 10.45 (ws_w128_b64) / 11.99 (mma_w64_b32), M =
+  // 128 12.10 / 11.33 against 12.31 / 12.53 (ws_w128_b64); at M = 256
+  // ws_w128_b64 stays (15.26 / 13.60 against 17.6+ for every other tile). At
+  // N = 11008, M = 64 ws_w128_b64 ran int8 in 13.09 us against 19.45 for
+  // wgmma_w128_b64 with its split-K of 4 (17.02 without), which sessions
+  // before the ws kernels' later gains had measured faster.
+  if (m <= 64) return FindConfig(wide ? "ws_w128_b64" : "ws_w128_b32");
+  // At N >= 8192 partly the 192-row tiles: WideTile.
+  if (m <= 128 && !wide) return FindConfig("ws_w128_b32");
   if (m <= 256) return FindConfig(wide ? WideTile(m) : "ws_w128_b64");
   // Session 13 (H100, graph --pdl, int8): at N = 11008, M = 2048 the 192 x 176
   // tiles (696 blocks) ran 188.1 us against 195.8 us for 128 x 176 (1032).
