@@ -579,9 +579,8 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // 8-row tiles (session 16, H100, N = 4096: fp16 5.50-5.71 against 5.95-5.99
   // us, int8 6.15-6.43 against 7.04-7.11); at N = 11008 its 344 blocks need
   // three waves and 48-row blocks stay. Larger batches are tensor-core
-  // bound: wgmma on Hopper, whose 128 x 64 tile (two blocks per SM) measured
-  // best from M = 64 to 2048 in both modes, except the int8 and small-N
-  // cases where the 64 x 32 mma.sync tile wins.
+  // bound: on Hopper the warp-specialized wgmma tiles from 17 rows (session
+  // 22, below), elsewhere mma.sync.
   // 48-row blocks at large N: one wave of two blocks per SM at N = 11008.
   // Session 10 (H100, graph --pdl): up to 8 rows at N = 4096, 16 rows x 16
   // warps (two blocks and 32 warps per SM) beat 32 rows x 8 warps: M = 1
@@ -618,22 +617,24 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // M = 2048 int8 200.9 / 229.2 / 210.3): 3 batch tiles of 176 make 258 tiles,
   // two nearly full waves on 132 SMs, where 128-row tiles leave a third wave
   // mostly idle.
-  if (m <= 32) {
-    return FindConfig(type != MmaType::kS8 && m > 16 && !wide ? "ws_w128_b32" : "mma_w64_b32");
-  }
-  // Session 22 (H200, graph --pdl, --sweep at M = 64, 128, 256): from 33 rows
-  // both modes take ws tiles. At N = 4096 the 32-column batch tile led up to
-  // 128 rows (there its 128 tiles run whole K, where ws_w128_b64's 64 tiles
-  // are split in two and pay for the partial sums): M = 64 fp16 / int8
-  // 9.43 / 10.47 us against 10.45 (ws_w128_b64) / 11.99 (mma_w64_b32), M =
-  // 128 12.10 / 11.33 against 12.31 / 12.53 (ws_w128_b64); at M = 256
-  // ws_w128_b64 stays (15.26 / 13.60 against 17.6+ for every other tile). At
-  // N = 11008, M = 64 ws_w128_b64 ran int8 in 13.09 us against 19.45 for
-  // wgmma_w128_b64 with its split-K of 4 (17.02 without), which sessions
-  // before the ws kernels' later gains had measured faster.
-  if (m <= 64) return FindConfig(wide ? "ws_w128_b64" : "ws_w128_b32");
+  // Session 22 (H200, graph --pdl): from 17 rows both modes take ws tiles,
+  // the 32-column batch tile up to 32 rows at any N and up to 128 rows at
+  // N = 4096, where its 128 tiles at M = 128 run whole K and ws_w128_b64's 64
+  // tiles are split in two and pay for the partial sums. Two rounds at M = 20
+  // and 32 (run106.sh): N = 4096 int8 9.28-9.40 us against 10.22-10.52 for
+  // mma_w64_b32; N = 11008 fp16 / int8 12.15-12.23 / 10.75-11.13 against
+  // 21.1-21.3 / 15.2-15.5 for mma_w64_b32 and 14.9-15.8 / 12.0-12.4 for
+  // ws_w128_b64. The sweep at M = 64, 128, 256 (run104.sh): N = 4096, M = 64
+  // fp16 / int8 9.43 / 10.47 against 10.45 (ws_w128_b64) / 11.99
+  // (mma_w64_b32), M = 128 12.10 / 11.33 against 12.31 / 12.53 (ws_w128_b64);
+  // at M = 256 ws_w128_b64 stays (15.26 / 13.60 against 17.6+ for every other
+  // tile). At N = 11008, M = 64 ws_w128_b64 (86 tiles) ran int8 in 13.09 us
+  // against 19.45 for wgmma_w128_b64 with its split-K of 4 (17.02 without),
+  // which sessions before the ws kernels' later gains had measured faster,
+  // and ws_w128_b32 ran 19.7.
+  if (m <= 32 || (m <= 128 && !wide)) return FindConfig("ws_w128_b32");
+  if (m <= 64) return FindConfig("ws_w128_b64");
   // At N >= 8192 partly the 192-row tiles: WideTile.
-  if (m <= 128 && !wide) return FindConfig("ws_w128_b32");
   if (m <= 256) return FindConfig(wide ? WideTile(m) : "ws_w128_b64");
   // Session 13 (H100, graph --pdl, int8): at N = 11008, M = 2048 the 192 x 176
   // tiles (696 blocks) ran 188.1 us against 195.8 us for 128 x 176 (1032).
