@@ -434,8 +434,10 @@ __device__ __forceinline__ void StoreOutput(void* y, int64_t off, float v) {
 // launch's activation and output type, and (int8) whether its accumulators
 // fit SmallAccToFloat. f's body is compiled once per combination and only
 // the launch's one runs; the raw int32 output (kS32) comes with kIdentity.
-// (The gemv used to switch on both per output inside its unrolled output
-// loop: the same instruction-fetch cost the comment below describes.)
+// Both epilogues dispatch through it: the gemv's (which used to switch on
+// activation and output type per output inside its unrolled output loop)
+// and the block tiles' EpilogueRows (the instruction-fetch cost the comment
+// on Epilogue below describes).
 template <typename T, typename F>
 __device__ __forceinline__ void WithEpilogueKind(const GemmParams& p, F&& f) {
   using std::integral_constant;
@@ -618,55 +620,6 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
   }
 }
 
-template <typename T, OutType kOut, int kBW, int kThreads, bool kSmallAcc>
-__device__ __forceinline__ void EpilogueRowsAct(const GemmParams& p, const uint32_t* tile,
-                                                int block_w0, int block_b0, int n_valid,
-                                                int m_valid) {
-  switch (p.act) {
-    case Act::kRelu:
-      EpilogueRows<T, Act::kRelu, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                  n_valid, m_valid);
-      break;
-    case Act::kGelu:
-      EpilogueRows<T, Act::kGelu, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                  n_valid, m_valid);
-      break;
-    case Act::kSilu:
-      EpilogueRows<T, Act::kSilu, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                  n_valid, m_valid);
-      break;
-    default:
-      EpilogueRows<T, Act::kIdentity, kOut, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                      n_valid, m_valid);
-      break;
-  }
-}
-
-// Phase 2 of Epilogue for the output type of the launch.
-template <typename T, int kBW, int kThreads, bool kSmallAcc>
-__device__ __forceinline__ void EpilogueByType(const GemmParams& p, const uint32_t* tile,
-                                               int block_w0, int block_b0, int n_valid,
-                                               int m_valid) {
-  switch (p.y_type) {
-    case OutType::kF16:
-      EpilogueRowsAct<T, OutType::kF16, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                  n_valid, m_valid);
-      break;
-    case OutType::kBF16:
-      EpilogueRowsAct<T, OutType::kBF16, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                   n_valid, m_valid);
-      break;
-    case OutType::kS32:
-      EpilogueRows<T, Act::kIdentity, OutType::kS32, kBW, kThreads>(p, tile, block_w0, block_b0,
-                                                                    n_valid, m_valid);
-      break;
-    default:
-      EpilogueRowsAct<T, OutType::kF32, kBW, kThreads, kSmallAcc>(p, tile, block_w0, block_b0,
-                                                                  n_valid, m_valid);
-      break;
-  }
-}
-
 template <int kBW, int kBB, int kThreads, int kNamedThreads = 0, typename T, int kGroups,
           int kNTiles, typename RowBase, typename ColBase>
 __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][kNTiles][4],
@@ -706,13 +659,10 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
     }
   }
   ComputeSync<kNamedThreads>();
-  if constexpr (std::is_same<T, int>::value) {
-    if (p.k_tiles <= kSmallAccMaxKTiles) {
-      EpilogueByType<T, kBW, kThreads, true>(p, tile, block_w0, block_b0, n_valid, m_valid);
-      return;
-    }
-  }
-  EpilogueByType<T, kBW, kThreads, false>(p, tile, block_w0, block_b0, n_valid, m_valid);
+  WithEpilogueKind<T>(p, [&](auto act_c, auto out_c, auto small_acc_c) {
+    EpilogueRows<T, decltype(act_c)::value, decltype(out_c)::value, kBW, kThreads,
+                 decltype(small_acc_c)::value>(p, tile, block_w0, block_b0, n_valid, m_valid);
+  });
 }
 
 }  // namespace bitnet::cuda_internal
