@@ -594,11 +594,16 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // The one-block-per-SM tiles are taken on Hopper only, where they were
   // measured and where 128 KB of shared memory per block always fits (sm_86
   // and sm_89 allow 99 KB; gemv_w32_b16_16w stages 128 KB of fp16 x).
-  // Session 23 (H200, graph --pdl, two rounds): on Hopper the same 16-row
-  // tile in 8 warps (gemv_w16_b8_8w) ran fp16 M = 1 at N = 4096 in 3.53-3.54
-  // us against 3.82; at N = 11008 48-row blocks stay (6.77 against 9.89).
+  // Session 23 (H200, graph --pdl): on Hopper the same 16-row tile in 8
+  // warps (gemv_w16_b8_8w) ran fp16 M = 1 faster once its blocks cover about
+  // every SM: N = 4096 3.53-3.55 us against 3.82, N = 2048 3.24 against 3.55;
+  // with fewer blocks than SMs the 16 warps of gemv_w16_b8 hide more latency
+  // per SM (N = 1024: 2.43 against 2.60). At N = 11008 48-row blocks stay
+  // (6.77 against 9.89).
   if (m <= 8 && n >= 8192) return FindConfig("gemv_w48_b8");
-  if (m == 1 && type != MmaType::kS8) return FindConfig(wgmma ? "gemv_w16_b8_8w" : "gemv_w16_b8");
+  if (m == 1 && type != MmaType::kS8) {
+    return FindConfig(wgmma && n >= 2048 ? "gemv_w16_b8_8w" : "gemv_w16_b8");
+  }
   if (m <= 8) return FindConfig(wgmma ? "gemv_w32_b8_16w" : "gemv_w16_b8");
   if (m <= 16 && n >= 8192) return FindConfig("gemv_w48_b16");
   if (m <= 16) return FindConfig(wgmma ? "gemv_w32_b16_16w" : "gemv_w32_b8");

@@ -721,8 +721,9 @@ extern const GemmKernelInfo kMmaKernels[] = {
     // H200, graph --pdl, two rounds; the last of each warp's k-tiles after
     // its x copies: 3.56 with none, 3.58 with two; two x groups per k-tile
     // 3.89; 4 warps of 8 k-tiles 4.77). Why it beats 16 warps is not
-    // profiled. Measured on Hopper only, so only Hopper takes it
-    // (AutoConfig); int8 mode keeps gemv_w32_b8_16w (3.93 against 4.13).
+    // profiled. Measured on Hopper only, so only Hopper takes it, from
+    // N = 2048 (AutoConfig); int8 mode keeps gemv_w32_b8_16w (3.93 against
+    // 4.13).
     BITNET_GEMV_CONFIG("gemv_w16_b8_8w", 1, 1, 8, 2, 1, 0, 1),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
