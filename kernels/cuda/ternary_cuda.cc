@@ -599,7 +599,8 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   // every SM: N = 4096 3.53-3.55 us against 3.82, N = 2048 3.24 against 3.55;
   // with fewer blocks than SMs the 16 warps of gemv_w16_b8 hide more latency
   // per SM (N = 1024: 2.43 against 2.60). At N = 11008 48-row blocks stay
-  // (6.77 against 9.89).
+  // (6.77 against 9.89), and int8 mode keeps gemv_w32_b8_16w (3.93 against
+  // 4.13). Why 8 warps beat 16 is not profiled.
   if (m <= 8 && n >= 8192) return FindConfig("gemv_w48_b8");
   if (m == 1 && type != MmaType::kS8) {
     return FindConfig(wgmma && n >= 2048 ? "gemv_w16_b8_8w" : "gemv_w16_b8");

@@ -716,14 +716,11 @@ extern const GemmKernelInfo kMmaKernels[] = {
     // 16, RESULTS.md).
     BITNET_GEMV_CONFIG("gemv_w32_b16_16w", 2, 2, 16, 1, 1, 2, 0),
     BITNET_GEMV_CONFIG("gemv_w32_b8_16w", 1, 2, 16, 1, 2, 2, 0),
-    // gemv_w16_b8's tile in 8 warps of 4 k-tiles each (16 warps per SM): at
-    // N = 4096, M = 1 in fp16 mode 3.53-3.54 us against 3.82 (session 23,
-    // H200, graph --pdl, two rounds; the last of each warp's k-tiles after
-    // its x copies: 3.56 with none, 3.58 with two; two x groups per k-tile
-    // 3.89; 4 warps of 8 k-tiles 4.77). Why it beats 16 warps is not
-    // profiled. Measured on Hopper only, so only Hopper takes it, from
-    // N = 2048 (AutoConfig); int8 mode keeps gemv_w32_b8_16w (3.93 against
-    // 4.13).
+    // gemv_w16_b8's tile in 8 warps of 4 k-tiles each (16 warps per SM; where
+    // AutoConfig takes it, and why: there). Its variants at N = 4096, M = 1
+    // in fp16 mode (session 23, H200, graph --pdl, two rounds): the last of
+    // each warp's k-tiles after its x copies 3.53-3.54 us, none 3.56, two
+    // 3.58; two x groups per k-tile 3.89; 4 warps of 8 k-tiles 4.77.
     BITNET_GEMV_CONFIG("gemv_w16_b8_8w", 1, 1, 8, 2, 1, 0, 1),
     BITNET_MMA_CONFIG("mma_w64_b32", 4, 1, 1, 4, 48 * 1024),
     BITNET_MMA_CONFIG("mma_w128_b64", 4, 2, 2, 4, 96 * 1024),
