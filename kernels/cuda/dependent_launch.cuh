@@ -51,6 +51,23 @@ __device__ __forceinline__ void PdlWaitForPrerequisites() {
 #endif
 }
 
+// Asks the L2 to fetch the line holding `p` (no value comes back). A
+// prefetch changes nothing that any load observes, so it may go ahead of
+// PdlWaitForPrerequisites even for data the previous kernel writes: the
+// kernel's own reads still come after the wait. Used for the activations,
+// which the benchmark's method (and a server's first layer) read cold from
+// DRAM: fetched while the previous kernel runs, they no longer queue there
+// behind this kernel's weight stream after the wait.
+// Like the PDL instructions, nothing below sm_90, where no kernel starts
+// before its predecessor ends.
+__device__ __forceinline__ void PrefetchToL2(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 // Launches `kernel` on `stream`; with `overlap_previous`, with the
 // programmatic stream serialization attribute, so that it may start while
 // the previous kernel on the stream is still running (and, under stream

@@ -49,12 +49,33 @@ __device__ float BlockMax(float v) {
   return r;
 }
 
+// This block's row of x into the L2 before the PDL wait. A preparation
+// block is small enough to start beside the previous kernel's blocks, so
+// the row arrives while that kernel still runs (int8 mode, H200, graph
+// --pdl, three rounds, session 24: N = 4096, M = 1 / 16 / 128 3.93 / 5.05 /
+// 11.33 -> 3.82 / 4.87 / 11.05 us; N = 11008, M = 8 7.22 -> 6.79; two
+// rounds at M = 384 / 512: N = 4096 17.06-17.12 / 17.93-18.04 -> 16.69-16.71
+// / 17.74-17.78, N = 11008 45.45-45.54 / 41.56-41.58 -> 44.73-44.76 /
+// 41.08-41.21). Not past 512 rows: 16 MB prefetched during the previous
+// GEMM at M = 2048 cost it more than it saved (session 10); 513..2047 rows
+// are not measured.
+template <typename InT>
+__device__ __forceinline__ void PrefetchRow(const InT* x, int k) {
+  if (gridDim.x > 512) return;
+  const char* bytes = reinterpret_cast<const char*>(x);
+  const int64_t row_bytes = int64_t{k} * int64_t{sizeof(InT)};
+  for (int64_t c = int64_t{threadIdx.x} * 128; c < row_bytes; c += kPrepThreads * 128) {
+    PrefetchToL2(bytes + c);
+  }
+}
+
 template <typename InT, MmaType kOut>
 __global__ void __launch_bounds__(kPrepThreads) prep_kernel(const PrepParams p) {
   PdlLaunchDependents();
-  PdlWaitForPrerequisites();
   const int row = blockIdx.x;
   const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
+  PrefetchRow(x, p.k);
+  PdlWaitForPrerequisites();
   float mul = 1.0f;
   if (kOut == MmaType::kS8 || p.prescale) {
     float amax = 0.0f;
@@ -108,9 +129,10 @@ constexpr int kHeldGroups = 4;
 template <typename InT, MmaType kOut>
 __global__ void __launch_bounds__(kPrepThreads) prep_vec8_kernel(const PrepParams p) {
   PdlLaunchDependents();
-  PdlWaitForPrerequisites();
   const int row = blockIdx.x;
   const InT* x = static_cast<const InT*>(p.x) + static_cast<int64_t>(row) * p.ldx;
+  PrefetchRow(x, p.k);
+  PdlWaitForPrerequisites();
   const int groups = p.k / 8;
   auto load8 = [&](int gidx, float (&v)[8]) {
     if constexpr (sizeof(InT) == 4) {
