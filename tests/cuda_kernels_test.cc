@@ -624,6 +624,54 @@ TEST(CudaKernelsTest, OffHopperSmallBatchesKeepTheTwoBlockGemvTiles) {
   }
 }
 
+// From 257 to 1024 rows the automatic choice takes the ws batch width whose
+// grid costs the fewest waves of blocks times width (AutoConfig's
+// FewestWavesTile). The case that made it: at N = 11008, 384 rows in 176-row
+// tiles left a third batch tile of 32 rows, as slow as a full one (H200:
+// 78.4 us fp16 against 50.1 with three full 128-row tiles). Planned for a
+// simulated 132-SM Hopper device.
+TEST(CudaKernelsTest, ManyRowsTakeTheBatchTileWithTheFewestWaves) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(FreshSeed());
+  struct Case {
+    int64_t n, m;
+    const char* want;
+  };
+  const Case cases[] = {
+      {11008, 320, "ws_w128_b128"},  // two waves either way, of narrower blocks
+      {11008, 384, "ws_w128_b128"},  // 3 full tiles, not 176 + 176 + 32
+      {11008, 512, "ws_w128_b176"},  // 258 blocks in 2 waves, not 344 in 3
+      {11008, 768, "ws_w128_b128"}, {11008, 1024, "ws_w128_b176"},
+      {4096, 320, "ws_w128_b96"},  // 128 blocks: one wave of 96-row tiles
+      {4096, 384, "ws_w128_b96"},   {4096, 512, "ws_w128_b128"},
+      {4096, 768, "ws_w128_b96"},   {4096, 1024, "ws_w128_b128"},
+  };
+  for (const int64_t n : {int64_t{4096}, int64_t{11008}}) {
+    const PackedTernaryMatrix w = RandomWeights(rng, n, 256, ScaleGranularity::kPerRow);
+    absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+        CudaTernaryWeights::Create(w.view(), nullptr, 0);
+    ASSERT_TRUE(dw.ok()) << dw.status();
+    for (const Case& c : cases) {
+      if (c.n != n) continue;
+      for (const ActivationQuant q : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+        CudaLinearArgs a;
+        a.m = c.m;
+        a.x = reinterpret_cast<const void*>(uintptr_t{256});  // planned, never launched
+        a.x_dtype = CudaDType::kF16;
+        a.weights = dw->get();
+        a.act_quant = q;
+        a.y = reinterpret_cast<void*>(uintptr_t{256});
+        a.y_dtype = CudaDType::kF16;
+        absl::StatusOr<CudaLaunchPlan> plan =
+            CudaPlanLinear(a, /*device_sm_major=*/9, /*device_sms=*/132, /*device_has_wgmma=*/true);
+        ASSERT_TRUE(plan.ok()) << plan.status();
+        EXPECT_EQ(std::string(CudaKernelConfigs()[plan->config].name), c.want)
+            << "n = " << n << ", m = " << c.m << ", act_quant " << static_cast<int>(q);
+      }
+    }
+  }
+}
+
 // A server runs every layer and batch size through one workspace. An int8
 // call without split-K (its quantized activations in the workspace) followed
 // by a split-K call must still sum the right partials: the split-K counters

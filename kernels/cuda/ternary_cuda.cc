@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -565,13 +566,56 @@ WorkspaceLayout Layout(int64_t m, const GemmKernelInfo& kernel, int64_t tiles, i
 // 128 20.8-22.2 us depending on the machine, against 22.0-22.1. From 129 to
 // 176 rows one wave of 86 ws_w128_b176 blocks (~23 us) stays ahead in both
 // modes.
-const char* WideTile(int64_t m) {
+//
+// Session 24 (H200, graph --pdl, N = 11008, M = 192): in fp16 mode three
+// batch tiles of 64 rows (258 blocks) ran 31.75-32.33 us against 33.92-34.03
+// for ws_w192_b128, which had made fp16 slower than cuBLAS there (32.3-32.8);
+// int8 keeps ws_w192_b128 (22.02 against 23.96). At 224 rows four 64-row
+// tiles lose (45.6 against 34.3), so only up to 192.
+const char* WideTile(int64_t m, MmaType type) {
   if (m <= 128) return "ws_w192_b64";
   if (m <= 176) return "ws_w128_b176";
+  if (m <= 192 && type != MmaType::kS8) return "ws_w128_b64";
   return "ws_w192_b128";
 }
 
-int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
+// Of the ws tiles with 128 weight rows and a batch tile of each width in
+// `widths`, the one whose grid costs the fewest waves of blocks times the
+// batch width: a block's time grows about with its batch columns and a
+// wave's with its slowest block, so a partly empty last wave or a mostly
+// empty last batch tile costs as much as full ones. Ties keep the first
+// width listed. Session 24 (H200, graph --pdl, `run114.sh`, `run115.sh`),
+// us fp16 / int8, automatic before -> this choice:
+//   N = 4096 (32 weight tiles), 128 before: M = 320 22.60 / 16.92 -> 96
+//   19.53 / 15.83; M = 384 23.19 / 17.01 -> 96 20.00 / 16.20; M = 768
+//   45.31 / 32.53 -> 96 39.39 / 30.31 (128 stays at M = 512 and 1024).
+//   N = 11008 (86 weight tiles), 176 before: M = 320 59.59 / 38.98 -> 128
+//   52.44 / 33.90; M = 384 78.40 / 45.47 -> 128 50.14 / 31.98 (sweep); M =
+//   768 123.88 / 77.22 -> 128 100.97 / 63.18 (176 stays at M = 512 and 1024,
+//   where session 8 measured it ahead).
+const char* FewestWavesTile(int64_t m, int64_t n, int sms, std::initializer_list<int> widths) {
+  const int64_t weight_tiles = (n + 127) / 128;
+  int best = 0;
+  int64_t best_cost = 0;
+  for (const int b : widths) {
+    const int64_t blocks = weight_tiles * ((m + b - 1) / b);
+    const int64_t cost = (blocks + sms - 1) / std::max(1, sms) * b;
+    if (best == 0 || cost < best_cost) {
+      best = b;
+      best_cost = cost;
+    }
+  }
+  switch (best) {
+    case 96:
+      return "ws_w128_b96";
+    case 128:
+      return "ws_w128_b128";
+    default:
+      return "ws_w128_b176";
+  }
+}
+
+int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma, int sms) {
   // From bitnet-bench kernels --sweep on an H100 (benchmarks/NOTES-kernels.md,
   // K = 4096, N = 4096 and 11008). Small batches stream the weights:
   // one-latency gemv kernels. For 9..16 rows at moderate N, one 16-row tile
@@ -644,11 +688,14 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma) {
   if (m <= 32 || (m <= 128 && !wide)) return FindConfig("ws_w128_b32");
   if (m <= 64) return FindConfig("ws_w128_b64");
   // At N >= 8192 partly the 192-row tiles: WideTile.
-  if (m <= 256) return FindConfig(wide ? WideTile(m) : "ws_w128_b64");
+  if (m <= 256) return FindConfig(wide ? WideTile(m, type) : "ws_w128_b64");
+  if (m <= 1024) {
+    return FindConfig(wide ? FewestWavesTile(m, n, sms, {176, 128})
+                           : FewestWavesTile(m, n, sms, {128, 96}));
+  }
   // Session 13 (H100, graph --pdl, int8): at N = 11008, M = 2048 the 192 x 176
   // tiles (696 blocks) ran 188.1 us against 195.8 us for 128 x 176 (1032).
-  if (wide) return FindConfig(type == MmaType::kS8 && m > 1024 ? "ws_w192_b176" : "ws_w128_b176");
-  if (m <= 1024) return FindConfig("ws_w128_b128");
+  if (wide) return FindConfig(type == MmaType::kS8 ? "ws_w192_b176" : "ws_w128_b176");
   // Session 13 (H100, graph --pdl, N = 4096, M = 2048 int8): 192 x 176 tiles
   // (22 x 12 = 264 blocks, exactly two waves on 132 SMs) ran 70.7-71.3 us
   // against 75.95 us for 128 x 256 tiles (256 blocks).
@@ -744,9 +791,9 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
   }
   CudaLaunchPlan plan;
   const MmaType type = MmaTypeFor(args);
-  plan.config =
-      args.config == kCudaAutoConfig ? AutoConfig(args.m, w.rows(), type, device_has_wgmma)
-                                     : args.config;
+  plan.config = args.config == kCudaAutoConfig
+                    ? AutoConfig(args.m, w.rows(), type, device_has_wgmma, device_sms)
+                    : args.config;
   const GemmKernelInfo& kernel = GemmKernel(plan.config);
   if (kernel.wgmma && !device_has_wgmma) {
     return absl::FailedPreconditionError(absl::StrCat(
