@@ -594,6 +594,20 @@ TEST(CudaKernelsTest, NonFiniteActivationsQuantizeAsOnTheCpu) {
   }
 }
 
+// fp16 in, fp16 out, for CudaPlanLinear alone: x and y are never read or
+// written, only their alignment is looked at.
+CudaLinearArgs PlanOnlyArgs(const CudaTernaryWeights* weights, int64_t m, ActivationQuant q) {
+  CudaLinearArgs a;
+  a.m = m;
+  a.x = reinterpret_cast<const void*>(uintptr_t{256});
+  a.x_dtype = CudaDType::kF16;
+  a.weights = weights;
+  a.act_quant = q;
+  a.y = reinterpret_cast<void*>(uintptr_t{256});
+  a.y_dtype = CudaDType::kF16;
+  return a;
+}
+
 // The one-block-per-SM gemv tiles stage up to 128 KB of x per block, more
 // than sm_86 / sm_89 allow (99 KB): the automatic choice takes them only where
 // sm_90a code runs. Planned here for a simulated Ampere device.
@@ -606,16 +620,9 @@ TEST(CudaKernelsTest, OffHopperSmallBatchesKeepTheTwoBlockGemvTiles) {
   ASSERT_TRUE(dw.ok()) << dw.status();
   for (const ActivationQuant q : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
     for (int64_t m = 1; m <= 16; ++m) {
-      CudaLinearArgs a;
-      a.m = m;
-      a.x = reinterpret_cast<const void*>(uintptr_t{256});  // planned, never launched
-      a.x_dtype = CudaDType::kF16;
-      a.weights = dw->get();
-      a.act_quant = q;
-      a.y = reinterpret_cast<void*>(uintptr_t{256});
-      a.y_dtype = CudaDType::kF16;
       absl::StatusOr<CudaLaunchPlan> plan =
-          CudaPlanLinear(a, /*device_sm_major=*/8, /*device_sms=*/84, /*device_has_wgmma=*/false);
+          CudaPlanLinear(PlanOnlyArgs(dw->get(), m, q), /*device_sm_major=*/8, /*device_sms=*/84,
+                         /*device_has_wgmma=*/false);
       ASSERT_TRUE(plan.ok()) << plan.status();
       const std::string name = CudaKernelConfigs()[plan->config].name;
       EXPECT_TRUE(name == "gemv_w16_b8" || name == "gemv_w32_b8")
@@ -654,16 +661,9 @@ TEST(CudaKernelsTest, ManyRowsTakeTheBatchTileWithTheFewestWaves) {
     for (const Case& c : cases) {
       if (c.n != n) continue;
       for (const ActivationQuant q : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
-        CudaLinearArgs a;
-        a.m = c.m;
-        a.x = reinterpret_cast<const void*>(uintptr_t{256});  // planned, never launched
-        a.x_dtype = CudaDType::kF16;
-        a.weights = dw->get();
-        a.act_quant = q;
-        a.y = reinterpret_cast<void*>(uintptr_t{256});
-        a.y_dtype = CudaDType::kF16;
-        absl::StatusOr<CudaLaunchPlan> plan =
-            CudaPlanLinear(a, /*device_sm_major=*/9, /*device_sms=*/132, /*device_has_wgmma=*/true);
+        absl::StatusOr<CudaLaunchPlan> plan = CudaPlanLinear(
+            PlanOnlyArgs(dw->get(), c.m, q), /*device_sm_major=*/9, /*device_sms=*/132,
+            /*device_has_wgmma=*/true);
         ASSERT_TRUE(plan.ok()) << plan.status();
         EXPECT_EQ(std::string(CudaKernelConfigs()[plan->config].name), c.want)
             << "n = " << n << ", m = " << c.m << ", act_quant " << static_cast<int>(q);
