@@ -633,7 +633,7 @@ TEST(CudaKernelsTest, OffHopperSmallBatchesKeepTheTwoBlockGemvTiles) {
 
 // From 257 to 1024 rows the automatic choice takes the ws batch width whose
 // grid costs the fewest waves of blocks times width (AutoConfig's
-// FewestWavesTile). The case that made it: at N = 11008, 384 rows in 176-row
+// FewestWavesConfig). The case that made it: at N = 11008, 384 rows in 176-row
 // tiles left a third batch tile of 32 rows, as slow as a full one (H200:
 // 78.4 us fp16 against 50.1 with three full 128-row tiles). Planned for a
 // simulated 132-SM Hopper device.

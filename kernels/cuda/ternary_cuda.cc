@@ -579,13 +579,13 @@ const char* WideTile(int64_t m, MmaType type) {
   return "ws_w192_b128";
 }
 
-// Of the ws tiles with 128 weight rows and a batch tile of each width in
-// `widths`, the one whose grid costs the fewest waves of blocks times the
-// batch width: a block's time grows about with its batch columns and a
-// wave's with its slowest block, so a partly empty last wave or a mostly
-// empty last batch tile costs as much as full ones. Ties keep the first
-// width listed. Session 24 (H200, graph --pdl, `run114.sh`, `run115.sh`),
-// us fp16 / int8, automatic before -> this choice:
+// Of the configurations named in `names`, the one whose grid costs the
+// fewest waves of blocks times the batch width (one block per SM): a
+// block's time grows about with its batch columns and a wave's with its
+// slowest block, so a partly empty last wave or a mostly empty last batch
+// tile costs as much as full ones. Ties keep the first name listed.
+// Session 24 (H200, graph --pdl, `run114.sh`, `run115.sh`), us fp16 / int8,
+// automatic before -> this choice:
 //   N = 4096 (32 weight tiles), 128 before: M = 320 22.60 / 16.92 -> 96
 //   19.53 / 15.83; M = 384 23.19 / 17.01 -> 96 20.00 / 16.20; M = 768
 //   45.31 / 32.53 -> 96 39.39 / 30.31 (128 stays at M = 512 and 1024).
@@ -593,26 +593,22 @@ const char* WideTile(int64_t m, MmaType type) {
 //   52.44 / 33.90; M = 384 78.40 / 45.47 -> 128 50.14 / 31.98 (sweep); M =
 //   768 123.88 / 77.22 -> 128 100.97 / 63.18 (176 stays at M = 512 and 1024,
 //   where session 8 measured it ahead).
-const char* FewestWavesTile(int64_t m, int64_t n, int sms, std::initializer_list<int> widths) {
-  const int64_t weight_tiles = (n + 127) / 128;
-  int best = 0;
+int FewestWavesConfig(int64_t m, int64_t n, int sms, std::initializer_list<const char*> names) {
+  int best = -1;
   int64_t best_cost = 0;
-  for (const int b : widths) {
-    const int64_t blocks = weight_tiles * ((m + b - 1) / b);
-    const int64_t cost = (blocks + sms - 1) / std::max(1, sms) * b;
-    if (best == 0 || cost < best_cost) {
-      best = b;
+  for (const char* name : names) {
+    const int id = FindConfig(name);
+    if (id < 0) continue;
+    const GemmKernelInfo& k = GemmKernel(id);
+    const int64_t blocks =
+        (n + k.weight_rows - 1) / k.weight_rows * ((m + k.batch_rows - 1) / k.batch_rows);
+    const int64_t cost = (blocks + sms - 1) / std::max(1, sms) * k.batch_rows;
+    if (best < 0 || cost < best_cost) {
+      best = id;
       best_cost = cost;
     }
   }
-  switch (best) {
-    case 96:
-      return "ws_w128_b96";
-    case 128:
-      return "ws_w128_b128";
-    default:
-      return "ws_w128_b176";
-  }
+  return best;
 }
 
 int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma, int sms) {
@@ -690,8 +686,8 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma, int sms) {
   // At N >= 8192 partly the 192-row tiles: WideTile.
   if (m <= 256) return FindConfig(wide ? WideTile(m, type) : "ws_w128_b64");
   if (m <= 1024) {
-    return FindConfig(wide ? FewestWavesTile(m, n, sms, {176, 128})
-                           : FewestWavesTile(m, n, sms, {128, 96}));
+    return wide ? FewestWavesConfig(m, n, sms, {"ws_w128_b176", "ws_w128_b128"})
+                : FewestWavesConfig(m, n, sms, {"ws_w128_b128", "ws_w128_b96"});
   }
   // Session 13 (H100, graph --pdl, int8): at N = 11008, M = 2048 the 192 x 176
   // tiles (696 blocks) ran 188.1 us against 195.8 us for 128 x 176 (1032).
