@@ -511,7 +511,8 @@ TEST(CudaKernelsTest, SplitKIsDeterministicAndCorrect) {
 }
 
 // Warp-specialized grids a little over one wave of this device's SMs, with
-// partial last tiles in both directions: whole waves of blocks followed by a
+// partial last tiles in both directions (the last batch tile shifted back to
+// end at M): whole waves of blocks followed by a
 // few (the shape where session 7 tried splitting the last wave's tiles; see
 // benchmarks/NOTES-kernels.md). Sized from the SM count.
 TEST(CudaKernelsTest, WarpSpecializedMultiWaveGridsMatchOracle) {
@@ -534,6 +535,22 @@ TEST(CudaKernelsTest, WarpSpecializedMultiWaveGridsMatchOracle) {
              ScaleGranularity::kPerRow, 0, 0, 0};
       SCOPED_TRACE(std::string(cfg.name));
       checked += RunCase(c, {cfg.id}, true, pick());
+      // Two batch tiles, the second shifted back to end at M so that it
+      // repeats all but 7 of the first tile's rows, with K split 3 ways: the
+      // rows both tiles store must agree after either tile's reduction.
+      Case shifted{cfg.batch_rows + 7,
+                   2 * cfg.weight_rows - 37,
+                   1100,
+                   mode,
+                   CudaDType::kBF16,
+                   CudaDType::kF16,
+                   Activation::kSilu,
+                   true,
+                   ScaleGranularity::kPerRow,
+                   0,
+                   0,
+                   3};
+      checked += RunCase(shifted, {cfg.id}, true, pick());
     }
   }
   EXPECT_GT(checked, 0);
