@@ -20,7 +20,8 @@
 // Split-K and the epilogue are the shared ones (ternary_device.cuh) on a
 // named barrier over the consumer threads. With PDL (GemmParams::pdl) the
 // producer sends the first stages' weights before waiting for the previous
-// kernel, and the consumers wait before split-K and the epilogue.
+// kernel, and the consumers wait before split-K and the epilogue. A build
+// with BITNET_GEMV_TRACE records a per-block timeline (ws_trace.h).
 #include <cuda.h>  // CUtensorMap and its enums (header only: no libcuda link)
 #include <cuda_runtime.h>
 
@@ -31,6 +32,7 @@
 #include "kernels/cuda/ternary_device.cuh"
 #include "kernels/cuda/ternary_launch.h"
 #include "kernels/cuda/wgmma_util.cuh"
+#include "kernels/cuda/ws_trace.h"
 
 namespace bitnet::cuda_internal {
 namespace {
@@ -128,6 +130,43 @@ __device__ __forceinline__ void TmaLoad3D(uint32_t dst, const CUtensorMap* map, 
 
 #endif
 
+#ifdef BITNET_GEMV_TRACE
+// Where the ws kernel's trace goes (ws_trace.h); in constant memory, as the
+// gemv's (ternary_mma.cu), so that a trace point holds no register for the
+// pointer.
+__constant__ unsigned long long* g_ws_trace = nullptr;
+__constant__ int g_ws_trace_type = -1;
+#endif
+
+// A point of the ws kernel's trace (ws_trace.h), stored by the calling
+// thread; nothing without BITNET_GEMV_TRACE.
+template <MmaType kType>
+__device__ __forceinline__ void WsTracePoint(WsTraceSlot slot) {
+#ifdef BITNET_GEMV_TRACE
+  unsigned long long* t = g_ws_trace;
+  const unsigned record = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  if (t == nullptr || g_ws_trace_type != static_cast<int>(kType) || record >= kWsTraceRecords) {
+    return;
+  }
+  t += static_cast<size_t>(record) * kWsTraceSlots;
+  unsigned long long now;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  t[slot] = now;
+  if (slot == kWsTraceStart) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    t[kWsTraceSmId] = sm;
+  }
+#endif
+}
+
+// The point first_slot + tile of a per-k-tile range (only the first
+// kWsTraceTiles k-tiles have slots).
+template <MmaType kType>
+__device__ __forceinline__ void WsTraceTilePoint(WsTraceSlot first_slot, int tile) {
+  if (tile < kWsTraceTiles) WsTracePoint<kType>(static_cast<WsTraceSlot>(first_slot + tile));
+}
+
 template <MmaType kType, int kBN, int kCWG>
 __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
     ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map,
@@ -161,6 +200,7 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
   // With PDL the next kernel may launch now; this one loads its first
   // stages of weights before waiting for the previous one.
   PdlLaunchDependents();
+  if (tid == 0) WsTracePoint<kType>(kWsTraceStart);
 
   if (tid == 0) {
 #pragma unroll
@@ -196,11 +236,13 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
       const int first = min(nkt, kStages);
       for (int i = 0; i < first; ++i) send_weights(i, kt0 + i);
       PdlWaitForPrerequisites();
+      WsTracePoint<kType>(kWsTracePrerequisites);
       int stage = 0;
       uint32_t phase = 0;
       for (int i = 0; i < nkt; ++i) {
         if (i >= kStages) MbarWait(empty_bar + 8 * stage, phase ^ 1);
         const int kt = kt0 + i;
+        WsTraceTilePoint<kType>(kWsTraceLoadIssue, i);
         if (i >= first) send_weights(stage, kt);
         const uint32_t bar = full_bar + 8 * stage;
         const uint32_t act = smem_base + stage * Tr::kStageBytes;
@@ -234,12 +276,19 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
   int stage = 0;
   uint32_t phase = 0;
   int prev_stage = -1;
-  auto tile_step = [&](uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4]) {
+  // Consumes the next stage: the block's k-tile number `tile` (which only the
+  // trace points need).
+  auto tile_step = [&](uint32_t (&a)[Tr::kSteps][4], uint32_t (&a_prev)[Tr::kSteps][4],
+                       int tile) {
     MbarWait(full_bar + 8 * stage, phase);
+    if (tid == 0) WsTraceTilePoint<kType>(kWsTraceFull, tile);
+    if (tid == 128 && tile == 0) WsTracePoint<kType>(kWsTraceGroup1Full);
     const uint32_t act = smem_base + stage * Tr::kStageBytes;
     const uint4 wv = LdShared128(act + Tr::kActStageBytes + (warp * 32 + lane) * 16);
     DecodeAndIssueTile<kType, kBN, Tr::kColBlockBytes>(wv, a, acc, act);
+    if (tid == 0) WsTraceTilePoint<kType>(kWsTraceTileIssued, tile);
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    if (tid == 0) WsTraceTilePoint<kType>(kWsTraceTileWaited, tile);
     // The previous tile's wgmmas are done: its A registers may be reused and
     // its stage refilled.
     FenceRegs(a_prev);
@@ -257,31 +306,35 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
   };
   int i = 0;
   for (; i + 1 < nkt; i += 2) {
-    tile_step(a_even, a_odd);
-    tile_step(a_odd, a_even);
+    tile_step(a_even, a_odd, i);
+    tile_step(a_odd, a_even, i + 1);
   }
-  if (i < nkt) tile_step(a_even, a_odd);
+  if (i < nkt) tile_step(a_even, a_odd, i);
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
   FenceRegs(a_even);
   FenceRegs(a_odd);
   WgmmaFenceOperand(acc);
+  if ((tid & 127) == 0) WsTracePoint<kType>(tid == 0 ? kWsTraceLoopDone : kWsTraceOtherLoopDone);
   // Split-K scratch, row scales and y may belong to (or be read by) the
   // previous kernel: nothing below runs before it has completed.
   PdlWaitForPrerequisites();
   // Both warpgroups are done reading the pipeline before the epilogue reuses
   // its shared memory.
   ComputeSync<Tr::kConsumerThreads>();
+  if (tid == 0) WsTracePoint<kType>(kWsTraceSynced);
 
   if (p.splits > 1) {
     const int tile = blockIdx.x + gridDim.x * blockIdx.y;
     if (!SplitKReduce<T, Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(acc, p, tile)) {
       return;
     }
+    if (tid == 0) WsTracePoint<kType>(kWsTraceReduced);
   }
   auto& acc3 = reinterpret_cast<T(&)[1][kBN / 8][4]>(acc);
   Epilogue<Tr::kBW, Tr::kBB, Tr::kConsumerThreads, Tr::kConsumerThreads>(
       p, acc3, reinterpret_cast<float*>(smem), block_w0, act_b0,
       [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
+  if (tid == 0) WsTracePoint<kType>(kWsTraceEnd);
 #else
   using Tr = WsTraits<kType, kBN, kCWG>;
   static_assert(Tr::kSteps > 0 && Tr::kAccRegs > 0, "traits are used by the sm_90a body");
@@ -377,6 +430,18 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
     }, 1, true                                                                        \
   }
 }  // namespace
+
+cudaError_t SetWsTrace(unsigned long long* buffer, int mma_type) {
+#ifdef BITNET_GEMV_TRACE
+  const cudaError_t e = cudaMemcpyToSymbol(g_ws_trace, &buffer, sizeof(buffer));
+  if (e != cudaSuccess) return e;
+  return cudaMemcpyToSymbol(g_ws_trace_type, &mma_type, sizeof(mma_type));
+#else
+  (void)buffer;
+  (void)mma_type;
+  return cudaErrorNotSupported;
+#endif
+}
 
 // Warp-specialized configurations (ids follow kWgmmaKernels).
 extern const GemmKernelInfo kWgmmaWsKernels[] = {
