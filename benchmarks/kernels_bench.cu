@@ -23,7 +23,8 @@
 //          run still finishes; with --timing graph the captured launches are
 //          joined by programmatic edges)
 // Environment: BITNET_GEMV_TRACE=FILE [BITNET_GEMV_TRACE_MODE=int8|fp16]
-//          writes the last gemv launch's per-warp timeline (a build with
+//          writes the last gemv launch's per-warp timeline to FILE and the
+//          last ws launch's per-block one to FILE.ws.csv (a build with
 //          -DBITNET_GEMV_TRACE=ON; benchmarks/gemv_trace_capture.h).
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
