@@ -399,6 +399,31 @@ TEST(CudaRepackTest, LayoutsRoundTripAndPadWithZeros) {
   }
 }
 
+TEST(CudaRepackTest, CodesPastTheLastColumnNeverReachTheLayouts) {
+  // Host only. The repack reads whole interchange words; the codes of a
+  // row's last word past `cols` must read as q = 0 whatever they hold (here
+  // code 0, q = -1, which ValidatePacked would refuse).
+  std::mt19937_64 rng(FreshSeed());
+  const int64_t n = 20, k = 133;  // 133 = 8 words + 5 codes
+  PackedTernaryMatrix w = RandomWeights(rng, n, k, ScaleGranularity::kPerRow);
+  const std::vector<int8_t> q = UnpackTernary(w.view());
+  const int64_t words_per_row = WordsPerRow(k);
+  for (int64_t r = 0; r < n; ++r) {
+    uint32_t& last = reinterpret_cast<uint32_t&>(w.words[r * words_per_row + words_per_row - 1]);
+    last &= (1u << (2 * (k % kCodesPerWord))) - 1;  // codes past k -> 0
+  }
+  const std::vector<uint32_t> fp = RepackTernaryForCudaFp(w.view());
+  const std::vector<uint32_t> i8 = RepackTernaryForCudaInt8(w.view());
+  const int64_t k_tiles = 2;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < k_tiles * 128; ++c) {
+      const int want = c < k ? q[static_cast<size_t>(r * k + c)] : 0;
+      ASSERT_EQ(DecodeCudaFpLayout(fp, k_tiles, r, c), want) << r << "," << c;
+      ASSERT_EQ(DecodeCudaInt8Layout(i8, k_tiles, r, c), want) << r << "," << c;
+    }
+  }
+}
+
 TEST(CudaDeviceTest, DeviceCountIsNeverAnErrorWithoutGpu) {
   absl::StatusOr<int> n = CudaDeviceCount();
   ASSERT_TRUE(n.ok()) << n.status();
