@@ -714,6 +714,75 @@ TEST(CudaKernelsTest, ManyRowsTakeTheBatchTileWithTheFewestWaves) {
   }
 }
 
+// 65..128 rows at N = 4096: 128 x 64 tiles split in two, each pair reduced
+// inside a cluster of 2 blocks, where that grid is one wave filling at least
+// half the SMs (session 27). A split_k past the cluster limit of 8 is refused
+// by name. Planned for simulated Hopper devices.
+TEST(CudaKernelsTest, OneWaveOfTwoBlockClustersTakesTheClusterReducedTile) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(FreshSeed());
+  std::unique_ptr<CudaTernaryWeights> by_n[2];
+  const int64_t ns[2] = {4096, 11008};
+  for (int i = 0; i < 2; ++i) {
+    const PackedTernaryMatrix w = RandomWeights(rng, ns[i], 1024, ScaleGranularity::kPerRow);
+    absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dw =
+        CudaTernaryWeights::Create(w.view(), nullptr, 0);
+    ASSERT_TRUE(dw.ok()) << dw.status();
+    by_n[i] = *std::move(dw);
+  }
+  struct Case {
+    int n_index;
+    int64_t m;
+    int sms;
+    const char* want;
+    int want_split;
+  };
+  const Case cases[] = {
+      {0, 128, 132, "ws_w128_b64_cs", 2},
+      {0, 96, 132, "ws_w128_b64_cs", 2},  // 64 + 32 rows: the same grid
+      {0, 65, 132, "ws_w128_b64_cs", 2},
+      {0, 64, 132, "ws_w128_b32", 2},   // one batch tile: 64 blocks split by the global rule
+      {0, 128, 120, "ws_w128_b32", 1},  // 128 blocks do not fit one wave of 120 SMs
+      {1, 128, 132, "ws_w192_b64", 1},  // N = 11008: 344 blocks
+  };
+  for (const Case& c : cases) {
+    for (const ActivationQuant q : {ActivationQuant::kNone, ActivationQuant::kInt8}) {
+      absl::StatusOr<CudaLaunchPlan> plan =
+          CudaPlanLinear(PlanOnlyArgs(by_n[c.n_index].get(), c.m, q), /*device_sm_major=*/9, c.sms,
+                         /*device_has_wgmma=*/true);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      const std::string where =
+          "n = " + std::to_string(ns[c.n_index]) + ", m = " + std::to_string(c.m) +
+          ", sms = " + std::to_string(c.sms) + ", act_quant " + std::to_string(static_cast<int>(q));
+      EXPECT_EQ(std::string(CudaKernelConfigs()[plan->config].name), c.want) << where;
+      EXPECT_EQ(plan->split_k, c.want_split) << where;
+    }
+  }
+  int cs = -1;
+  for (const CudaKernelConfig& cfg : CudaKernelConfigs()) {
+    if (cfg.name == "ws_w128_b64_cs") cs = cfg.id;
+  }
+  ASSERT_GE(cs, 0);
+  CudaLinearArgs a = PlanOnlyArgs(by_n[0].get(), 128, ActivationQuant::kNone);
+  a.config = cs;
+  a.split_k = 8;  // 8 k-tiles: the most a cluster holds
+  absl::StatusOr<CudaLaunchPlan> plan = CudaPlanLinear(a, 9, 132, true);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->split_k, 8);
+  const PackedTernaryMatrix deep = RandomWeights(rng, 256, 4096, ScaleGranularity::kPerRow);
+  absl::StatusOr<std::unique_ptr<CudaTernaryWeights>> dd =
+      CudaTernaryWeights::Create(deep.view(), nullptr, 0);
+  ASSERT_TRUE(dd.ok()) << dd.status();
+  a = PlanOnlyArgs(dd->get(), 128, ActivationQuant::kNone);
+  a.config = cs;
+  a.split_k = 9;
+  plan = CudaPlanLinear(a, 9, 132, true);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(plan.status().message());
+  EXPECT_NE(message.find("cluster of at most 8"), std::string::npos) << message;
+}
+
 // A server runs every layer and batch size through one workspace. An int8
 // call without split-K (its quantized activations in the workspace) followed
 // by a split-K call must still sum the right partials: the split-K counters

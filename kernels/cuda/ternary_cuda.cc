@@ -681,6 +681,17 @@ int AutoConfig(int64_t m, int64_t n, MmaType type, bool wgmma, int sms) {
   // against 19.45 for wgmma_w128_b64 with its split-K of 4 (17.02 without),
   // which sessions before the ws kernels' later gains had measured faster,
   // and ws_w128_b32 ran 19.7.
+  // Session 27 (H200, graph --pdl, N = 4096, two calls): for 65..128 rows
+  // 128 x 64 tiles split in two and reduced inside a cluster of 2 blocks
+  // (ws_w128_b64_cs) ran M = 128 fp16 / int8 in 10.70-10.79 / 10.54-10.79 us
+  // against 12.22-12.26 / 11.09-11.14 for ws_w128_b32 (M = 64 stays: 9.85-
+  // 10.22 against 9.51 / 10.20). Only where the grid is one wave of clusters
+  // and fills at least half the SMs (the measured case: 128 blocks on 132);
+  // clusters of 4 fit only 30 at a time on the H200, so the split stays 2.
+  if (m > 64 && m <= 128 && !wide) {
+    const int64_t blocks = (n + 127) / 128 * ((m + 63) / 64) * 2;
+    if (blocks <= sms && 2 * blocks > sms) return FindConfig("ws_w128_b64_cs");
+  }
   if (m <= 32 || (m <= 128 && !wide)) return FindConfig("ws_w128_b32");
   if (m <= 64) return FindConfig("ws_w128_b64");
   // At N >= 8192 partly the 192-row tiles: WideTile.
@@ -825,9 +836,11 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
       // partial sums cost more than a partly idle wave (sweep: 86 tiles on
       // 132 SMs ran 45 us unsplit, 58-60 us with 2-3 splits), so split only
       // grids that leave at least half of the SMs idle.
+      // A cluster-reduced split (kernel.cluster_split) takes at most 2: the
+      // H200 holds only 30 clusters of 4 one-SM blocks at once (session 26).
+      const int64_t most = std::min<int64_t>(kernel.cluster_split ? 2 : 4, max_splits);
       splits = tiles * 2 <= device_sms
-                   ? static_cast<int>(std::clamp<int64_t>(device_sms / tiles, 1,
-                                                          std::min<int64_t>(4, max_splits)))
+                   ? static_cast<int>(std::clamp<int64_t>(device_sms / tiles, 1, most))
                    : 1;
     } else if (tiles >= device_sms) {
       splits = 1;
@@ -835,6 +848,12 @@ absl::StatusOr<CudaLaunchPlan> CudaPlanLinear(const CudaLinearArgs& args, int de
       splits = static_cast<int>(
           std::clamp<int64_t>((2 * device_sms + tiles - 1) / tiles, 1, max_splits));
     }
+  }
+  if (kernel.cluster_split && splits > 8) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "split_k is %d but configuration %s reduces split-K inside a thread-block cluster of "
+        "at most 8 blocks; use 0 (auto) or 1..8",
+        splits, kernel.name));
   }
   constexpr int64_t kMaxSplitTiles = static_cast<int64_t>(kCudaSplitKCounterBytes / sizeof(int));
   if (splits > 1 && tiles > kMaxSplitTiles) {

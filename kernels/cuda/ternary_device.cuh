@@ -620,13 +620,12 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
   }
 }
 
-template <int kBW, int kBB, int kThreads, int kNamedThreads = 0, typename T, int kGroups,
-          int kNTiles, typename RowBase, typename ColBase>
-__device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][kNTiles][4],
-                                         float* smem, int block_w0, int block_b0, RowBase row_base,
-                                         ColBase col_base) {
+// Epilogue, phase 1: the raw accumulators into the shared-memory tile
+// [batch row][weight row] (kBW + 4 words per batch row), as 32-bit words.
+template <int kBW, typename T, int kGroups, int kNTiles, typename RowBase, typename ColBase>
+__device__ __forceinline__ void StageAccumulators(T (&acc)[kGroups][kNTiles][4], uint32_t* tile,
+                                                  RowBase row_base, ColBase col_base) {
   constexpr int kLd = kBW + 4;  // +4 words: conflict-free fragment writes, 16-byte rows
-  uint32_t* tile = reinterpret_cast<uint32_t*>(smem);
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -642,8 +641,15 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
       }
     }
   }
+}
+
+// Epilogue, phase 2: the m_valid batch rows of a staged tile (tile row 0 is
+// batch row row0) scaled, biased, activated and stored.
+template <int kBW, int kThreads, int kNamedThreads, typename T>
+__device__ __forceinline__ void EpilogueFromTile(const GemmParams& p, uint32_t* tile,
+                                                 int block_w0, int row0, int m_valid) {
+  constexpr int kLd = kBW + 4;
   const int n_valid = min(kBW, p.n - block_w0);
-  const int m_valid = min(kBB, p.m - block_b0);
   // Each batch row's scale goes into the row's first padding word, all rows'
   // loads in flight at once. EpilogueRows used to load it from global memory
   // once per row it walks, a chain of dependent loads (row_scale may alias y
@@ -652,7 +658,7 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
   // In int8 mode the next padding word holds the row scale's
   // RowScaleReciprocal, so the division by it costs no MUFU per output.
   for (int bl = threadIdx.x % kThreads; bl < m_valid; bl += kThreads) {
-    const float rs = p.row_scale != nullptr ? p.row_scale[block_b0 + bl] : 1.0f;
+    const float rs = p.row_scale != nullptr ? p.row_scale[row0 + bl] : 1.0f;
     tile[bl * kLd + kBW] = __float_as_uint(rs);
     if constexpr (std::is_same<T, int>::value) {
       tile[bl * kLd + kBW + 1] = __float_as_uint(RowScaleReciprocal(rs));
@@ -661,8 +667,19 @@ __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][
   ComputeSync<kNamedThreads>();
   WithEpilogueKind<T>(p, [&](auto act_c, auto out_c, auto small_acc_c) {
     EpilogueRows<T, decltype(act_c)::value, decltype(out_c)::value, kBW, kThreads,
-                 decltype(small_acc_c)::value>(p, tile, block_w0, block_b0, n_valid, m_valid);
+                 decltype(small_acc_c)::value>(p, tile, block_w0, row0, n_valid, m_valid);
   });
+}
+
+template <int kBW, int kBB, int kThreads, int kNamedThreads = 0, typename T, int kGroups,
+          int kNTiles, typename RowBase, typename ColBase>
+__device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][kNTiles][4],
+                                         float* smem, int block_w0, int block_b0, RowBase row_base,
+                                         ColBase col_base) {
+  uint32_t* tile = reinterpret_cast<uint32_t*>(smem);
+  StageAccumulators<kBW>(acc, tile, row_base, col_base);
+  EpilogueFromTile<kBW, kThreads, kNamedThreads, T>(p, tile, block_w0, block_b0,
+                                                    min(kBB, p.m - block_b0));
 }
 
 }  // namespace bitnet::cuda_internal

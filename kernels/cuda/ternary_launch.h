@@ -112,6 +112,10 @@ struct GemmKernelInfo {
   // it reads activations, row scales or split-K scratch and before it writes
   // y, so it may be launched with GemmParams::pdl.
   bool overlaps_previous = false;
+  // Split-K runs as one thread-block cluster {1, 1, splits} per output tile
+  // and is reduced through distributed shared memory (ternary_wgmma_ws.cu),
+  // so at most 8 splits (the portable cluster size).
+  bool cluster_split = false;
 };
 
 // The explicit list (ternary_mma.cu + ternary_wgmma.cu), in config-id order.

@@ -18,7 +18,10 @@
 //    keep one tile of wgmmas in flight, and release the previous tile's stage
 //    on its "empty" mbarrier.
 // Split-K and the epilogue are the shared ones (ternary_device.cuh) on a
-// named barrier over the consumer threads. With PDL (GemmParams::pdl) the
+// named barrier over the consumer threads; the _cs configurations instead
+// run a tile's splits as one thread-block cluster and reduce them through
+// distributed shared memory, each block finishing a share of the rows
+// (ClusterSplitKReduce). With PDL (GemmParams::pdl) the
 // producer sends the first stages' weights before waiting for the previous
 // kernel, and the consumers wait before split-K and the epilogue. A build
 // with BITNET_GEMV_TRACE records a per-block timeline (ws_trace.h).
@@ -128,6 +131,80 @@ __device__ __forceinline__ void TmaLoad3D(uint32_t dst, const CUtensorMap* map, 
       : "memory");
 }
 
+// Thread-block cluster barrier (every thread of every block in the cluster):
+// arrive releases this thread's earlier shared-memory writes to the other
+// blocks, wait acquires theirs. Split so that work can go between the two.
+__device__ __forceinline__ void ClusterArrive() {
+  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void ClusterWait() {
+  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
+}
+
+// The same shared-memory word of block `rank` of the cluster (distributed
+// shared memory), 16 bytes at once.
+__device__ __forceinline__ uint4 LdClusterShared128(uint32_t addr, int rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+  uint4 v;
+  asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+
+// Split-K inside a cluster: the p.splits blocks of an output tile (cluster
+// {1, 1, splits}, rank = blockIdx.z) have staged their raw accumulators in
+// their own shared-memory tiles (kBW + 4 words per batch row); block z sums
+// its share of the batch rows over every block's tile, in split order (as
+// SplitKReduce: the same bits), into its own tile. Rows [*row_begin,
+// *row_end) are then this block's to finish. The caller has passed the first
+// cluster barrier (every tile staged) and arrives at the second after this
+// (it must not exit before the others have read its tile).
+template <int kBW, int kBB, int kThreads, typename T>
+__device__ __forceinline__ void ClusterSplitKReduce(uint32_t* tile, int splits, int* row_begin,
+                                                    int* row_end) {
+  constexpr int kLd = kBW + 4;
+  constexpr int kQuads = kBW / 4;  // 16-byte groups of a row's accumulators
+  const int z = blockIdx.z;
+  const int rows_per_split = (kBB + splits - 1) / splits;
+  const int r0 = min(kBB, z * rows_per_split);
+  const int r1 = min(kBB, r0 + rows_per_split);
+  const uint32_t base = SmemAddr(tile);
+  for (int i = threadIdx.x % kThreads; i < (r1 - r0) * kQuads; i += kThreads) {
+    const int word = (r0 + i / kQuads) * kLd + (i % kQuads) * 4;
+    // Every split's 16 bytes are requested before the first is summed: one
+    // remote latency per group instead of one per split (session 26's trace:
+    // 2.8-3.9 us from loop end to reduced rows).
+    constexpr int kMaxSplits = 8;  // the launcher's limit (portable cluster size)
+    uint4 v[kMaxSplits];
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) {
+      if (s < splits) v[s] = LdClusterShared128(base + word * 4, s);
+    }
+    T sum[4] = {T(0), T(0), T(0), T(0)};
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) {
+      if (s >= splits) break;
+      const uint32_t bits[4] = {v[s].x, v[s].y, v[s].z, v[s].w};
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        if constexpr (std::is_same<T, float>::value) {
+          sum[c] = sum[c] + __uint_as_float(bits[c]);
+        } else {
+          sum[c] = sum[c] + static_cast<T>(bits[c]);
+        }
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) tile[word + c] = AccBits(sum[c]);
+  }
+  *row_begin = r0;
+  *row_end = r1;
+}
+
 #endif
 
 #ifdef BITNET_GEMV_TRACE
@@ -167,7 +244,11 @@ __device__ __forceinline__ void WsTraceTilePoint(WsTraceSlot first_slot, int til
   if (tile < kWsTraceTiles) WsTracePoint<kType>(static_cast<WsTraceSlot>(first_slot + tile));
 }
 
-template <MmaType kType, int kBN, int kCWG>
+// kClusterSplit: the splits of a tile run as one thread-block cluster and
+// reduce through distributed shared memory (ClusterSplitKReduce), each block
+// finishing a share of the tile's batch rows; otherwise through global
+// partial sums and the last block (SplitKReduce).
+template <MmaType kType, int kBN, int kCWG, bool kClusterSplit>
 __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
     ternary_wgmma_ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap act_map,
                             const __grid_constant__ CUtensorMap w_map) {
@@ -257,6 +338,17 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
         }
       }
     }
+    // Cluster barriers count every thread of the cluster: the producer
+    // warpgroup passes the consumers' two before it leaves. The producer
+    // warp first reconverges: lanes waiting at the cluster barrier while
+    // lane 0 still issues the loads hung or stalled the launch (run121).
+    if (kClusterSplit && p.splits > 1) {
+      __syncwarp();
+      ClusterArrive();
+      ClusterWait();
+      ClusterArrive();
+      ClusterWait();
+    }
     return;  // takes no part in the consumers' named barriers
   }
 
@@ -323,6 +415,24 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
   ComputeSync<Tr::kConsumerThreads>();
   if (tid == 0) WsTracePoint<kType>(kWsTraceSynced);
 
+  auto& acc3 = reinterpret_cast<T(&)[1][kBN / 8][4]>(acc);
+  if (kClusterSplit && p.splits > 1) {
+    uint32_t* tile = reinterpret_cast<uint32_t*>(smem);
+    StageAccumulators<Tr::kBW>(acc3, tile, [&](int) { return warp * 16; },
+                               [&](int j) { return j * 8; });
+    ClusterArrive();
+    ClusterWait();  // every split's tile is staged
+    int r0 = 0, r1 = 0;
+    ClusterSplitKReduce<Tr::kBW, Tr::kBB, Tr::kConsumerThreads, T>(tile, p.splits, &r0, &r1);
+    ClusterArrive();  // done reading the other blocks' tiles
+    if (tid == 0) WsTracePoint<kType>(kWsTraceReduced);
+    const int rows = max(0, min(r1, p.m - act_b0) - r0);
+    EpilogueFromTile<Tr::kBW, Tr::kConsumerThreads, Tr::kConsumerThreads, T>(
+        p, tile + r0 * (Tr::kBW + 4), block_w0, act_b0 + r0, rows);
+    if (tid == 0) WsTracePoint<kType>(kWsTraceEnd);
+    ClusterWait();  // no block reads this one's tile any more
+    return;
+  }
   if (p.splits > 1) {
     const int tile = blockIdx.x + gridDim.x * blockIdx.y;
     if (!SplitKReduce<T, Tr::kAccRegs, Tr::kConsumerThreads, Tr::kConsumerThreads>(acc, p, tile)) {
@@ -330,7 +440,6 @@ __global__ void __launch_bounds__(WsTraits<kType, kBN, kCWG>::kThreads, 1)
     }
     if (tid == 0) WsTracePoint<kType>(kWsTraceReduced);
   }
-  auto& acc3 = reinterpret_cast<T(&)[1][kBN / 8][4]>(acc);
   Epilogue<Tr::kBW, Tr::kBB, Tr::kConsumerThreads, Tr::kConsumerThreads>(
       p, acc3, reinterpret_cast<float*>(smem), block_w0, act_b0,
       [&](int) { return warp * 16; }, [&](int j) { return j * 8; });
@@ -365,7 +474,7 @@ EncodeTiledFn GetEncodeTiled() {
   return fn;
 }
 
-template <MmaType kType, int kBN, int kCWG>
+template <MmaType kType, int kBN, int kCWG, bool kClusterSplit = false>
 cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   using Tr = WsTraits<kType, kBN, kCWG>;
   const EncodeTiledFn encode = GetEncodeTiled();
@@ -407,9 +516,31 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
-  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN, kCWG>;
+  constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN, kCWG, kClusterSplit>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
+  if (kClusterSplit && p.splits > 1) {
+    // One cluster per output tile: its splits along z (8 blocks at most, the
+    // portable cluster size).
+    if (p.splits > 8 || static_cast<int>(grid.z) != p.splits) return cudaErrorInvalidValue;
+    cudaLaunchAttribute attribute[2] = {};
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = 1;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = static_cast<unsigned>(p.splits);
+    attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[1].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(Tr::kThreads);
+    config.dynamicSmemBytes = Tr::kSmemBytes;
+    config.stream = stream;
+    config.attrs = attribute;
+    config.numAttrs = p.pdl ? 2 : 1;
+    const cudaError_t le = cudaLaunchKernelEx(&config, kernel, p, map, w_map);
+    if (le != cudaSuccess) (void)cudaGetLastError();
+    return le;
+  }
   return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
                                map, w_map);
 }
@@ -428,6 +559,15 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
     name, 64 * CWG, BN, WsTraits<MmaType::kS8, BN, CWG>::kThreads, true, false, {   \
       nullptr, nullptr, &LaunchWgmmaWs<MmaType::kS8, BN, CWG>                       \
     }, 1, true                                                                        \
+  }
+// The same tiles with split-K reduced inside a thread-block cluster (the
+// planner keeps such a grid to one wave of clusters: AutoConfig).
+#define BITNET_WS_CLUSTER_CONFIG(name, CWG, BN)                                         \
+  GemmKernelInfo {                                                                       \
+    name, 64 * CWG, BN, WsTraits<MmaType::kS8, BN, CWG>::kThreads, true, false, {      \
+      &LaunchWgmmaWs<MmaType::kF16, BN, CWG, true>, &LaunchWgmmaWs<MmaType::kBF16, BN, CWG, true>, \
+          &LaunchWgmmaWs<MmaType::kS8, BN, CWG, true>                                   \
+    }, 1, true, true                                                                     \
   }
 }  // namespace
 
@@ -460,6 +600,11 @@ extern const GemmKernelInfo kWgmmaWsKernels[] = {
     BITNET_WS_CONFIG("ws_w192_b128", 3, 128),
     // int8 only: at b176, fp16 A fragments would serialize the wgmmas.
     BITNET_WS_INT8_CONFIG("ws_w192_b176", 3, 176),
+    // 128 x 64 tiles whose 2 splits reduce in a cluster of 2 (session 27, H200,
+    // graph --pdl, N = 4096, M = 128: fp16 / int8 10.70 / 10.54 us against
+    // 12.26 / 11.14 for ws_w128_b32 unsplit and 12.35 / 12.18 for ws_w128_b64
+    // with the global split-K reduction; RESULTS.md, "Session 27").
+    BITNET_WS_CLUSTER_CONFIG("ws_w128_b64_cs", 2, 64),
 };
 extern const int kWgmmaWsKernelCount = sizeof(kWgmmaWsKernels) / sizeof(kWgmmaWsKernels[0]);
 
