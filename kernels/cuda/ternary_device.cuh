@@ -510,11 +510,37 @@ __device__ __forceinline__ uint32_t AccBits(T v) {
   }
 }
 
+// The weight scales and bias of the 4 consecutive output columns (weight
+// rows) a thread of a kBW-row block tile owns in EpilogueRows; zeros past N.
+// Model constants, never written by the previous kernel, so a kernel may load
+// them before its PDL wait and hold them through its main loop.
+struct EpilogueColumns {
+  float ws[4];
+  float bias[4];
+};
+
+template <int kBW>
+__device__ __forceinline__ EpilogueColumns LoadEpilogueColumns(const GemmParams& p, int block_w0) {
+  const int wl = (threadIdx.x % (kBW / 4)) * 4;
+  const int cols = min(4, min(kBW, p.n - block_w0) - wl);
+  const int gn = block_w0 + wl;
+  EpilogueColumns c;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    c.ws[i] = i < cols ? p.w_scale[gn + i] : 0.0f;
+    c.bias[i] = (i < cols && p.bias != nullptr) ? p.bias[gn + i] : 0.0f;
+  }
+  return c;
+}
+
 // kSmallAcc (int8 only): the accumulators fit SmallAccToFloat
 // (p.k_tiles <= kSmallAccMaxKTiles), so float(acc) needs no I2F.
+// `preloaded`: the thread's EpilogueColumns, loaded by the caller before its
+// main loop (nullptr: loaded here).
 template <typename T, Act kAct, OutType kOut, int kBW, int kThreads, bool kSmallAcc = false>
 __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t* tile, int block_w0,
-                                          int block_b0, int n_valid, int m_valid) {
+                                          int block_b0, int n_valid, int m_valid,
+                                          const EpilogueColumns* preloaded) {
   constexpr int kLd = kBW + 4;
   constexpr int kColGroups = kBW / 4;
   static_assert(kThreads % kColGroups == 0, "a thread's columns are fixed");
@@ -527,8 +553,13 @@ __device__ __forceinline__ void EpilogueRows(const GemmParams& p, const uint32_t
   float bias[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
-    ws[c] = c < cols ? p.w_scale[gn + c] : 0.0f;
-    bias[c] = (c < cols && p.bias != nullptr) ? p.bias[gn + c] : 0.0f;
+    if (preloaded != nullptr) {
+      ws[c] = preloaded->ws[c];
+      bias[c] = preloaded->bias[c];
+    } else {
+      ws[c] = c < cols ? p.w_scale[gn + c] : 0.0f;
+      bias[c] = (c < cols && p.bias != nullptr) ? p.bias[gn + c] : 0.0f;
+    }
   }
   // int8: with small accumulators and each weight scale zero or in
   // [2^-30, 2^9), every float(acc) * weight scale is zero or in
@@ -647,7 +678,8 @@ __device__ __forceinline__ void StageAccumulators(T (&acc)[kGroups][kNTiles][4],
 // batch row row0) scaled, biased, activated and stored.
 template <int kBW, int kThreads, int kNamedThreads, typename T>
 __device__ __forceinline__ void EpilogueFromTile(const GemmParams& p, uint32_t* tile,
-                                                 int block_w0, int row0, int m_valid) {
+                                                 int block_w0, int row0, int m_valid,
+                                                 const EpilogueColumns* preloaded = nullptr) {
   constexpr int kLd = kBW + 4;
   const int n_valid = min(kBW, p.n - block_w0);
   // Each batch row's scale goes into the row's first padding word, all rows'
@@ -667,7 +699,8 @@ __device__ __forceinline__ void EpilogueFromTile(const GemmParams& p, uint32_t* 
   ComputeSync<kNamedThreads>();
   WithEpilogueKind<T>(p, [&](auto act_c, auto out_c, auto small_acc_c) {
     EpilogueRows<T, decltype(act_c)::value, decltype(out_c)::value, kBW, kThreads,
-                 decltype(small_acc_c)::value>(p, tile, block_w0, row0, n_valid, m_valid);
+                 decltype(small_acc_c)::value>(p, tile, block_w0, row0, n_valid, m_valid,
+                                                             preloaded);
   });
 }
 
@@ -675,11 +708,12 @@ template <int kBW, int kBB, int kThreads, int kNamedThreads = 0, typename T, int
           int kNTiles, typename RowBase, typename ColBase>
 __device__ __forceinline__ void Epilogue(const GemmParams& p, T (&acc)[kGroups][kNTiles][4],
                                          float* smem, int block_w0, int block_b0, RowBase row_base,
-                                         ColBase col_base) {
+                                         ColBase col_base,
+                                         const EpilogueColumns* preloaded = nullptr) {
   uint32_t* tile = reinterpret_cast<uint32_t*>(smem);
   StageAccumulators<kBW>(acc, tile, row_base, col_base);
   EpilogueFromTile<kBW, kThreads, kNamedThreads, T>(p, tile, block_w0, block_b0,
-                                                    min(kBB, p.m - block_b0));
+                                                    min(kBB, p.m - block_b0), preloaded);
 }
 
 }  // namespace bitnet::cuda_internal
