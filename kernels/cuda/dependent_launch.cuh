@@ -68,35 +68,57 @@ __device__ __forceinline__ void PrefetchToL2(const void* p) {
 #endif
 }
 
-// Launches `kernel` on `stream`; with `overlap_previous`, with the
+// Launches `kernel` on `stream` in thread-block clusters of `cluster` blocks
+// (dim3(1, 1, 1): no clusters); with `overlap_previous`, with the
 // programmatic stream serialization attribute, so that it may start while
 // the previous kernel on the stream is still running (and, under stream
 // capture, becomes a programmatic edge of the graph). Returns the launch
 // error, with the runtime's last-error state cleared either way.
 template <typename... KernelParams, typename... Args>
-cudaError_t LaunchWithOptionalPdl(void (*kernel)(KernelParams...), dim3 grid, dim3 block,
-                                  size_t dynamic_smem_bytes, cudaStream_t stream,
-                                  bool overlap_previous, Args&&... args) {
-  if (!overlap_previous) {
+cudaError_t LaunchInClustersWithOptionalPdl(void (*kernel)(KernelParams...), dim3 grid, dim3 block,
+                                            size_t dynamic_smem_bytes, cudaStream_t stream,
+                                            dim3 cluster, bool overlap_previous, Args&&... args) {
+  cudaLaunchAttribute attribute[2] = {};
+  unsigned attributes = 0;
+  if (overlap_previous) {
+    attribute[attributes].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[attributes].val.programmaticStreamSerializationAllowed = 1;
+    ++attributes;
+  }
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attribute[attributes].id = cudaLaunchAttributeClusterDimension;
+    attribute[attributes].val.clusterDim.x = cluster.x;
+    attribute[attributes].val.clusterDim.y = cluster.y;
+    attribute[attributes].val.clusterDim.z = cluster.z;
+    ++attributes;
+  }
+  if (attributes == 0) {
     kernel<<<grid, block, dynamic_smem_bytes, stream>>>(std::forward<Args>(args)...);
     return cudaGetLastError();
   }
-  cudaLaunchAttribute attribute[1] = {};
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = dynamic_smem_bytes;
   config.stream = stream;
   config.attrs = attribute;
-  config.numAttrs = 1;
+  config.numAttrs = attributes;
   const cudaError_t e = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   // A failed launch also leaves the error in the per-thread last-error slot;
   // clear it so that a later cudaGetLastError elsewhere does not report it
   // a second time (the <<<>>> path clears it through cudaGetLastError above).
   if (e != cudaSuccess) (void)cudaGetLastError();
   return e;
+}
+
+// The same without clusters.
+template <typename... KernelParams, typename... Args>
+cudaError_t LaunchWithOptionalPdl(void (*kernel)(KernelParams...), dim3 grid, dim3 block,
+                                  size_t dynamic_smem_bytes, cudaStream_t stream,
+                                  bool overlap_previous, Args&&... args) {
+  return LaunchInClustersWithOptionalPdl(kernel, grid, block, dynamic_smem_bytes, stream,
+                                         dim3(1, 1, 1), overlap_previous,
+                                         std::forward<Args>(args)...);
 }
 
 }  // namespace bitnet::cuda_internal

@@ -121,20 +121,14 @@ int Lookup(const std::vector<uint32_t>& words, int64_t k_tiles, int64_t row, int
   const int64_t kt = col / kCudaColTile;
   const int r = static_cast<int>(row % kTileRows);
   const int c = static_cast<int>(col % kCudaColTile);
-  // Inverse by search: 512 positions per tile; fine for tests and docs.
-  for (int lane = 0; lane < 32; ++lane) {
-    for (int word = 0; word < 4; ++word) {
-      for (int slot = 0; slot < 16; ++slot) {
-        int pr = 0;
-        int pc = 0;
-        position(lane, word, slot, &pr, &pc);
-        if (pr != r || pc != c) continue;
-        const uint32_t w = words[static_cast<size_t>((rt * k_tiles + kt) * kWordsPerTile +
-                                                     lane * 4 + word)];
-        const uint32_t e = (w >> (2 * slot)) & 3u;
-        return int8 ? Int8Q(e) : static_cast<int>(e) - 1;
-      }
-    }
+  // Inverse by search of TileSources: 512 positions per tile; fine for tests and docs.
+  const std::array<uint16_t, kWordsPerTile* 16> source = TileSources(position);
+  const uint16_t want = static_cast<uint16_t>(r * kCudaColTile + c);
+  for (int i = 0; i < kWordsPerTile * 16; ++i) {
+    if (source[i] != want) continue;
+    const uint32_t w = words[static_cast<size_t>((rt * k_tiles + kt) * kWordsPerTile + i / 16)];
+    const uint32_t e = (w >> (2 * (i % 16))) & 3u;
+    return int8 ? Int8Q(e) : static_cast<int>(e) - 1;
   }
   return 99;  // unreachable for in-range positions
 }

@@ -532,30 +532,15 @@ cudaError_t LaunchWgmmaWs(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   constexpr auto kernel = ternary_wgmma_ws_kernel<kType, kBN, kCWG, kClusterSplit>;
   const cudaError_t e = EnsureDynamicSmem<kernel>(Tr::kSmemBytes);
   if (e != cudaSuccess) return e;
+  // With the cluster split, one cluster per output tile: its splits along z
+  // (8 blocks at most, the portable cluster size).
+  dim3 cluster(1, 1, 1);
   if (kClusterSplit && p.splits > 1) {
-    // One cluster per output tile: its splits along z (8 blocks at most, the
-    // portable cluster size).
     if (p.splits > 8 || static_cast<int>(grid.z) != p.splits) return cudaErrorInvalidValue;
-    cudaLaunchAttribute attribute[2] = {};
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = 1;
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = static_cast<unsigned>(p.splits);
-    attribute[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[1].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(Tr::kThreads);
-    config.dynamicSmemBytes = Tr::kSmemBytes;
-    config.stream = stream;
-    config.attrs = attribute;
-    config.numAttrs = p.pdl ? 2 : 1;
-    const cudaError_t le = cudaLaunchKernelEx(&config, kernel, p, map, w_map);
-    if (le != cudaSuccess) (void)cudaGetLastError();
-    return le;
+    cluster.z = static_cast<unsigned>(p.splits);
   }
-  return LaunchWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream, p.pdl, p,
-                               map, w_map);
+  return LaunchInClustersWithOptionalPdl(kernel, grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream,
+                                         cluster, p.pdl, p, map, w_map);
 }
 
 // One configuration: kCWG consumer warpgroups (64 weight rows each) and a
